@@ -1,0 +1,171 @@
+"""``medcnn demo``: run over ``sample_data/`` and write a summary table and QC pictures.
+
+Each task folder of ``sample_data/`` is discovered with the same case rules as ``medcnn predict``;
+every case is loaded with its geometry and drawn (with its reference label where one ships), and
+one row per case goes to ``summary.csv``. A case that fails is reported in its row and on stderr;
+the others still run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from medcnn import qc
+from medcnn._version import __version__
+from medcnn.cases import Case, find_brain_tumor_cases, find_image_cases
+from medcnn.errors import InputError, MedcnnError
+from medcnn.io import geometry, load, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FIELDS = ["task", "case", "inputs", "status", "error", "shape", "spacing_mm", "orientation", "min", "max", "qc"]
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    """One folder of sample data and how to find its cases."""
+
+    name: str
+    folder: str
+    discover: Callable[[list[Path]], list[Case]]
+
+
+def _find_masks(case: Case) -> Path | None:
+    """Reference lung mask for a chest X-ray case (``masks/<case>_lungs.png`` next to ``images/``)."""
+    img = case.inputs[0]
+    for folder in (img.parent / "masks", img.parent.parent / "masks"):
+        cand = folder / f"{case.id}_lungs.png"
+        if cand.exists():
+            return cand
+    return None
+
+
+TASKS = (
+    DemoTask("brain-tumor", "brain-tumor", lambda p: find_brain_tumor_cases(p)),
+    DemoTask("alzheimer", "alzheimer", lambda p: find_image_cases(p)),
+    DemoTask("chest-xray", "chest-xray/images", lambda p: find_image_cases(p)),
+    DemoTask("dicom", "dicom", lambda p: find_image_cases(p)),
+)
+
+
+def _row(task: str, case: Case) -> dict:
+    return {"task": task, "case": case.id, "inputs": ";".join(str(p) for p in case.inputs), "status": "ok", "error": ""}
+
+
+def _process(task: str, case: Case, qc_dir: Path) -> dict:
+    row = _row(task, case)
+    if case.error:
+        raise InputError(case.inputs[0].parent if case.inputs else None, case.error)
+    img = load(case.inputs, series=case.extra.get("series"))
+    sd = int(img.meta["medcnn_source"]["spatial_dims"])
+    aff = img.affine.numpy()
+    row["shape"] = "x".join(str(s) for s in img.shape)
+    row["spacing_mm"] = "x".join(f"{s:.2f}" for s in geometry.voxel_spacing(aff, sd))
+    row["orientation"] = geometry.axcodes(aff) if sd == 3 else "2D"
+    row["min"], row["max"] = f"{float(img.min()):.4g}", f"{float(img.max()):.4g}"
+    label = None
+    if case.label is not None:
+        label = load(case.label, mode="nearest")[0]
+        if tuple(label.shape) != tuple(img.shape[1:]):
+            raise InputError(case.label, f"label grid {tuple(label.shape)} does not match image {tuple(img.shape[1:])}")
+    elif task == "chest-xray":
+        m = _find_masks(case)
+        if m is not None:
+            label = (load(m)[0] > 0).to(dtype=img.dtype)
+    if sd == 3:
+        shown = img[1] if img.shape[0] == 4 else img[0]  # t1c for brain-tumour cases
+        rgb = qc.volume_montage(shown, aff, label=label)
+    else:
+        rgb = qc.image_overlay(img, label=label)
+    out = qc_dir / f"{task}_{case.id}.png"
+    qc.save_png(rgb, out)
+    row["qc"] = str(out.relative_to(qc_dir.parent))
+    return row
+
+
+def _write_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in fields})
+    write_text_atomic(path, buf.getvalue())
+
+
+def run_demo(data_dir: str | Path, out_dir: str | Path) -> list[dict]:
+    """Process every sample case; write ``summary.csv``, ``qc/*.png`` and ``run.json``.
+
+    Args:
+        data_dir: the ``sample_data/`` folder.
+        out_dir: output folder (created).
+
+    Returns:
+        The summary rows (one dict per case, ``status`` ok or error).
+
+    Raises:
+        InputError: ``data_dir`` does not exist or holds none of the task folders.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not data_dir.is_dir():
+        raise InputError(data_dir, "sample data folder not found (run from the repository root, pass --data, "
+                                   "or regenerate it with `medcnn generate sample -o sample_data`)")
+    qc_dir = out_dir / "qc"
+    qc_dir.mkdir(parents=True, exist_ok=True)
+    todo: list[tuple[str, Case]] = []
+    rows: list[dict] = []
+    for task in TASKS:
+        folder = data_dir / task.folder
+        if not folder.exists():
+            logger.warning("%s: no %s sample data here, skipped", folder, task.name)
+            continue
+        try:
+            todo.extend((task.name, c) for c in task.discover([folder]))
+        except MedcnnError as exc:
+            rows.append({"task": task.name, "case": folder.name, "inputs": str(folder), "status": "error", "error": str(exc)})
+            logger.error("%s", exc)
+    if not todo and not rows:
+        raise InputError(data_dir, "no sample data found (expected brain-tumor/, alzheimer/, chest-xray/, dicom/)")
+    t0 = time.perf_counter()
+    for task, case in tqdm(todo, desc="demo", unit="case", disable=None):
+        try:
+            rows.append(_process(task, case, qc_dir))
+        except MedcnnError as exc:
+            row = _row(task, case)
+            row.update(status="error", error=str(exc))
+            rows.append(row)
+            logger.error("%s/%s: %s", task, case.id, exc)
+    _write_csv(rows, out_dir / "summary.csv", SUMMARY_FIELDS)
+    run = {
+        "medcnn_version": __version__,
+        "command": "demo",
+        "data": str(data_dir),
+        "python": platform.python_version(),
+        "n_cases": len(rows),
+        "n_ok": sum(r["status"] == "ok" for r in rows),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_text_atomic(out_dir / "run.json", json.dumps(run, indent=2) + "\n")
+    return rows
+
+
+def summarize(rows: list[dict]) -> str:
+    """A short human-readable table of the rows (task, case, status, shape)."""
+    lines = [f"{'task':<12} {'case':<28} {'status':<7} {'shape':<20} orientation"]
+    for r in rows:
+        lines.append(f"{r['task']:<12} {r['case'][:28]:<28} {r['status']:<7} {r.get('shape', ''):<20} {r.get('orientation', '')}")
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    lines.append(f"{n_ok}/{len(rows)} cases ok")
+    return "\n".join(lines)
+
+
+__all__ = ["TASKS", "run_demo", "summarize"]

@@ -1,0 +1,348 @@
+"""``medcnn.load`` and ``medcnn.save``: scans in, results out, on exactly the right grid."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from medcnn.errors import InputError
+from medcnn.io import geometry
+from medcnn.io.atomic import atomic_path
+from medcnn.io.readers import RawImage, header_bytes_to_nifti_header, read_raw
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+#: meta key holding everything :func:`save` needs about the file(s) an image came from
+SOURCE_KEY = "medcnn_source"
+
+
+def load(
+    path: PathLike | Sequence[PathLike],
+    spacing: Sequence[float] | float | None = None,
+    orientation: str | None = None,
+    *,
+    series: str | int | None = None,
+    spatial_dims: int | None = None,
+    nonfinite: str = "error",
+    mode: str = "linear",
+) -> MetaTensor:
+    """Load a scan (or several co-registered scans as channels) with its geometry.
+
+    Args:
+        path: a file (NIfTI, NRRD, MHA/MHD, DICOM, PNG/JPEG), a DICOM series folder, or a list
+            of such paths stacked as channels in the given order (they must share one grid).
+        spacing: voxel size to resample to (mm), one value per spatial axis or a single value
+            for all; ``None`` keeps the stored grid. Resampling keeps the field of view's edges.
+        orientation: axis codes to reorient to (e.g. ``"RAS"``, ``"LPS"``; 3D only) by
+            permuting/flipping axes; ``None`` keeps the stored orientation.
+        series: which series of a DICOM folder holding several (SeriesInstanceUID or index).
+        spatial_dims: require 2 or 3 spatial dimensions (``None`` accepts either).
+        nonfinite: ``"error"`` (default) refuses NaN/Inf voxels; ``"zero"`` replaces them by 0.
+        mode: interpolation for ``spacing``: ``"linear"`` or ``"nearest"`` (use for label maps).
+
+    Returns:
+        ``MetaTensor`` of shape ``(C, *spatial)`` (``(C, I, J, K)`` volumes in the file's voxel
+        order, ``(C, rows, cols)`` 2D images), float32, whose ``.affine`` maps voxel indices to
+        RAS world millimetres. ``.meta["medcnn_source"]`` remembers the original grid so that
+        :func:`save` can write results back onto it.
+
+    Raises:
+        InputError: the file is unreadable, unsupported, truncated, empty, non-finite, of the
+            wrong dimensionality, or (for several paths) on mismatched grids. The message names
+            the file and the reason.
+        ValueError: invalid arguments (bad orientation code, spacing length...).
+
+    Example:
+        >>> img = medcnn.load("t1.nii.gz", spacing=1.5, orientation="RAS")  # doctest: +SKIP
+        >>> img.shape, img.affine  # doctest: +SKIP
+    """
+    if nonfinite not in ("error", "zero"):
+        raise ValueError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
+    if spatial_dims not in (None, 2, 3):
+        raise ValueError(f"spatial_dims must be 2, 3 or None, got {spatial_dims!r}")
+    paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    if not paths:
+        raise ValueError("load() needs at least one path")
+    raws = [read_raw(p, series=series) for p in paths]
+    raw = _stack_channels(raws, paths)
+    first = paths[0]
+    if spatial_dims is not None and raw.spatial_dims != spatial_dims:
+        what = "2D image" if raw.spatial_dims == 2 else "3D volume"
+        raise InputError(first, f"expected a {spatial_dims}D image but this is a {what} (shape {raw.array.shape[1:]})")
+    data = _to_float_tensor(raw.array)
+    _check_finite(data, first, nonfinite)
+    src = dict(raw.source)
+    src.update(
+        paths=[str(p) for p in paths],
+        spatial_shape=tuple(int(s) for s in raw.array.shape[1:]),
+        affine=np.asarray(raw.affine, dtype=np.float64),
+        spatial_dims=raw.spatial_dims,
+    )
+    affine = np.asarray(raw.affine, dtype=np.float64)
+    out_affine, out_shape = affine, tuple(data.shape[1:])
+    if orientation is not None:
+        if raw.spatial_dims != 3:
+            raise ValueError(f"{first}: orientation= applies to 3D volumes only")
+        out_affine, out_shape = geometry.reorient_affine(out_affine, out_shape, orientation)
+    if spacing is not None:
+        sp = _as_tuple(spacing, raw.spatial_dims, "spacing")
+        out_affine, out_shape = geometry.respace_affine(out_affine, out_shape, sp)
+    if out_affine is not affine:
+        m = np.linalg.inv(affine) @ out_affine
+        data = geometry.resample(data, m, out_shape, mode=mode)
+    meta = {
+        "filename_or_obj": str(first),
+        "original_affine": affine,
+        "spatial_shape": np.asarray(src["spatial_shape"]),
+        "original_channel_dim": 0,
+        SOURCE_KEY: src,
+    }
+    return MetaTensor(data, affine=torch.as_tensor(out_affine, dtype=torch.float64), meta=meta)
+
+
+def _as_tuple(v: Sequence[float] | float, n: int, name: str) -> tuple[float, ...]:
+    if isinstance(v, (int, float)):
+        return (float(v),) * n
+    t = tuple(float(x) for x in v)
+    if len(t) != n:
+        raise ValueError(f"{name} needs {n} values for a {n}D image, got {len(t)}")
+    return t
+
+
+def _stack_channels(raws: list[RawImage], paths: list[Path]) -> RawImage:
+    if len(raws) == 1:
+        return raws[0]
+    ref, ref_path = raws[0], paths[0]
+    for r, p in zip(raws[1:], paths[1:]):
+        if r.spatial_dims != ref.spatial_dims or r.array.shape[1:] != ref.array.shape[1:]:
+            raise InputError(p, f"grid {r.array.shape[1:]} does not match {ref_path.name} {ref.array.shape[1:]}; channels must share one grid")
+        diff = np.abs(r.affine - ref.affine)
+        if diff[:3, :3].max() > 1e-3 or diff[:3, 3].max() > 1e-2:
+            raise InputError(
+                p,
+                f"geometry differs from {ref_path.name} (affine mismatch up to {diff.max():.3g}); "
+                "channels must share one grid: register/resample them first",
+            )
+    arr = np.concatenate([np.asarray(r.array, dtype=np.float32) for r in raws], axis=0)
+    return RawImage(arr, ref.affine, ref.spatial_dims, dict(ref.source))
+
+
+def _to_float_tensor(arr: np.ndarray) -> torch.Tensor:
+    if not arr.dtype.isnative:  # big-endian files (torch only takes native byte order)
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if arr.dtype == np.float32:
+        # own the memory: read-only memmaps / Pillow buffers must not back a tensor we may edit in place
+        return torch.from_numpy(np.array(arr, copy=not arr.flags.writeable or not arr.flags.c_contiguous, order="C"))
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    return torch.from_numpy(arr.astype(np.float32, order="C"))
+
+
+def _check_finite(data: torch.Tensor, path: Path, policy: str) -> None:
+    finite = torch.isfinite(data)
+    if bool(finite.all()):
+        return
+    n_bad = int((~finite).sum())
+    if policy == "zero":
+        logger.warning("%s: replaced %d NaN/Inf voxels by 0", path, n_bad)
+        data.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        return
+    total = data.numel()
+    what = "all voxels are" if n_bad == total else f"{n_bad} of {total} voxels are"
+    raise InputError(path, f"{what} NaN or Inf")
+
+
+# ----------------------------------------------------------------------------------------- save
+
+
+def _source_of(like: Any) -> tuple[dict, np.ndarray]:
+    meta = getattr(like, "meta", None)
+    if not isinstance(meta, dict) or SOURCE_KEY not in meta:
+        raise ValueError("like= must be an image returned by medcnn.load (its meta holds the source grid)")
+    src = meta[SOURCE_KEY]
+    cur = like.affine
+    cur = cur.detach().cpu().numpy() if isinstance(cur, torch.Tensor) else np.asarray(cur)
+    return src, np.asarray(cur, dtype=np.float64)
+
+
+def save(
+    data: torch.Tensor | np.ndarray,
+    path: PathLike,
+    like: Any = None,
+    *,
+    affine: np.ndarray | None = None,
+    interp: str = "auto",
+) -> Path:
+    """Write an image or mask, atomically, on the exact grid of the file ``like`` came from.
+
+    ``data`` is on ``like``'s current grid (whatever :func:`load` resampled or reoriented, or
+    MONAI transforms that track the affine did since); ``save`` maps it back to the source grid
+    (exact index permutation where possible; nearest for integer/bool data, linear for floats)
+    and writes it with the source geometry, so it overlays the input exactly in 3D Slicer or
+    ITK-SNAP. A NIfTI source keeps its header (qform and sform) in NIfTI outputs.
+
+    Args:
+        data: ``(*spatial)`` or ``(C, *spatial)`` tensor/array on ``like``'s grid.
+        path: output file: ``.nii.gz``/``.nii``, ``.nrrd``, ``.mha``/``.mhd``, or ``.png`` (2D).
+        like: the image returned by :func:`load` that ``data`` belongs to. If ``None``,
+            ``data`` itself must be such an image, or ``affine`` must be given.
+        affine: RAS affine of ``data`` when there is no ``like`` (written as is).
+        interp: ``"auto"`` (nearest for integer/bool data, linear for floats), ``"nearest"``
+            or ``"linear"``.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: shapes do not match ``like``, unsupported output format or values.
+    """
+    path = Path(path)
+    if interp not in ("auto", "nearest", "linear"):
+        raise ValueError(f"interp must be 'auto', 'nearest' or 'linear', got {interp!r}")
+    if like is None and isinstance(data, MetaTensor) and SOURCE_KEY in data.meta:
+        like = data
+    arr = data.detach().cpu() if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
+    if isinstance(arr, MetaTensor):
+        arr = arr.as_tensor()
+    if like is not None:
+        src, cur_affine = _source_of(like)
+        sdims = int(src["spatial_dims"])
+        cur_shape = tuple(int(s) for s in like.shape[-sdims:])
+        arr = _channel_first(arr, sdims, cur_shape)
+        src_shape = tuple(int(s) for s in src["spatial_shape"])
+        src_affine = np.asarray(src["affine"], dtype=np.float64)
+        mode = _interp_mode(arr, interp)
+        m = np.linalg.inv(cur_affine) @ src_affine
+        if not (np.allclose(m, np.eye(4), atol=1e-6) and cur_shape == src_shape):
+            arr = geometry.resample(arr, m, src_shape, mode=mode)
+    else:
+        if affine is None:
+            raise ValueError("save() needs like= (an image from medcnn.load) or affine=")
+        src_affine = np.asarray(affine, dtype=np.float64)
+        sdims = 2 if path.name.lower().endswith((".png", ".jpg", ".jpeg")) else 3
+        arr = _channel_first(arr, sdims, None)
+        src = {"format": "none", "spatial_dims": sdims}
+    out = _to_storage(arr)
+    _write(out, path, src, src_affine, sdims)
+    logger.debug("wrote %s %s", path, tuple(out.shape))
+    return path
+
+
+def _channel_first(arr: torch.Tensor, sdims: int, shape: tuple[int, ...] | None) -> torch.Tensor:
+    if arr.ndim == sdims:
+        arr = arr.unsqueeze(0)
+    if arr.ndim != sdims + 1:
+        raise ValueError(f"data must be (*spatial) or (C, *spatial) with {sdims} spatial dims, got shape {tuple(arr.shape)}")
+    if shape is not None and tuple(arr.shape[1:]) != shape:
+        raise ValueError(f"data spatial shape {tuple(arr.shape[1:])} does not match like= image {shape}")
+    return arr
+
+
+def _interp_mode(arr: torch.Tensor, interp: str) -> str:
+    if interp != "auto":
+        return interp
+    return "linear" if torch.is_floating_point(arr) else "nearest"
+
+
+def _to_storage(arr: torch.Tensor) -> np.ndarray:
+    """Smallest faithful numpy dtype: bool->uint8, labels->uint8/int16/int32, floats->float32."""
+    if arr.dtype == torch.bool:
+        return arr.numpy().astype(np.uint8)
+    if torch.is_floating_point(arr):
+        return arr.to(torch.float32).numpy()
+    lo, hi = (int(arr.min()), int(arr.max())) if arr.numel() else (0, 0)
+    for dt in (np.uint8, np.int16, np.uint16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return arr.numpy().astype(dt)
+    return arr.numpy().astype(np.int64)
+
+
+def _write(arr: np.ndarray, path: Path, src: dict, affine: np.ndarray, sdims: int) -> None:
+    low = path.name.lower()
+    if low.endswith((".png", ".jpg", ".jpeg")):
+        _write_png(arr, path, sdims)
+    elif low.endswith((".nii", ".nii.gz")):
+        _write_nifti(arr, path, src, affine, sdims)
+    elif low.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
+        _write_itk(arr, path, affine, sdims)
+    else:
+        raise ValueError(f"{path}: unsupported output format; use .nii.gz, .nrrd, .mha or .png")
+
+
+def _write_png(arr: np.ndarray, path: Path, sdims: int) -> None:
+    from PIL import Image
+
+    if sdims != 2:
+        raise ValueError(f"{path}: PNG/JPEG output needs a 2D image; use .nii.gz for volumes")
+    if arr.shape[0] not in (1, 3):
+        raise ValueError(f"{path}: PNG needs 1 or 3 channels, got {arr.shape[0]}")
+    img = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+    if img.dtype.kind == "f":
+        if img.min() < 0 or img.max() > 1:
+            raise ValueError(f"{path}: float data must be in [0, 1] for PNG (got {img.min():.3g}..{img.max():.3g}); use .nii.gz")
+        img = np.round(img * 255).astype(np.uint8)
+    elif img.dtype == np.uint8 and img.max() <= 1 and arr.shape[0] == 1:
+        img = img * np.uint8(255)  # binary mask -> 0/255, visible in any viewer
+    elif img.max() > 255 or img.min() < 0:
+        if img.min() < 0 or img.max() > 65535 or arr.shape[0] != 1:
+            raise ValueError(f"{path}: values out of PNG range; use .nii.gz")
+        img = img.astype(np.uint16)
+    else:
+        img = img.astype(np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG" if path.suffix.lower() == ".png" else "JPEG")
+
+
+def _write_nifti(arr: np.ndarray, path: Path, src: dict, affine: np.ndarray, sdims: int) -> None:
+    import nibabel as nib
+
+    if sdims == 2:
+        _write_itk(arr, path, affine, sdims)
+        return
+    vol = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+    block = src.get("header") if src.get("format") == "nifti" else None
+    if block is not None:
+        hdr = header_bytes_to_nifti_header(block, src.get("header_class", "Nifti1Header"))
+        cls = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+        img = cls(vol, affine=None, header=hdr)
+        img.header.set_data_dtype(vol.dtype)
+        img.header.set_slope_inter(1.0, 0.0)
+        img.header["cal_min"] = 0
+        img.header["cal_max"] = 0
+        if vol.ndim == 3:
+            img.header["intent_code"] = 0
+    else:
+        img = nib.Nifti1Image(vol, affine)
+        img.header.set_qform(affine, code=1)
+        img.header.set_sform(affine, code=1)
+        img.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def _write_itk(arr: np.ndarray, path: Path, affine: np.ndarray, sdims: int) -> None:
+    import SimpleITK as sitk
+
+    if sdims == 3:
+        np_arr = np.transpose(arr, (3, 2, 1, 0))  # (K, J, I, C)
+        aff = affine
+    else:
+        np_arr = np.moveaxis(arr, 0, -1)  # (rows, cols, C)
+        aff = affine[:, [1, 0, 2, 3]]  # our (rows, cols) -> ITK (i=cols, j=rows)
+    vec = np_arr.shape[-1] > 1
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np_arr if vec else np_arr[..., 0]), isVector=vec)
+    origin, spacing, direction = geometry.affine_to_itk(aff, sdims)
+    img.SetOrigin(origin)
+    img.SetSpacing(spacing)
+    img.SetDirection(direction)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=True)

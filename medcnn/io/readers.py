@@ -1,0 +1,284 @@
+"""Format detection and readers returning channel-first arrays with their geometry.
+
+Each reader returns a :class:`RawImage`: the stored voxels (not resampled), the RAS affine, and a
+``source`` record that :func:`medcnn.save` uses to write results back onto exactly this grid.
+No format is parsed by hand: NIfTI goes through nibabel, NRRD/MHA/MHD through SimpleITK, DICOM
+through pydicom/SimpleITK (:mod:`medcnn.io.dicom`), PNG/JPEG through Pillow.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medcnn.errors import InputError
+from medcnn.io import dicom
+from medcnn.io.geometry import affine_2d, itk_to_affine
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".img", ".hdr")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+#: formats people try that we refuse with a hint
+UNSUPPORTED_HINTS = {
+    ".mnc": "MINC is not supported; convert it to NIfTI (e.g. with nibabel or mnc2nii)",
+    ".par": "Philips PAR/REC is not supported; convert it to NIfTI (e.g. with dcm2niix or nibabel's parrec2nii)",
+    ".rec": "Philips PAR/REC is not supported; convert it to NIfTI (e.g. with dcm2niix or nibabel's parrec2nii)",
+    ".mgz": "FreeSurfer MGZ is not supported; convert it to NIfTI (mri_convert)",
+    ".mgh": "FreeSurfer MGH is not supported; convert it to NIfTI (mri_convert)",
+    ".tif": "TIFF is not supported; save the image as PNG",
+    ".tiff": "TIFF is not supported; save the image as PNG",
+}
+SUPPORTED = "NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr), MetaImage (.mha/.mhd), DICOM file or series folder, PNG/JPEG"
+#: largest compression ratio gzip (deflate) can reach; a header promising more data than that is lying
+_MAX_GZIP_RATIO = 1032
+
+
+@dataclass
+class RawImage:
+    """Voxels as stored in the file(s), channel first, with geometry.
+
+    Attributes:
+        array: ``(C, *spatial)`` numpy array, stored dtype (or float32 after scaling).
+        affine: ``(4, 4)`` RAS voxel->world affine of the spatial axes.
+        spatial_dims: 2 or 3.
+        source: what :func:`medcnn.save` needs to write onto this grid (format, shape, affine,
+            NIfTI header bytes when the source was NIfTI).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    spatial_dims: int
+    source: dict = field(default_factory=dict)
+
+
+def detect_format(path: Path) -> str:
+    """One of ``nifti``, ``itk``, ``image2d``, ``dicom``, ``dicom-folder``.
+
+    Raises:
+        InputError: missing path, known-unsupported or unrecognised format.
+    """
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    if path.is_dir():
+        return "dicom-folder"
+    name = path.name.lower()
+    for suffixes, fmt in ((NIFTI_SUFFIXES, "nifti"), (ITK_SUFFIXES, "itk"), (IMAGE2D_SUFFIXES, "image2d"), (DICOM_SUFFIXES, "dicom")):
+        if name.endswith(suffixes):
+            return fmt
+    for suf, hint in UNSUPPORTED_HINTS.items():
+        if name.endswith(suf) or name.endswith(suf + ".gz"):
+            raise InputError(path, hint)
+    if dicom.is_dicom_file(path):
+        return "dicom"
+    raise InputError(path, f"unrecognised file format; supported: {SUPPORTED}")
+
+
+def _check_nonempty(path: Path) -> None:
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(path, "file is empty (0 bytes)")
+
+
+def read_nifti(path: Path) -> RawImage:
+    """Read NIfTI-1/2 (or Analyze pair) with nibabel; 4D/5D data become channels."""
+    import nibabel as nib
+
+    _check_nonempty(path)
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad headers
+        raise InputError(path, f"not a readable NIfTI file ({_short(exc)})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image, nib.Nifti1Pair, nib.Nifti2Pair, nib.AnalyzeImage)):
+        raise InputError(path, f"unsupported image type {type(img).__name__}")
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 0 or any(s == 0 for s in shape):
+        raise InputError(path, f"image has no voxels (shape {shape})")
+    _check_declared_size(path, shape, img.get_data_dtype().itemsize)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
+        raise InputError(path, f"file is truncated or corrupt ({_short(exc)})") from None
+    if data.dtype.kind == "c":
+        raise InputError(path, "complex-valued images are not supported")
+    if data.dtype.fields is not None:  # RGB NIfTI
+        data = np.stack([data[n] for n in data.dtype.names], axis=-1)
+        shape = data.shape
+    if len(shape) < 2:
+        raise InputError(path, f"image is {len(shape)}D (shape {shape}); expected a 3D volume")
+    if len(shape) == 2:
+        arr = data[None, :, :, None]
+    elif len(shape) == 3:
+        arr = data[None]
+    elif len(shape) == 4:
+        arr = np.moveaxis(data, 3, 0)
+    elif len(shape) == 5 and shape[3] == 1:  # NIfTI vector intent: (X, Y, Z, 1, C)
+        arr = np.moveaxis(data[:, :, :, 0, :], 3, 0)
+    else:
+        raise InputError(path, f"image is {len(shape)}D (shape {shape}); expected 3D, or 4D with channels last")
+    hdr = img.header
+    src = {
+        "format": "nifti",
+        "header": hdr.binaryblock if hasattr(hdr, "binaryblock") else None,
+        "header_class": type(hdr).__name__,
+    }
+    return RawImage(np.ascontiguousarray(arr), np.asarray(img.affine, dtype=np.float64), 3, src)
+
+
+def _check_declared_size(path: Path, shape: tuple[int, ...], itemsize: int) -> None:
+    """Refuse a header that promises more data than the file can hold (truncation / hostile header)."""
+    need = int(np.prod(shape, dtype=np.float64)) * itemsize
+    have = path.stat().st_size
+    name = path.name.lower()
+    compressed = name.endswith(".gz")
+    if compressed and need > have * _MAX_GZIP_RATIO + 65536:
+        raise InputError(
+            path, f"header declares {shape} voxels ({need / 2**20:.0f} MiB) but the compressed file has only {have} bytes: truncated or corrupt"
+        )
+    if not compressed and name.endswith(".nii") and need > have:
+        raise InputError(path, f"header declares {need} bytes of voxels but the file has {have}: truncated")
+
+
+def read_itk(path: Path) -> RawImage:
+    """Read NRRD / MetaImage (and anything else SimpleITK reads) with SimpleITK."""
+    import SimpleITK as sitk
+
+    _check_nonempty(path)
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        size = reader.GetSize()
+        if any(s == 0 for s in size):
+            raise InputError(path, f"image has no voxels (size {size})")
+        img = reader.Execute()
+    except InputError:
+        raise
+    except RuntimeError as exc:
+        raise InputError(path, f"not readable by SimpleITK ({_short(exc, itk=True)})") from None
+    dim = img.GetDimension()
+    ncomp = img.GetNumberOfComponentsPerPixel()
+    arr = sitk.GetArrayFromImage(img)
+    if arr.dtype.kind == "c":
+        raise InputError(path, "complex-valued images are not supported")
+    if dim == 2:
+        arr = np.moveaxis(arr, -1, 0) if ncomp > 1 else arr[None]
+        origin, spacing, direction = img.GetOrigin(), img.GetSpacing(), img.GetDirection()
+        # our 2D axes are (rows, cols) = ITK (j, i): swap the two index axes
+        aff = itk_to_affine(origin, spacing, direction)
+        aff = aff[:, [1, 0, 2, 3]]
+        src = {"format": "itk", "itk": {"origin": origin, "spacing": spacing, "direction": direction}}
+        return RawImage(np.ascontiguousarray(arr), aff, 2, src)
+    if dim == 4:
+        if ncomp > 1:
+            raise InputError(path, "4D vector images are not supported")
+        # (T, Z, Y, X) -> (T, X, Y, Z); geometry of the first three axes
+        arr = np.ascontiguousarray(np.transpose(arr, (0, 3, 2, 1)))
+        o, s, dmat = img.GetOrigin(), img.GetSpacing(), np.asarray(img.GetDirection()).reshape(4, 4)
+        aff = itk_to_affine(o[:3], s[:3], dmat[:3, :3].ravel())
+        src = {"format": "itk"}
+        return RawImage(arr, aff, 3, src)
+    if dim != 3:
+        raise InputError(path, f"image is {dim}D; expected a 2D image or 3D volume")
+    arr = np.moveaxis(arr, -1, 0) if ncomp > 1 else arr[None]
+    arr = np.ascontiguousarray(np.transpose(arr, (0, 3, 2, 1)))
+    aff = itk_to_affine(img.GetOrigin(), img.GetSpacing(), img.GetDirection())
+    return RawImage(arr, aff, 3, {"format": "itk"})
+
+
+def read_image2d(path: Path) -> RawImage:
+    """Read PNG/JPEG (8 or 16 bit, grey or colour) with Pillow as ``(C, rows, cols)``."""
+    from PIL import Image, UnidentifiedImageError
+
+    _check_nonempty(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                arr = np.asarray(im, dtype=np.uint16)
+            elif mode in ("I", "F"):
+                arr = np.asarray(im)
+            elif mode in ("1", "L", "P", "LA", "PA"):
+                if mode in ("P", "PA"):
+                    im = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB")
+                    mode = im.mode
+                if mode in ("1", "L", "LA"):
+                    im = im.convert("L")
+                arr = np.asarray(im)
+            else:
+                arr = np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise InputError(path, "not a readable PNG/JPEG image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(path, f"image file is truncated or corrupt ({_short(exc)})") from None
+    if arr.ndim == 3:
+        if arr.shape[-1] == 4:
+            arr = arr[..., :3]
+        chans = np.moveaxis(arr, -1, 0)
+        if chans.shape[0] == 3 and (chans[0] == chans[1]).all() and (chans[1] == chans[2]).all():
+            chans = chans[:1]  # grey stored as RGB
+        arr = chans
+    else:
+        arr = arr[None]
+    if arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise InputError(path, "image has no pixels")
+    return RawImage(np.ascontiguousarray(arr), affine_2d(), 2, {"format": "image2d"})
+
+
+def read_dicom(path: Path, series: str | int | None = None) -> RawImage:
+    """Read a DICOM file or series folder (see :mod:`medcnn.io.dicom`)."""
+    if path.is_dir():
+        arr, aff, info = dicom.read_series(path, series)
+    else:
+        _check_nonempty(path)
+        arr, aff, info = dicom.read_file(path)
+    sd = int(info.pop("spatial_dims", 3 if arr.ndim == 4 else 2))
+    info["format"] = "dicom"
+    return RawImage(arr, aff, sd, info)
+
+
+def read_raw(path: str | Path, series: str | int | None = None) -> RawImage:
+    """Read any supported file or folder without resampling.
+
+    Raises:
+        InputError: for every failure, with the path and the reason.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "nifti":
+        raw = read_nifti(path)
+    elif fmt == "itk":
+        raw = read_itk(path)
+    elif fmt == "image2d":
+        raw = read_image2d(path)
+    else:
+        raw = read_dicom(path, series)
+    raw.source.setdefault("format", fmt)
+    return raw
+
+
+def _short(exc: BaseException, itk: bool = False) -> str:
+    msg = str(exc).strip() or type(exc).__name__
+    if itk:  # ITK messages are multi-line with C++ file names; keep the useful line
+        lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+        useful = [ln for ln in lines if "Description:" in ln or "Could not create IO object" in ln]
+        msg = (useful[-1] if useful else lines[-1]) if lines else msg
+        msg = msg.replace("Description:", "").strip()
+    msg = msg.splitlines()[0] if msg else msg
+    return msg[:200]
+
+
+def header_bytes_to_nifti_header(block: bytes, header_class: str):
+    """Rebuild a nibabel header from the bytes kept in ``source['header']``."""
+    import nibabel as nib
+
+    cls = {"Nifti1Header": nib.Nifti1Header, "Nifti2Header": nib.Nifti2Header}.get(header_class, nib.Nifti1Header)
+    return cls.from_fileobj(io.BytesIO(block))

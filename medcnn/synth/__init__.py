@@ -1,0 +1,51 @@
+"""Synthetic but realistic data on real anatomy (MNI152 2009 template), for demos, tests and training.
+
+Generators (each ``generate(out_dir, n, seed=0, **options) -> list[dict]``; case ``i`` depends only
+on ``(seed, i)``, so a larger set extends a smaller one):
+
+* ``brain-tumor``: 4-contrast brain MRI (t1n, t1c, t2w, t2f) with BraTS 2023 labels;
+* ``alzheimer``: T1 MRI of CN and AD subjects in BIDS with ``participants.tsv``;
+* ``chest-xray``: frontal radiographs (PNG 8/16-bit, DICOM MONOCHROME1/2) with lung/heart masks
+  and CheXpert/NIH-style label CSVs;
+* ``sample``: the repository's ``sample_data/`` (a handful of cases of each, plus real DICOM
+  files from pydicom's test data).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+_MODULES = {
+    "brain-tumor": "medcnn.synth.brain_tumor",
+    "alzheimer": "medcnn.synth.alzheimer",
+    "chest-xray": "medcnn.synth.chest_xray",
+    "sample": "medcnn.synth.sample",
+}
+
+TASKS = tuple(_MODULES)
+
+
+def generate(task: str, out_dir: str | Path, n: int, seed: int = 0, **options) -> list[dict]:
+    """Generate ``n`` cases of ``task`` into ``out_dir``.
+
+    Args:
+        task: one of :data:`TASKS`.
+        out_dir: output folder (created).
+        n: number of cases (ignored by ``sample``, which has a fixed content).
+        seed: random seed.
+        **options: task-specific options (e.g. ``layout``, ``formats``, ``spacing``).
+
+    Returns:
+        One record (dict of paths and attributes) per written case.
+
+    Raises:
+        ValueError: unknown task.
+    """
+    if task not in _MODULES:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    mod = importlib.import_module(_MODULES[task])
+    return mod.generate(Path(out_dir), n=n, seed=seed, **options)
+
+
+__all__ = ["TASKS", "generate"]

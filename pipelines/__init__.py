@@ -1,0 +1,1 @@
+"""Task pipelines (installed as ``medcnn.pipelines``): thin compositions of medcnn parts."""
