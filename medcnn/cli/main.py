@@ -7,6 +7,7 @@ errors) without a traceback; ``medcnn --debug ...`` shows tracebacks.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -107,11 +108,9 @@ def info() -> None:
 def _cpu_bf16() -> str:
     import torch
 
-    try:
-        flags = open("/proc/cpuinfo", encoding="utf-8").read()
-        native = "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        native = False
+    from medcnn.device import cpu_has_native_bf16
+
+    native = cpu_has_native_bf16()
     return f"{'native' if native else 'emulated'} (mkldnn bf16 {'yes' if torch.backends.mkldnn.is_available() else 'no'})"
 
 
@@ -196,6 +195,72 @@ def generate(task: str, out_dir: Path, n: int, seed: int, layout: str | None, fo
         opts["formats"] = tuple(f.strip() for f in formats.split(",") if f.strip())
     records = synth.generate(task, out_dir, n=n, seed=seed, **opts)
     click.echo(f"wrote {len(records)} {task} case(s) to {out_dir}")
+
+
+@cli.command(context_settings=CONTEXT, epilog="""\b
+Examples:
+  medcnn predict brain-tumor sample_data/brain-tumor -o out/bt
+  medcnn predict brain-tumor BraTS-GLI-00001-000/ nnunet_flat_folder/ -o out --device cuda
+  medcnn predict brain-tumor cases/ -o out --model runs/bt/best.pt --overwrite
+  torchrun --nproc_per_node 2 -m medcnn.cli.main predict brain-tumor cases/ -o out   # shard over ranks
+\b
+Outputs: OUTDIR/summary.csv (a row per case), per-case result files, OUTDIR/qc/*.png, OUTDIR/run.json.
+Exit status: 0 all cases ok or skipped, 1 some case failed (the others are still done), 2 usage error.
+""")
+@click.argument("pipeline")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--model", "model_ref", default=None, help="Bundled model name or checkpoint path (default: the pipeline's).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--overwrite", is_flag=True, help="Redo cases whose outputs already exist.")
+def predict(pipeline: str, inputs: tuple[Path, ...], out_dir: Path, model_ref: str | None, device: str, overwrite: bool) -> None:
+    """Run PIPELINE (brain-tumor, ...) on every case found in INPUTS."""
+    from medcnn.batch import run_batch
+    from medcnn.pipelines import available, get_pipeline
+    from medcnn.predictor import load_model
+
+    if pipeline not in available():
+        raise click.UsageError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(available())}")
+    pipe = get_pipeline(pipeline)
+    dev_name = device
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise click.UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        import torch
+
+        dev_name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    model = load_model(model_ref or pipe.model, device=dev_name)
+    info = {"name": model_ref or pipe.model, "path": str(model.path), "sha256": model.sha256,
+            "network": model.config["model"], "preprocess": model.config["preprocess"],
+            "inference": model.config["inference"], "metrics": model.config.get("metrics", {})}
+    rows = run_batch(pipe, model, list(inputs), out_dir, overwrite=overwrite, model_info=info, device=dev_name)
+    if int(os.environ.get("RANK", "0")) == 0:
+        counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "skipped", "error")}
+        click.echo(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} failed; summary: {out_dir / 'summary.csv'}")
+        if counts["error"]:
+            sys.exit(1)
+
+
+@cli.command(context_settings=CONTEXT, epilog="""\b
+Examples:
+  medcnn train configs/brain_tumor.yaml --set data.source=data/brats_synth -o runs/bt
+  medcnn train configs/brain_tumor.yaml -o runs/bt --resume           # continue after a crash
+  medcnn train configs/brain_tumor.yaml --set train.epochs=2 --set model.name=unet
+  torchrun --nproc_per_node 2 -m medcnn.cli.main train configs/brain_tumor.yaml -o runs/ddp
+""")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (dotted key; YAML value).")
+@click.option("--resume", is_flag=True, help="Continue from RUNDIR/last.pt.")
+@click.option("-o", "--output", "run_dir", type=click.Path(path_type=Path), default=None,
+              help="Run folder (default runs/<config name>).")
+def train(config: Path, overrides: tuple[str, ...], resume: bool, run_dir: Path | None) -> None:
+    """Train a model from a YAML CONFIG (also under torchrun for DDP)."""
+    from medcnn.engine import train as run_training
+
+    result = run_training(config, list(overrides), run_dir, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"best {result['best']:.4f} at epoch {result['best_epoch']}; outputs in {result['run_dir']}")
 
 
 def main(argv: list[str] | None = None) -> None:

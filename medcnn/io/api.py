@@ -87,17 +87,11 @@ def load(
         spatial_dims=raw.spatial_dims,
     )
     affine = np.asarray(raw.affine, dtype=np.float64)
-    out_affine, out_shape = affine, tuple(data.shape[1:])
-    if orientation is not None:
-        if raw.spatial_dims != 3:
-            raise ValueError(f"{first}: orientation= applies to 3D volumes only")
-        out_affine, out_shape = geometry.reorient_affine(out_affine, out_shape, orientation)
-    if spacing is not None:
-        sp = _as_tuple(spacing, raw.spatial_dims, "spacing")
-        out_affine, out_shape = geometry.respace_affine(out_affine, out_shape, sp)
+    if orientation is not None and raw.spatial_dims != 3:
+        raise ValueError(f"{first}: orientation= applies to 3D volumes only")
+    out_affine, out_shape = target_grid(affine, tuple(data.shape[1:]), spacing, orientation)
     if out_affine is not affine:
-        m = np.linalg.inv(affine) @ out_affine
-        data = geometry.resample(data, m, out_shape, mode=mode)
+        data = geometry.resample(data, np.linalg.inv(affine) @ out_affine, out_shape, mode=mode)
     meta = {
         "filename_or_obj": str(first),
         "original_affine": affine,
@@ -106,6 +100,48 @@ def load(
         SOURCE_KEY: src,
     }
     return MetaTensor(data, affine=torch.as_tensor(out_affine, dtype=torch.float64), meta=meta)
+
+
+def target_grid(
+    affine: np.ndarray, shape: Sequence[int], spacing: Sequence[float] | float | None, orientation: str | None
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Affine and shape of the grid ``load(..., spacing=, orientation=)`` produces from ``(affine, shape)``.
+
+    Returns the input ``affine`` object itself when nothing changes.
+    """
+    out_affine, out_shape = affine, tuple(int(s) for s in shape)
+    if orientation is not None:
+        out_affine, out_shape = geometry.reorient_affine(out_affine, out_shape, orientation)
+    if spacing is not None:
+        sp = _as_tuple(spacing, len(out_shape), "spacing")
+        out_affine, out_shape = geometry.respace_affine(out_affine, out_shape, sp)
+    return out_affine, out_shape
+
+
+def resample_image(
+    img: MetaTensor,
+    spacing: Sequence[float] | float | None = None,
+    orientation: str | None = None,
+    mode: str = "linear",
+) -> MetaTensor:
+    """Put an image from :func:`load` on another grid, exactly as ``load(..., spacing, orientation)`` would.
+
+    Args:
+        img: ``MetaTensor (C, *spatial)`` with ``.affine``.
+        spacing: target voxel size (mm) or ``None``.
+        orientation: target axis codes (3D) or ``None``.
+        mode: ``"linear"`` or ``"nearest"``.
+
+    Returns:
+        A new ``MetaTensor`` on the target grid, keeping ``img``'s meta (so :func:`save` still
+        finds the source file's grid).
+    """
+    affine = img.affine.detach().cpu().numpy().astype(np.float64)
+    new_affine, new_shape = target_grid(affine, tuple(img.shape[1:]), spacing, orientation)
+    if new_affine is affine:
+        return img
+    data = geometry.resample(img.as_tensor(), np.linalg.inv(affine) @ new_affine, new_shape, mode=mode)
+    return MetaTensor(data, affine=torch.as_tensor(new_affine, dtype=torch.float64), meta=dict(img.meta))
 
 
 def _as_tuple(v: Sequence[float] | float, n: int, name: str) -> tuple[float, ...]:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from types import MappingProxyType
-from typing import Mapping
 
 import nibabel as nib
 import numpy as np
@@ -57,11 +57,12 @@ REGION_NAMES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Anatomy:
     """Tissue maps and region masks on one grid.
 
     All arrays share the grid ``(X, Y, Z)`` described by ``affine`` and are read-only.
+    Instances compare and hash by identity (so derived data can be cached per anatomy).
 
     Attributes:
         affine: (4, 4) voxel->world (MNI mm, RAS+) affine.
@@ -70,6 +71,7 @@ class Anatomy:
         wm: (X, Y, Z) float32 white-matter probability.
         csf: (X, Y, Z) float32 CSF probability, ``clip(brain - gm - wm, 0, 1)``.
         brain: (X, Y, Z) float32 soft intracranial mask in [0, 1].
+        depth: (X, Y, Z) float32 distance (mm) from the outside of the brain mask (0 outside).
         regions: name -> (X, Y, Z) bool mask, names in :data:`REGION_NAMES`.
     """
 
@@ -79,7 +81,8 @@ class Anatomy:
     wm: np.ndarray
     csf: np.ndarray
     brain: np.ndarray
-    regions: Mapping[str, np.ndarray] = field(default_factory=dict)
+    depth: np.ndarray
+    regions: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -154,6 +157,7 @@ class Anatomy:
             wm=pad(self.wm),
             csf=pad(self.csf),
             brain=pad(self.brain),
+            depth=pad(self.depth),
             regions=MappingProxyType({k: pad(v) for k, v in self.regions.items()}),
         )
 
@@ -215,6 +219,8 @@ def _load_cached() -> Anatomy:
     brain = np.clip(brain, 0, 1).astype(np.float32)
     csf = np.clip(brain - gm - wm, 0, 1).astype(np.float32)
     regions = derive_regions(affine, gm, wm, csf, brain)
+    vox_mm = float(np.cbrt(abs(np.linalg.det(affine[:3, :3]))))
+    depth = (ndi.distance_transform_edt(brain > 0.5) * vox_mm).astype(np.float32)
     logger.debug("loaded MNI152 template: shape=%s", t1.shape)
     return Anatomy(
         affine=_readonly(affine),
@@ -223,6 +229,7 @@ def _load_cached() -> Anatomy:
         wm=_readonly(wm),
         csf=_readonly(csf),
         brain=_readonly(brain),
+        depth=_readonly(depth),
         regions=MappingProxyType({k: _readonly(v) for k, v in regions.items()}),
     )
 
@@ -275,7 +282,10 @@ def derive_regions(
 
     Args:
         affine: (4, 4) voxel->MNI affine.
-        gm, wm, csf, brain: (X, Y, Z) tissue probabilities and soft brain mask.
+        gm: (X, Y, Z) grey-matter probability.
+        wm: (X, Y, Z) white-matter probability.
+        csf: (X, Y, Z) CSF probability.
+        brain: (X, Y, Z) soft brain mask.
 
     Returns:
         name -> (X, Y, Z) bool mask for every name in :data:`REGION_NAMES`.

@@ -39,9 +39,10 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,6 @@ from medcnn.synth.anatomy import (
     random_subject_transform,
 )
 from medcnn.synth.grid import (
-    Grid,
     affine_coords,
     bias_field,
     random_grid,
@@ -64,6 +64,7 @@ from medcnn.synth.grid import (
     rotation_matrix,
     sample,
     save_nifti,
+    slice_profile_offsets,
     smooth_field,
 )
 
@@ -72,23 +73,29 @@ logger = logging.getLogger(__name__)
 #: Contrast names (BraTS 2023 suffixes), in nnU-Net channel order 0000..0003.
 CONTRASTS: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 #: BraTS 2023 label values.
-LABELS: dict[str, int] = {"background": 0, "NCR": 1, "ED": 2, "ET": 3}
+LABELS: Mapping[str, int] = MappingProxyType({"background": 0, "NCR": 1, "ED": 2, "ET": 3})
 #: Folder layouts understood by :func:`generate`.
 LAYOUTS: tuple[str, ...] = ("brats2023", "brats2021", "nnunet")
 #: BraTS 2021 file suffixes of each contrast.
-BRATS2021_SUFFIX: dict[str, str] = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
+BRATS2021_SUFFIX: Mapping[str, str] = MappingProxyType({"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"})
 #: Core-radius ranges (mm) of the named sizes.
-SIZES: dict[str, tuple[float, float]] = {"small": (4.0, 10.0), "medium": (10.0, 20.0), "large": (20.0, 32.0)}
+SIZES: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {"small": (4.0, 10.0), "medium": (10.0, 20.0), "large": (20.0, 32.0)}
+)
 
 # Tissue intensity ranges relative to white matter (= 1) for each contrast.
 # "nec": necrosis, "net": non-enhancing tumour core (both label NCR), "et": enhancing tumour,
 # "ed": oedema (blended with the underlying tissue).
-_INTENSITY_RANGES: dict[str, dict[str, tuple[float, float]]] = {
-    "t1n": {"gm": (0.62, 0.82), "csf": (0.15, 0.38), "nec": (0.18, 0.42), "net": (0.45, 0.65), "et": (0.55, 0.80), "ed": (0.50, 0.72)},
-    "t1c": {"gm": (0.62, 0.82), "csf": (0.15, 0.38), "nec": (0.18, 0.42), "net": (0.45, 0.68), "et": (1.30, 1.90), "ed": (0.50, 0.74)},
-    "t2w": {"gm": (1.25, 1.65), "csf": (2.60, 3.80), "nec": (2.00, 3.20), "net": (1.80, 2.50), "et": (1.40, 2.00), "ed": (1.90, 2.70)},
-    "t2f": {"gm": (1.12, 1.40), "csf": (0.15, 0.45), "nec": (0.50, 1.30), "net": (1.50, 2.10), "et": (1.35, 1.90), "ed": (1.70, 2.40)},
-}
+_INTENSITY_RANGES: Mapping[str, Mapping[str, tuple[float, float]]] = MappingProxyType({
+    "t1n": MappingProxyType({"gm": (0.62, 0.82), "csf": (0.15, 0.38), "nec": (0.18, 0.42),
+                             "net": (0.45, 0.65), "et": (0.55, 0.80), "ed": (0.50, 0.72)}),
+    "t1c": MappingProxyType({"gm": (0.62, 0.82), "csf": (0.15, 0.38), "nec": (0.18, 0.42),
+                             "net": (0.45, 0.68), "et": (1.30, 1.90), "ed": (0.50, 0.74)}),
+    "t2w": MappingProxyType({"gm": (1.25, 1.65), "csf": (2.60, 3.80), "nec": (2.00, 3.20),
+                             "net": (1.80, 2.50), "et": (1.40, 2.00), "ed": (1.90, 2.70)}),
+    "t2f": MappingProxyType({"gm": (1.12, 1.40), "csf": (0.15, 0.45), "nec": (0.50, 1.30),
+                             "net": (1.50, 2.10), "et": (1.35, 1.90), "ed": (1.70, 2.40)}),
+})
 _OUTSIDE = -50.0  # level value far outside every lesion, mm
 
 
@@ -157,33 +164,36 @@ def mass_effect_pull(lesions: Sequence[Lesion], xyz: np.ndarray) -> np.ndarray:
     Returns:
         (3, ...) float32 points in the healthy subject.
     """
-    out = np.asarray(xyz, dtype=np.float32)
+    out = np.array(xyz, dtype=np.float32)
+    flat = out.reshape(3, -1)
     for les in lesions:
         if les.mass_effect <= 0:
             continue
-        c = les.centre.astype(np.float32).reshape(3, *([1] * (out.ndim - 1)))
-        rel = out - c
-        d2 = np.sum(rel * rel, axis=0)
-        k = np.float32(les.mass_effect) * np.exp(-d2 / np.float32(les.push_length**2))
-        out = c + rel * (1.0 - k)[None]
+        c = les.centre.astype(np.float32)[:, None]
+        reach2 = np.float32((3.0 * les.push_length) ** 2)
+        d2 = (flat[0] - c[0]) ** 2
+        d2 += (flat[1] - c[1]) ** 2
+        d2 += (flat[2] - c[2]) ** 2
+        idx = np.flatnonzero(d2 < reach2)  # beyond 3 L the push is below 1e-4 of A
+        rel = flat[:, idx] - c
+        k = np.float32(les.mass_effect) * np.exp(-d2[idx] / np.float32(les.push_length**2))
+        flat[:, idx] = c + rel * (1.0 - k)[None]
     return out
 
 
 def _subject_maps(anat: Anatomy, transform: SubjectTransform, lesions: Sequence[Lesion]) -> dict[str, np.ndarray]:
-    """Tissue maps of the (tumour-bearing) subject on the template grid.
+    """Tissue maps of the tumour-bearing subject on the template grid.
 
     Returns:
-        name -> (X, Y, Z) float32 map for gm, wm, csf, brain, cerebrum, ventricles.
+        name -> (X, Y, Z) float32 map for gm, wm, csf, brain, cerebrum.
     """
     xyz = anat.world_coords()
     healthy = mass_effect_pull(lesions, xyz) if lesions else xyz
     tpl = transform(healthy)
     vox = _world_to_voxel(anat.affine, tpl)
-    stack = np.stack(
-        [anat.gm, anat.wm, anat.csf, anat.brain, anat.region("cerebrum").astype(np.float32), anat.region("ventricles").astype(np.float32)]
-    )
+    stack = np.stack([anat.gm, anat.wm, anat.csf, anat.brain, anat.region("cerebrum").astype(np.float32)])
     res = sample(stack, vox, order=1)
-    return dict(zip(("gm", "wm", "csf", "brain", "cerebrum", "ventricles"), res))
+    return dict(zip(("gm", "wm", "csf", "brain", "cerebrum"), res))
 
 
 def _world_to_voxel(affine: np.ndarray, xyz: np.ndarray) -> np.ndarray:
@@ -209,7 +219,7 @@ def _draw_radius(rng: np.random.Generator, size: str | float | None) -> float:
 def sample_lesions(
     rng: np.random.Generator,
     anat: Anatomy,
-    maps: dict[str, np.ndarray],
+    transform: SubjectTransform,
     *,
     n_lesions: int | None = None,
     size: str | float | None = None,
@@ -219,10 +229,13 @@ def sample_lesions(
 ) -> list[Lesion]:
     """Draw lesion parameters and centres inside cerebral tissue.
 
+    Centres are drawn on the template (white matter favoured, deep enough for the core to fit
+    in the brain, away from the ventricles and from other lesions) and mapped to the subject.
+
     Args:
         rng: random generator.
-        anat: template anatomy (grid of ``maps``).
-        maps: healthy-subject maps from :func:`_subject_maps` (gm, wm, brain, cerebrum, ...).
+        anat: template anatomy.
+        transform: the subject's transform (centres are returned in subject space).
         n_lesions: number of lesions; None draws 1 (85 %) or 2.
         size: ``"small"``, ``"medium"``, ``"large"``, a core radius in mm, or None (random).
         necrosis: force a necrotic core on/off; None draws it (more likely for large cores).
@@ -230,46 +243,50 @@ def sample_lesions(
         mass_effect: allow mass effect.
 
     Returns:
-        The lesions (first one the largest).
+        The lesions (the first one the largest).
+
+    Raises:
+        ValueError: on invalid arguments.
     """
     if n_lesions is None:
         n_lesions = 1 if rng.random() < 0.85 else 2
     if not 1 <= int(n_lesions) <= 4:
         raise ValueError(f"n_lesions must be 1..4, got {n_lesions}")
-    vox_mm = float(np.cbrt(abs(np.linalg.det(anat.affine[:3, :3]))))
-    tissue = (maps["cerebrum"] > 0.5) & (maps["gm"] + maps["wm"] > 0.6) & (maps["ventricles"] < 0.2)
-    depth = ndi.distance_transform_edt(maps["brain"] > 0.5) * vox_mm
+    tissue = anat.region("cerebrum") & (anat.gm + anat.wm > 0.6) & ~ndi.binary_dilation(anat.region("ventricles"))
     xyz = anat.world_coords()
+    weights_all = (anat.wm + 0.35 * anat.gm).ravel()
     lesions: list[Lesion] = []
+    template_centres: list[np.ndarray] = []
     for i in range(int(n_lesions)):
         radius = _draw_radius(rng, size) if i == 0 else min(_draw_radius(rng, size), lesions[0].radius)
-        min_depth = 0.5 * radius + 6.0
-        ok = tissue & (depth > min_depth)
-        for les in lesions:  # keep lesions apart
-            d = np.sqrt(np.sum((xyz - les.centre.astype(np.float32)[:, None, None, None]) ** 2, axis=0))
-            ok &= d > (les.radius + radius + 8.0)
+        ok = tissue & (anat.depth > 0.5 * radius + 6.0)
+        for prev, les in zip(template_centres, lesions):  # keep lesions apart
+            d2 = np.sum((xyz - prev.astype(np.float32)[:, None, None, None]) ** 2, axis=0)
+            ok &= d2 > (les.radius + radius + 8.0) ** 2
         idx = np.flatnonzero(ok)
         if idx.size == 0:
-            idx = np.flatnonzero(tissue & (depth > 8.0))
-        weights = (maps["wm"].ravel()[idx] + 0.35 * maps["gm"].ravel()[idx]).astype(np.float64)
+            idx = np.flatnonzero(tissue & (anat.depth > 8.0))
+        weights = weights_all[idx].astype(np.float64)
         pick = rng.choice(idx, p=weights / weights.sum())
         ijk = np.array(np.unravel_index(pick, anat.shape), dtype=np.float64) + rng.uniform(-0.5, 0.5, size=3)
-        centre = anat.affine[:3, :3] @ ijk + anat.affine[:3, 3]
+        tpl_centre = anat.affine[:3, :3] @ ijk + anat.affine[:3, 3]
+        template_centres.append(tpl_centre)
+        centre = transform.approx_inverse(tpl_centre[None])[0]
 
         enh = bool(rng.random() < 0.85) if enhancement is None else bool(enhancement)
         if necrosis is None:
-            nec = enh and radius > 6.0 and bool(rng.random() < min(0.9, 0.25 + radius / 25.0))
+            nec = enh and radius > 6.0 and bool(rng.random() < min(0.95, 0.25 + radius / 25.0))
         else:
             nec = bool(necrosis)
         rim_min = float(rng.uniform(1.2, 3.0))
-        frac_hi = max(0.2, 1.0 - (rim_min + 1.0) / radius)
-        nec_fraction = float(rng.uniform(min(0.3, frac_hi), min(0.8, frac_hi)) if frac_hi > 0.2 else 0.2)
+        rim = float(rng.uniform(2.5, max(2.6, min(10.0, 0.6 * radius))))  # enhancing rim thickness, mm
+        nec_fraction = float(np.clip(1.0 - rim / radius, 0.2, 0.85))
         if rng.random() < 0.05:
             edema_radius = radius + float(rng.uniform(1.0, 3.0))  # almost no oedema
         else:
-            edema_radius = radius * float(rng.uniform(1.05, 1.6)) + float(rng.uniform(3.0, 24.0))
+            edema_radius = min(radius * float(rng.uniform(1.05, 1.4)) + float(rng.uniform(3.0, 18.0)), 48.0)
         q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-        axes = np.exp(rng.normal(0.0, 0.15, size=3))
+        axes = np.exp(rng.normal(0.0, 0.18, size=3))
         axes /= np.cbrt(np.prod(axes))
         strength = float(rng.uniform(0.15, 0.5) * np.clip(radius / 25.0, 0.15, 1.0)) if mass_effect else 0.0
         lesions.append(
@@ -283,7 +300,7 @@ def sample_lesions(
                 rim_min=rim_min,
                 rotation=q,
                 axes=axes,
-                irregularity=float(rng.uniform(0.05, 0.3)),
+                irregularity=float(rng.uniform(0.08, 0.35)),
                 edema_irregularity=float(rng.uniform(0.1, 0.35)),
                 mass_effect=strength,
             )
@@ -323,17 +340,28 @@ def lesion_levels(
         sub_affine = anat.affine.copy()
         sub_affine[:3, 3] += anat.affine[:3, :3] @ lo
         xyz = affine_coords(sub_affine, shape)
-        rel = np.tensordot((les.rotation.T / les.axes[:, None]).astype(np.float32), xyz - les.centre.astype(np.float32)[:, None, None, None], axes=1)
+        to_local = (les.rotation.T / les.axes[:, None]).astype(np.float32)
+        rel = np.tensordot(to_local, xyz - les.centre.astype(np.float32)[:, None, None, None], axes=1)
         r = np.sqrt(np.sum(rel * rel, axis=0))
         n_ctrl = int(rng.integers(4, 8))
-        noise = smooth_field(rng, shape, n_ctrl, channels=3)
+        coarse = smooth_field(rng, shape, n_ctrl, channels=3)
+        fine = smooth_field(rng, shape, 2 * n_ctrl, channels=3)
+        noise = coarse + np.float32(rng.uniform(0.2, 0.6)) * fine
+        # Zero-mean over the lesion itself (a low-frequency field must not act as a global
+        # size change), unit spread, bounded.
+        for ch, reach_ch in enumerate((les.radius, les.radius, les.edema_radius)):
+            sel = noise[ch][r < reach_ch]
+            if sel.size > 8:
+                noise[ch] = (noise[ch] - sel.mean()) / max(float(sel.std()), 0.5)
+        noise = np.clip(noise, -2.5, 2.5)
         core = les.radius * np.clip(1.0 + les.irregularity * noise[0], 0.3, None) - r
         core = np.minimum(core, brain_lvl[sl])
         core = np.minimum(core, (0.8 - maps["csf"][sl]) * 8.0)
         if not les.enhancing:
             ncr = core.copy()
         elif les.necrosis:
-            ncr = les.radius * les.necrosis_fraction * np.clip(1.0 + 0.5 * les.irregularity * noise[1], 0.3, None) - r
+            wobble = float(rng.uniform(0.1, 0.4))
+            ncr = les.radius * les.necrosis_fraction * np.clip(1.0 + wobble * noise[1], 0.3, None) - r
             ncr = np.minimum(ncr, core - les.rim_min)
         else:
             ncr = np.full(shape, _OUTSIDE, dtype=np.float32)
@@ -383,7 +411,8 @@ def make_case(
     Args:
         rng: random generator; the case is a deterministic function of its state.
         spacing: output voxel size (mm) along the stored axes; float = isotropic; None = random
-            (1-2 mm isotropic or 0.8-1.5 mm in-plane with slices up to 5 mm).
+            (1-2 mm isotropic, or 0.9-1.5 mm in-plane with 2.5-5 mm slices; thick slices are
+            averaged over their thickness).
         oriented: random storage orientation and oblique angle; False stores LPS+ axis-aligned
             (as BraTS files are).
         n_lesions: number of lesions (None: 1, sometimes 2).
@@ -417,92 +446,117 @@ def make_case(
 
     # 1. subject anatomy, 2. lesions (+ mass effect).
     transform = random_subject_transform(rng, anat)
-    healthy = _subject_maps(anat, transform, [])
     lesions = sample_lesions(
-        rng, anat, healthy, n_lesions=n_lesions, size=size, necrosis=necrosis, enhancement=enhancement, mass_effect=mass_effect
+        rng, anat, transform, n_lesions=n_lesions, size=size, necrosis=necrosis, enhancement=enhancement,
+        mass_effect=mass_effect,
     )
-    maps = _subject_maps(anat, transform, lesions) if any(les.mass_effect > 0 for les in lesions) else healthy
+    maps = _subject_maps(anat, transform, lesions)
     levels = lesion_levels(rng, anat, maps, lesions)
 
-    # 3. acquisition grid, head pose.
+    # 3. acquisition grid and head pose: world = pose @ (subject - centre) + centre + offset.
     centre = transform.centre
     pose = rotation_matrix(rng.normal(size=3), float(rng.uniform(0.0, 8.0)))
     offset = rng.normal(0.0, 15.0, size=3)
     corners = transform.approx_inverse(anat.bounds_world(0.3))
     world_corners = (corners - centre) @ pose.T + centre + offset
     grid = random_grid(
-        rng,
-        world_corners,
-        spacing=spacing,
-        oriented=oriented,
-        axcodes="LPS",
-        max_rotation_deg=max_rotation_deg,
+        rng, world_corners, spacing=spacing, oriented=oriented, axcodes="LPS", max_rotation_deg=max_rotation_deg,
         margin_mm=(4.0, 18.0),
     )
-
-    # Output voxel -> subject (tumour-bearing) -> healthy subject -> template coordinates.
-    world = grid.world_coords()
-    flat = world.reshape(3, -1)
-    c32 = centre.astype(np.float32)[:, None]
-    subj = pose.T.astype(np.float32) @ (flat - c32 - offset.astype(np.float32)[:, None]) + c32
-    del world, flat
-    lvl = sample(levels, _world_to_voxel(anat.affine, subj), order=1, cval=_OUTSIDE)
-    healthy_pts = mass_effect_pull(lesions, subj)
-    tpl = transform(healthy_pts)
-    del subj, healthy_pts
-    tissue = sample(np.stack([anat.gm, anat.wm, anat.csf, anat.brain]), _world_to_voxel(anat.affine, tpl), order=1)
-    del tpl
+    world_to_subject = np.eye(4)
+    world_to_subject[:3, :3] = pose.T
+    world_to_subject[:3, 3] = centre - pose.T @ (centre + offset)
     shape = grid.shape
-    gm, wm, csf, brain = (t.reshape(shape) for t in tissue)
+    near = np.argwhere(np.any(levels > _OUTSIDE, axis=0))
+    box = np.stack([near.min(axis=0) - 1, near.max(axis=0) + 1]).astype(np.float64) if near.size else None
+    n_vox = int(np.prod(shape))
+    lvl = np.zeros((3, n_vox), dtype=np.float32)
+    tissue = np.zeros((4, n_vox), dtype=np.float32)
+    tissue_stack = np.stack([anat.gm, anat.wm, anat.csf, anat.brain])
+    offsets = slice_profile_offsets(grid)
+    for off in offsets:  # thick slices: average over the slice thickness
+        shift = np.eye(4)
+        shift[:3, 3] = off
+        subj = affine_coords(world_to_subject @ grid.affine @ shift, shape).reshape(3, -1)
+        # Lesion level fields: sampled only where some lesion is near.
+        part = np.full((3, n_vox), _OUTSIDE, dtype=np.float32)
+        if box is not None:
+            box_world = np.stack([anat.affine[:3, :3] @ b + anat.affine[:3, 3] for b in box])
+            lo, hi = box_world.min(axis=0).astype(np.float32), box_world.max(axis=0).astype(np.float32)
+            idx = np.flatnonzero(np.all((subj >= lo[:, None]) & (subj <= hi[:, None]), axis=0))
+            part[:, idx] = sample(levels, _world_to_voxel(anat.affine, subj[:, idx]), order=1, cval=_OUTSIDE)
+        lvl += part
+        del part
+        # Tissue: output voxel -> subject -> healthy subject -> template.
+        tpl_vox = _world_to_voxel(anat.affine, transform(mass_effect_pull(lesions, subj)))
+        del subj
+        # Only points that land on the template grid can hold tissue.
+        on_grid = np.all((tpl_vox > -1.0) & (tpl_vox < np.array(anat.shape, dtype=np.float32)[:, None]), axis=0)
+        idx = np.flatnonzero(on_grid)
+        tissue[:, idx] += sample(tissue_stack, tpl_vox[:, idx], order=1)
+        del tpl_vox, on_grid, idx
+    if len(offsets) > 1:
+        lvl /= np.float32(len(offsets))
+        tissue /= np.float32(len(offsets))
     lvl = lvl.reshape(3, *shape)
+    gm, wm, csf, brain = tissue
+    del tissue
 
     label = np.zeros(shape, dtype=np.uint8)
     label[lvl[2] > 0] = LABELS["ED"]
     label[lvl[1] > 0] = LABELS["ET"]
     label[lvl[0] > 0] = LABELS["NCR"]
-    mask = (brain > 0.5) | (label > 0)
+    mask = (brain.reshape(shape) > 0.5) | (label > 0)
     label[~mask] = 0
+    vox = np.flatnonzero(mask)  # everything below is computed on brain voxels only
 
     # 4. contrasts.
     table = _draw_intensities(rng)
-    gamma = float(rng.uniform(1.0, 2.2))
-    powered = np.stack([gm, wm, csf]) ** np.float32(gamma)
-    weights = powered * (brain / np.maximum(powered.sum(axis=0), 1e-6))[None]
-    del powered
-    edge = float(rng.uniform(0.4, 1.2))  # image blur of lesion boundaries, mm
-    t_core = _sigmoid(lvl[1] / edge)
-    t_ncr = np.minimum(_sigmoid(lvl[0] / edge), t_core)
+    gamma = np.float32(rng.uniform(1.0, 2.2))
+    powered = np.stack([gm[vox], wm[vox], csf[vox]]) ** gamma
+    weights = powered * (brain[vox] / np.maximum(powered.sum(axis=0), 1e-6))[None]
+    del powered, gm, wm, csf
+    edge = float(rng.uniform(0.4, 1.2))  # blur of lesion boundaries in the images, mm
+    lv = lvl.reshape(3, -1)[:, vox]
+    t_core = _sigmoid(lv[1] / edge)
+    t_ncr = np.minimum(_sigmoid(lv[0] / edge), t_core)
     t_et = t_core - t_ncr
-    alpha = float(rng.uniform(0.55, 0.85))
-    t_ed = alpha * np.clip(_sigmoid(lvl[2] / (edge * 1.5)) - t_core, 0.0, 1.0)
+    alpha = np.float32(rng.uniform(0.55, 0.85))
+    t_ed = alpha * np.clip(_sigmoid(lv[2] / (edge * 1.5)) - t_core, 0.0, 1.0)
+    del lv
     fine = np.maximum(2, np.round(np.array(shape) * np.array(grid.spacing) / 14.0).astype(int))
-    texture = smooth_field(rng, shape, tuple(fine), channels=3)
+    texture = smooth_field(rng, shape, tuple(fine), channels=3).reshape(3, -1)[:, vox]
     tex_amp = np.float32(rng.uniform(0.01, 0.04))
     het_amp = np.float32(rng.uniform(0.06, 0.2))
     any_enh = any(les.enhancing for les in lesions)
-    ncr_kind = "nec" if any(les.necrosis for les in lesions) or not any_enh else "net"
+    ncr_kind = "nec" if any(les.necrosis for les in lesions) else "net"
     if not any_enh:
         ncr_kind = "net" if rng.random() < 0.7 else "nec"
     noise_sigma = float(rng.uniform(0.01, 0.06)) if noise is None else float(noise)
-    out_dtype = (str(rng.choice(["float32", "int16"], p=[0.6, 0.4])) if dtype is None else dtype)
+    out_dtype = str(rng.choice(["float32", "int16"], p=[0.6, 0.4])) if dtype is None else dtype
 
     images: dict[str, np.ndarray] = {}
     scales: dict[str, float] = {}
     for contrast in CONTRASTS:
         mu = table[contrast]
-        normal = mu["gm"] * weights[0] + mu["wm"] * weights[1] + mu["csf"] * weights[2]
+        normal = np.float32(mu["gm"]) * weights[0] + np.float32(mu["wm"]) * weights[1]
+        normal += np.float32(mu["csf"]) * weights[2]
         normal *= 1.0 + tex_amp * texture[0]
-        img = normal * (1.0 - t_core - t_ed) + np.float32(mu["ed"]) * t_ed
-        img += np.float32(mu[ncr_kind]) * (1.0 + het_amp * texture[1]) * t_ncr
-        img += np.float32(mu["et"]) * (1.0 + het_amp * texture[2]) * t_et
+        val = normal * (1.0 - t_core - t_ed) + np.float32(mu["ed"]) * t_ed
+        val += np.float32(mu[ncr_kind]) * (1.0 + het_amp * texture[1]) * t_ncr
+        val += np.float32(mu["et"]) * (1.0 + het_amp * texture[2]) * t_et
         strength = float(rng.uniform(0.0, 0.25)) if bias is None else float(bias)
-        img *= bias_field(rng, shape, strength)
-        img = rician_noise(rng, img, noise_sigma)
-        img[~mask] = 0.0
+        val *= bias_field(rng, shape, strength).reshape(-1)[vox]
+        val = rician_noise(rng, val, noise_sigma)
         scale = float(10 ** rng.uniform(1.5, 3.5))
-        img *= np.float32(scale)
+        if out_dtype == "int16" and val.size:  # keep the brightest voxel within int16
+            scale = min(scale, 30000.0 / max(float(val.max()), 1e-6))
+        val *= np.float32(scale)
         scales[contrast] = scale
-        images[contrast] = np.round(img).astype(np.int16) if out_dtype == "int16" else img.astype(np.float32)
+        img = np.zeros(int(np.prod(shape)), dtype=np.float32)
+        img[vox] = val
+        img = img.reshape(shape)
+        images[contrast] = np.round(img).astype(np.int16) if out_dtype == "int16" else img
 
     vox_ml = float(np.prod(grid.spacing) / 1000.0)
     meta = {
@@ -515,7 +569,7 @@ def make_case(
         "intensities": {c: {k: round(v, 3) for k, v in t.items()} for c, t in table.items()},
         "scales": {c: round(s, 3) for c, s in scales.items()},
         "noise_sigma": round(noise_sigma, 4),
-        "sharpness": round(gamma, 3),
+        "sharpness": round(float(gamma), 3),
         "dtype": out_dtype,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -30,6 +30,7 @@ def write_dicom_series(
     study_uid: str | None = None,
     shuffle_names: bool = True,
     seed: int = 0,
+    name_prefix: str = "IM",
 ) -> list[Path]:
     """Write ``volume`` as one DICOM file per slice along its third axis.
 
@@ -45,6 +46,7 @@ def write_dicom_series(
         study_uid: StudyInstanceUID to share between series (new one if ``None``).
         shuffle_names: name files in a random order (readers must sort by position, not name).
         seed: seed for the shuffling and UIDs' randomness.
+        name_prefix: file names are ``<prefix><number>.dcm``; give series sharing a folder different prefixes.
 
     Returns:
         The written file paths, slice order (k = 0 first).
@@ -81,7 +83,7 @@ def write_dicom_series(
         meta.MediaStorageSOPClassUID = _SOP_CLASS[modality]
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path = folder / f"IM{int(order[k]):04d}.dcm"
+        path = folder / f"{name_prefix}{int(order[k]):04d}.dcm"
         ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID = meta.MediaStorageSOPClassUID
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID

@@ -260,9 +260,13 @@ def write_xray_dicom(
     if lut is not None:
         item = pydicom.Dataset()
         n_entries = int(lut.size)
-        item.LUTDescriptor = [n_entries % 65536, int(voi_lut_first_mapped), int(voi_lut_bits)]
+        # both elements have ambiguous VRs (US/SS, US/OW): state US explicitly
+        item.add_new(0x00283002, "US", [n_entries % 65536, int(voi_lut_first_mapped), int(voi_lut_bits)])
         item.LUTExplanation = "SYNTH TONE CURVE"
-        item.LUTData = [int(v) for v in lut.astype(np.int64)]
+        if 2 * n_entries <= 0xFFFE:
+            item.add_new(0x00283006, "US", [int(v) for v in lut.astype(np.int64)])
+        else:  # too long for a 16-bit length field: OW, little endian like the file
+            item.add_new(0x00283006, "OW", np.ascontiguousarray(lut, dtype="<u2").tobytes())
         ds.VOILUTSequence = DicomSequence([item])
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
 

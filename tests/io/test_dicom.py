@@ -176,8 +176,9 @@ def test_series_folder_with_ignored_extras(tmp_path: Path) -> None:
 
 def test_mixed_series_refused_with_listing_or_selected(tmp_path: Path) -> None:
     vol = np.ones((8, 8, 4), np.float32)
-    write_dicom_series(vol, _oblique_affine(), tmp_path / "m" / "a", series_description="T1 axial", series_number=3)
-    write_dicom_series(vol * 2, np.diag([1, 1, 3.0, 1]), tmp_path / "m" / "b", series_description="FLAIR", series_number=5)
+    write_dicom_series(vol, _oblique_affine(), tmp_path / "m", series_description="T1 axial", series_number=3)
+    write_dicom_series(vol * 2, np.diag([1, 1, 3.0, 1]), tmp_path / "m", series_description="FLAIR", series_number=5,
+                       name_prefix="FL")
     with pytest.raises(InputError, match=r"2 DICOM series.*T1 axial.*FLAIR"):
         medcnn.load(tmp_path / "m")
     series = list_series(tmp_path / "m")

@@ -134,7 +134,7 @@ def vendor(out_dir: Path, source_dir: Path | None = None) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for name, arr in arrays.items():
-        small, new_affine = downsample(arr / 255.0 if arr.max() <= 255 else arr / arr.max(), affine, bbox)
+        small, new_affine = downsample(arr / 255.0, affine, bbox)  # sources are uint8 0..255
         small = small / max(small.max(), 1e-12) if name == "t1" else np.clip(small, 0.0, 1.0)
         quantised = np.round(small * 255.0).astype(np.uint8)
         img = nib.Nifti1Image(quantised, new_affine)

@@ -1,0 +1,82 @@
+"""Self-describing checkpoints, written atomically and read with ``weights_only=True``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (nothing pickled as an
+object, so ``torch.load(weights_only=True)`` reads it and a hostile file cannot run code):
+
+``format``/``version``, ``medcnn_version``, ``task``, ``model`` (registry name + kwargs),
+``state_dict``, ``preprocess`` (orientation, spacing, crop, normalisation, size), ``inference``
+(roi, overlap, blending...), ``labels`` (names, regions, region_based, classes), ``metrics``
+(validation figures of this checkpoint), ``training`` (epoch, config, history), and for resumable
+``last.pt`` files ``resume`` (optimizer, scheduler, scaler, RNG states).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medcnn._version import __version__
+from medcnn.errors import InputError
+from medcnn.io.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "medcnn.checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
+    """Write ``ckpt`` atomically (temp file + rename), adding format/version stamps."""
+    path = Path(path)
+    data = dict(ckpt)
+    data.setdefault("format", FORMAT)
+    data.setdefault("version", VERSION)
+    data.setdefault("medcnn_version", __version__)
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a medcnn checkpoint safely.
+
+    Args:
+        path: ``.pt`` file written by :func:`save_checkpoint` (or ``medcnn train``).
+        map_location: device for the tensors (default CPU).
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        InputError: missing/corrupt file, a file that needs unpickling arbitrary objects (refused:
+            nothing in it is executed), or not a medcnn checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(path, f"refused: the checkpoint contains pickled Python objects, which could run code "
+                               f"({str(exc).splitlines()[0][:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError(path, "not a medcnn checkpoint (no 'format: medcnn.checkpoint' entry)")
+    if int(data.get("version", 0)) > VERSION:
+        raise InputError(path, f"checkpoint version {data.get('version')} is newer than this medcnn ({__version__}); upgrade medcnn")
+    return data
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (recorded in run.json provenance)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,238 @@
+"""Training data: find the cases of a dataset and split them by subject.
+
+Sources (``data.format: auto`` picks by what the path holds):
+
+* ``manifest``: a CSV with one row per case: input channel columns (``data.channels``), a label
+  column, optional ``case`` and ``subject`` columns; paths relative to the CSV's folder;
+* ``msd``: a folder with ``dataset.json`` — nnU-Net v2 (``channel_names``, ``file_ending``,
+  ``imagesTr/CASE_XXXX``) or Medical Segmentation Decathlon (``training: [{image, label}]``);
+* ``brats``: a folder of BraTS 2023/2021 case folders with ``-seg``/``_seg`` label files;
+* ``bids``: a BIDS folder with ``participants.tsv`` (classification; ``data.label`` names the
+  diagnosis column) and ``sub-*/[ses-*/]anat/*_T1w.nii.gz``.
+
+Splits are made over *subjects*, never cases: all sessions/timepoints of one subject land in the
+same fold (:func:`split_subjects`, stratified for classification).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcnn.cases import BRAIN_CONTRASTS, find_brain_tumor_cases
+from medcnn.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def subject_of(case_id: str) -> str:
+    """Subject id of a case id: BraTS 2023 ``BraTS-GLI-00012-001`` -> ``BraTS-GLI-00012`` (timepoint
+    dropped), BIDS ``sub-01_ses-2`` -> ``sub-01``; otherwise the case id itself."""
+    m = re.match(r"^(BraTS-[A-Za-z]+-\d+)-\d+$", case_id)
+    if m:
+        return m.group(1)
+    m = re.match(r"^(sub-[A-Za-z0-9]+)(_ses-.*)?$", case_id)
+    if m:
+        return m.group(1)
+    return case_id
+
+
+def _resolve(base: Path, value: str) -> str:
+    p = Path(value)
+    return str(p if p.is_absolute() else (base / p))
+
+
+def records_from_manifest(path: Path, channels: Sequence[str] | None, label: str, subject: str) -> list[dict]:
+    """Rows of a manifest CSV as records ``{case, subject, image: [paths], label}``."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ConfigError(f"data.source: {path} has no rows")
+    cols = list(rows[0])
+    if channels is None:
+        if "image" in cols:
+            channels = ["image"]
+        elif all(c in cols for c in BRAIN_CONTRASTS):
+            channels = list(BRAIN_CONTRASTS)
+        elif "t1" in cols:
+            channels = ["t1"]
+        else:
+            raise ConfigError(f"data.channels: cannot guess the image columns of {path} (columns: {', '.join(cols)})")
+    missing = [c for c in [*channels, label] if c not in cols]
+    if missing:
+        raise ConfigError(f"data: column(s) {', '.join(missing)} not in {path} (columns: {', '.join(cols)})")
+    base = path.parent
+    out = []
+    for i, r in enumerate(rows):
+        case = r.get("case") or Path(r[channels[0]]).name.split(".")[0] or f"case{i:05d}"
+        lab = r[label]
+        out.append({
+            "case": case,
+            "subject": r.get(subject) or subject_of(case),
+            "image": [_resolve(base, r[c]) for c in channels],
+            "label": _resolve(base, lab) if lab and not _is_number(lab) and ("/" in lab or "." in lab) else lab,
+        })
+    return out
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def records_from_dataset_json(folder: Path) -> list[dict]:
+    """Records of an nnU-Net v2 or MSD dataset folder."""
+    meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    out = []
+    if "training" in meta and meta["training"] and isinstance(meta["training"][0], dict):  # MSD
+        for item in meta["training"]:
+            img = _resolve(folder, item["image"])
+            case = Path(img).name.split(".")[0]
+            out.append({"case": case, "subject": subject_of(case), "image": [img], "label": _resolve(folder, item["label"])})
+        return out
+    ending = meta.get("file_ending", ".nii.gz")
+    n_ch = len(meta.get("channel_names", meta.get("modality", {"0": "image"})))
+    lab_dir, img_dir = folder / "labelsTr", folder / "imagesTr"
+    for lab in sorted(lab_dir.glob(f"*{ending}")):
+        case = lab.name[: -len(ending)]
+        imgs = [img_dir / f"{case}_{c:04d}{ending}" for c in range(n_ch)]
+        missing = [p.name for p in imgs if not p.exists()]
+        if missing:
+            raise ConfigError(f"data.source: {folder} lacks {', '.join(missing)} for case {case}")
+        out.append({"case": case, "subject": subject_of(case), "image": [str(p) for p in imgs], "label": str(lab)})
+    if not out:
+        raise ConfigError(f"data.source: no labelled cases in {lab_dir}")
+    return out
+
+
+def records_from_brats(folder: Path) -> list[dict]:
+    """Records of a folder of BraTS case folders (cases without a label file are skipped)."""
+    out = []
+    for c in find_brain_tumor_cases([folder]):
+        if c.error or c.label is None:
+            logger.warning("%s: skipped for training (%s)", c.id, c.error or "no label file")
+            continue
+        out.append({"case": c.id, "subject": subject_of(c.id), "image": [str(p) for p in c.inputs], "label": str(c.label)})
+    return out
+
+
+def records_from_bids(folder: Path, label_column: str) -> list[dict]:
+    """Records of a BIDS folder: each T1w image with its subject's ``participants.tsv`` label."""
+    tsv = folder / "participants.tsv"
+    if not tsv.exists():
+        raise ConfigError(f"data.source: {folder} has no participants.tsv")
+    with open(tsv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows or label_column not in rows[0]:
+        raise ConfigError(f"data.label: column {label_column!r} not in {tsv} (columns: {', '.join(rows[0]) if rows else 'none'})")
+    labels = {r["participant_id"]: r[label_column] for r in rows}
+    out = []
+    for img in sorted(folder.glob("sub-*/**/anat/*_T1w.nii*")):
+        m = re.match(r"^(sub-[A-Za-z0-9]+)(?:_(ses-[A-Za-z0-9]+))?", img.name)
+        if not m or m.group(1) not in labels:
+            continue
+        case = m.group(1) + (f"_{m.group(2)}" if m.group(2) else "")
+        out.append({"case": case, "subject": m.group(1), "image": [str(img)], "label": labels[m.group(1)]})
+    if not out:
+        raise ConfigError(f"data.source: no sub-*/anat/*_T1w images with a participants.tsv entry in {folder}")
+    return out
+
+
+def find_records(data_cfg: dict) -> list[dict]:
+    """All records of the dataset described by the ``data`` config section."""
+    src = Path(data_cfg["source"])
+    fmt = data_cfg["format"]
+    if fmt == "auto":
+        if src.is_file():
+            fmt = "manifest"
+        elif (src / "dataset.json").exists():
+            fmt = "msd"
+        elif (src / "participants.tsv").exists():
+            fmt = "bids"
+        elif (src / "manifest.csv").exists():
+            fmt, src = "manifest", src / "manifest.csv"
+        else:
+            fmt = "brats"
+    if fmt == "manifest":
+        recs = records_from_manifest(src, data_cfg.get("channels"), data_cfg["label"], data_cfg["subject"])
+    elif fmt == "msd":
+        recs = records_from_dataset_json(src)
+    elif fmt == "bids":
+        recs = records_from_bids(src, data_cfg["label"] if data_cfg["label"] != "label" else "diagnosis")
+    else:
+        recs = records_from_brats(src)
+    if not recs:
+        raise ConfigError(f"data.source: no training cases found in {src}")
+    return recs
+
+
+def split_subjects(
+    subjects: Sequence[str],
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    folds: int | None = None,
+    fold: int = 0,
+    strata: Sequence[Any] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Split unique subject ids into training and validation sets.
+
+    Args:
+        subjects: subject id per case (duplicates allowed: several cases per subject).
+        val_fraction: share of subjects for validation when ``folds`` is None.
+        seed: shuffling seed.
+        folds: k for k-fold cross-validation; ``fold`` picks the validation fold.
+        fold: index of the validation fold.
+        strata: a label per case (classification) to balance folds; a subject's stratum is the
+            label of its first case.
+
+    Returns:
+        ``(train_subjects, val_subjects)``, disjoint, sorted.
+
+    Raises:
+        ValueError: a subject with cases of different strata, or too few subjects.
+    """
+    order: dict[str, Any] = {}
+    for i, s in enumerate(subjects):
+        st = strata[i] if strata is not None else 0
+        if s in order and order[s] != st:
+            raise ValueError(f"subject {s} has cases with different labels ({order[s]} and {st})")
+        order.setdefault(s, st)
+    uniq = sorted(order)
+    if len(uniq) < 2:
+        raise ValueError(f"need at least 2 subjects to split, got {len(uniq)}")
+    rng = np.random.default_rng(seed)
+    groups: dict[Any, list[str]] = {}
+    for s in uniq:
+        groups.setdefault(order[s], []).append(s)
+    k = folds if folds else None
+    val: list[str] = []
+    for _, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        perm = [members[i] for i in rng.permutation(len(members))]
+        if k:
+            val.extend(perm[fold::k])
+        else:
+            n_val = int(round(len(perm) * val_fraction))
+            if val_fraction > 0 and n_val == 0 and len(perm) > 1:
+                n_val = 1
+            val.extend(perm[:n_val])
+    val_set = set(val)
+    train = [s for s in uniq if s not in val_set]
+    if not train:
+        raise ValueError("the split left no training subject")
+    return sorted(train), sorted(val_set)
+
+
+def kfold_subjects(subjects: Sequence[str], folds: int, seed: int = 0, strata: Sequence[Any] | None = None) -> list[list[str]]:
+    """All k validation folds (each a sorted list of subjects); together they partition the subjects."""
+    return [split_subjects(subjects, folds=folds, fold=f, seed=seed, strata=strata)[1] for f in range(folds)]

@@ -1,0 +1,142 @@
+"""The schema of ``medcnn train`` configs (see ``configs/*.yaml`` for complete examples)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medcnn.engine.config import NONE, REQUIRED, Field, deep_merge, fraction, parse_overrides, positive, read_yaml, validate
+from medcnn.errors import ConfigError
+
+_NUM = (int, float)
+
+TRAIN_SCHEMA: dict[str, Any] = {
+    "task": Field((str,), "segmentation", choices=("segmentation", "classification"), help="what the model predicts"),
+    "name": Field((str, NONE), None, help="run name (default: the config file name)"),
+    "seed": Field((int,), 0),
+    "data": {
+        "source": Field((str,), REQUIRED, path=True,
+                        help="manifest CSV, folder with dataset.json (MSD/nnU-Net), folder of case folders, or BIDS folder"),
+        "format": Field((str,), "auto", choices=("auto", "manifest", "msd", "brats", "bids")),
+        "channels": Field((list, NONE), None, help="manifest columns holding the input channels, in order"),
+        "label": Field((str,), "label", help="manifest column of the label map / class label"),
+        "subject": Field((str,), "subject", help="manifest column identifying the subject (splits never cut a subject)"),
+        "classes": Field((list, NONE), None, help="classification: class names in label order, e.g. [CN, AD]"),
+        "val_fraction": Field(_NUM, 0.2, check=fraction),
+        "folds": Field((int, NONE), None, check=positive, help="k for k-fold cross-validation (null: one split)"),
+        "fold": Field((int,), 0),
+        "max_cases": Field((int, NONE), None, check=positive, help="use only the first N training subjects (smoke runs)"),
+        "cache": Field((bool,), True, help="keep preprocessed cases in memory"),
+        "num_workers": Field((int,), 0),
+    },
+    "preprocess": {
+        "orientation": Field((str, NONE), "RAS"),
+        "spacing": Field((list, NONE), None, check=positive, help="voxel size in mm the model works at"),
+        "normalize": Field((str,), "brain_mri", choices=("brain_mri", "ct", "zscore", "minmax", "none")),
+        "ct_window": Field((list, str, NONE), None),
+        "crop_foreground": Field((bool,), True, help="crop to the non-zero bounding box (brain/head)"),
+        "size": Field((list, NONE), None, help="classification: pad/crop the (cropped) volume to this size"),
+    },
+    "model": {
+        "name": Field((str,), REQUIRED, help="a name from medcnn.models.list_models()"),
+        "kwargs": {"*": Field((int, float, str, bool, list, dict, NONE))},
+    },
+    "labels": {
+        "names": {"*": Field((str,))},
+        "regions": {"*": Field((list,))},
+    },
+    "train": {
+        "epochs": Field((int,), 100, check=positive),
+        "batch_size": Field((int,), 2, check=positive),
+        "patch_size": Field((list, NONE), None, check=positive),
+        "samples_per_case": Field((int,), 2, check=positive),
+        "foreground_ratio": Field(_NUM, 0.67, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
+        "loss": Field((str,), "dicece", choices=("dicece", "dicefocal", "ce", "bce", "focal")),
+        "class_weights": Field((str, list, NONE), None, help="'balanced' or a list of weights (classification)"),
+        "optimizer": Field((str,), "adamw", choices=("adamw", "adam", "sgd")),
+        "lr": Field(_NUM, 1e-3, check=positive),
+        "weight_decay": Field(_NUM, 1e-5),
+        "momentum": Field(_NUM, 0.99),
+        "scheduler": Field((str,), "cosine", choices=("cosine", "poly", "none")),
+        "warmup_epochs": Field((int,), 0),
+        "grad_clip": Field(_NUM + (NONE,), 12.0),
+        "amp": Field((str,), "auto", choices=("auto", "bf16", "fp16", "off")),
+        "channels_last": Field((bool,), False),
+        "augment": {
+            "names": Field((list,), ["spatial", "intensity", "noise"]),
+            "strength": Field(_NUM, 0.5),
+            "prob": Field(_NUM, 0.3),
+        },
+        "val_every": Field((int,), 1, check=positive),
+        "early_stopping": Field((int, NONE), None, check=positive, help="stop after N validations without improvement"),
+        "max_steps_per_epoch": Field((int, NONE), None, check=positive),
+        "tensorboard": Field((bool,), False),
+        "device": Field((str,), "auto"),
+    },
+    "inference": {
+        "roi_size": Field((list, NONE), None, check=positive),
+        "sw_batch_size": Field((int,), 2, check=positive),
+        "overlap": Field(_NUM, 0.25, check=fraction),
+        "mode": Field((str,), "gaussian", choices=("gaussian", "constant")),
+        "tta": Field((bool,), False),
+        "min_component_ml": Field(_NUM + (NONE,), None),
+    },
+}
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read, override and validate a training config.
+
+    Args:
+        path: YAML file.
+        overrides: ``key=value`` strings from ``--set``.
+
+    Returns:
+        The validated config with defaults filled and paths resolved (``cfg["_path"]`` records
+        the file).
+
+    Raises:
+        ConfigError: naming the offending key.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    if overrides:
+        raw = deep_merge(raw, parse_overrides(overrides))
+    cfg = validate(raw, TRAIN_SCHEMA, base_dir=path.parent.resolve())
+    _cross_checks(cfg)
+    cfg["name"] = cfg["name"] or path.stem
+    cfg["_path"] = str(path)
+    return cfg
+
+
+def _cross_checks(cfg: dict) -> None:
+    from medcnn.models import list_models, model_task
+
+    name = cfg["model"]["name"]
+    if name not in list_models():
+        raise ConfigError(f"config key 'model.name': unknown model {name!r}; available: {', '.join(list_models())}")
+    if model_task(name) != cfg["task"]:
+        raise ConfigError(f"config key 'model.name': {name!r} is a {model_task(name)} model but task is {cfg['task']!r}")
+    t = cfg["train"]
+    if cfg["task"] == "segmentation":
+        if t["patch_size"] is None:
+            raise ConfigError("missing required config key 'train.patch_size' for segmentation")
+        if t["loss"] not in ("dicece", "dicefocal"):
+            raise ConfigError(f"config key 'train.loss': {t['loss']!r} is for classification; use dicece or dicefocal")
+        for region, labels in cfg["labels"]["regions"].items():
+            if not labels or not all(isinstance(v, int) and v > 0 for v in labels):
+                raise ConfigError(f"config key 'labels.regions.{region}': expected a list of positive label values")
+        if cfg["inference"]["roi_size"] is None:
+            cfg["inference"]["roi_size"] = list(t["patch_size"])
+    else:
+        if t["loss"] in ("dicece", "dicefocal"):
+            t["loss"] = "ce"
+    sp = cfg["preprocess"]["spacing"]
+    if sp is not None and len(sp) not in (2, 3):
+        raise ConfigError(f"config key 'preprocess.spacing': expected 2 or 3 values, got {sp}")
+    data = cfg["data"]
+    if data["folds"] is not None and not 0 <= data["fold"] < data["folds"]:
+        raise ConfigError(f"config key 'data.fold': {data['fold']} not in [0, {data['folds']})")
+    unknown_aug = set(t["augment"]["names"]) - {"spatial", "intensity", "noise", "mri_artifacts", "resolution"}
+    if unknown_aug:
+        raise ConfigError(f"config key 'train.augment.names': unknown {sorted(unknown_aug)}; valid: spatial, intensity, noise, mri_artifacts, resolution")

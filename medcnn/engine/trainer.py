@@ -1,0 +1,679 @@
+"""The training engine behind ``medcnn train``: one CPU, one GPU, or many (``torchrun``, DDP).
+
+Segmentation: cases are preprocessed once (model grid, foreground crop, normalisation) and kept in
+memory; each step draws foreground-balanced patches, augments them with the configured presets
+and optimises Dice+CE (or Dice+focal) — on nested regions (e.g. BraTS WT ⊃ TC ⊃ ET, sigmoid per
+region) when ``labels.regions`` is set, else on mutually exclusive labels (softmax).
+Classification: whole volumes padded/cropped to a fixed size, cross-entropy with optional class
+balancing, AUROC/balanced accuracy on validation.
+
+Every epoch is seeded from (seed, epoch, rank), so ``--resume`` after a crash repeats exactly what
+an uninterrupted run would do. ``last.pt`` (resumable) and ``best.pt`` are written atomically by
+rank 0; a NaN/Inf loss stops the run with a clear message and leaves the last good checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from medcnn.engine.checkpoint import load_checkpoint, save_checkpoint
+from medcnn.device import cpu_has_native_bf16, resolve_device
+from medcnn.engine.data import find_records, split_subjects
+from medcnn.errors import ConfigError, MedcnnError
+from medcnn.io.atomic import write_text_atomic
+from medcnn.models import create_model, model_arguments
+from medcnn.preprocessing import crop, load_for_model, prepare
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(MedcnnError):
+    """Training cannot continue (non-finite loss, inconsistent resume...)."""
+
+
+# --------------------------------------------------------------------------------- environment
+
+
+class DistEnv:
+    """Process-group facts for this process (single process when not launched by torchrun)."""
+
+    def __init__(self, device_pref: str = "auto") -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(device_pref, self.local_rank)
+        self.started = False
+        if self.world > 1 and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend)
+            self.started = True
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_mean(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        if not self.distributed:
+            return flag
+        t = torch.tensor([1 if flag else 0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+    def close(self) -> None:
+        if self.started and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``train.amp``: ``None`` means full fp32."""
+    if setting == "off":
+        return None
+    if device.type == "cuda":
+        if setting == "fp16":
+            return torch.float16
+        if setting == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    if setting == "fp16":
+        raise ConfigError("train.amp: fp16 autocast is for CUDA; use bf16 or off on CPU")
+    if setting == "bf16" or (setting == "auto" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+def regions_from_labels(label: torch.Tensor, regions: dict[str, list[int]]) -> torch.Tensor:
+    """``(1, *spatial)`` integer labels -> ``(R, *spatial)`` float masks, one per region (in order)."""
+    lab = label[0] if label.ndim > 1 and label.shape[0] == 1 else label
+    return torch.stack([torch.isin(lab, torch.as_tensor(v, dtype=lab.dtype)) for v in regions.values()]).to(torch.float32)
+
+
+class _ToRegionsd:
+    """MONAI-style dict transform: replace ``label`` by its region masks."""
+
+    def __init__(self, regions: dict[str, list[int]]) -> None:
+        self.regions = regions
+
+    def __call__(self, d: dict) -> dict:
+        d = dict(d)
+        lab = d["label"]
+        lab = lab.as_tensor() if hasattr(lab, "as_tensor") else torch.as_tensor(lab)
+        d["label"] = regions_from_labels(lab.round().to(torch.int64), self.regions)
+        return d
+
+
+class _Plaind:
+    """Drop MetaTensor wrappers (faster math in the training step)."""
+
+    def __call__(self, d: dict) -> dict:
+        return {k: (v.as_tensor() if hasattr(v, "as_tensor") else v) for k, v in d.items()}
+
+
+def _prepare_seg_case(rec: dict, spec: dict) -> dict:
+    img = load_for_model(rec["image"], spec)
+    lab = load_for_model([rec["label"]], spec, mode="nearest")
+    if tuple(lab.shape[1:]) != tuple(img.shape[1:]):
+        raise ConfigError(f"{rec['label']}: label grid {tuple(lab.shape[1:])} does not match image {tuple(img.shape[1:])}")
+    x, info = prepare(img, spec)
+    y = crop(lab.as_tensor(), info["box"]).round().to(torch.uint8)
+    return {"image": x, "label": y, "case": rec["case"]}
+
+
+def _prepare_cls_case(rec: dict, spec: dict, classes: list[str]) -> dict:
+    img = load_for_model(rec["image"], spec)
+    x, _ = prepare(img, spec)
+    label = rec["label"]
+    if label not in classes:
+        raise ConfigError(f"case {rec['case']}: label {label!r} not in data.classes {classes}")
+    return {"image": x, "label": torch.tensor(classes.index(label), dtype=torch.long), "case": rec["case"]}
+
+
+# ------------------------------------------------------------------------------------ trainer
+
+
+class Trainer:
+    """Train one model from a validated config (see :func:`medcnn.engine.schema.load_train_config`).
+
+    Args:
+        cfg: validated config.
+        run_dir: output folder (checkpoints, logs, curves).
+        resume: continue from ``run_dir/last.pt``.
+    """
+
+    def __init__(self, cfg: dict, run_dir: str | Path, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.env = DistEnv(cfg["train"]["device"])
+        self.task = cfg["task"]
+        self.t = cfg["train"]
+        self.history: list[dict] = []
+        self.best = -math.inf
+        self.best_epoch = -1
+        self.bad_validations = 0
+        self.start_epoch = 0
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _log_main(self, msg: str, *args: Any) -> None:
+        if self.env.is_main:
+            logger.info(msg, *args)
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        recs = find_records(cfg["data"])
+        if self.task == "classification":
+            classes = cfg["data"]["classes"] or sorted({r["label"] for r in recs})
+            cfg["data"]["classes"] = list(classes)
+            strata = [r["label"] for r in recs]
+        else:
+            strata = None
+        subjects = [r["subject"] for r in recs]
+        d = cfg["data"]
+        train_s, val_s = split_subjects(subjects, val_fraction=d["val_fraction"], seed=cfg["seed"], folds=d["folds"],
+                                        fold=d["fold"], strata=strata)
+        if d["max_cases"]:
+            train_s = train_s[: d["max_cases"]]
+        ts, vs = set(train_s), set(val_s)
+        self.train_recs = [r for r in recs if r["subject"] in ts]
+        self.val_recs = [r for r in recs if r["subject"] in vs]
+        if ts & vs:  # cannot happen by construction; guards against future edits
+            raise TrainingError(f"subjects in both training and validation: {sorted(ts & vs)[:5]}")
+        self._log_main("%d cases: %d training (%d subjects), %d validation (%d subjects)", len(recs), len(self.train_recs),
+                       len(ts), len(self.val_recs), len(vs))
+        spec = cfg["preprocess"]
+        if self.task == "classification":
+            classes = cfg["data"]["classes"]
+            prep = lambda r: _prepare_cls_case(r, spec, classes)  # noqa: E731
+        else:
+            prep = lambda r: _prepare_seg_case(r, spec)  # noqa: E731
+        workers = max(1, min(4, os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool:
+            self.train_items = list(tqdm(pool.map(prep, self.train_recs), total=len(self.train_recs), desc="preprocess train",
+                                         disable=None if self.env.is_main else True))
+            self.val_items = list(pool.map(prep, self.val_recs)) if self.env.is_main else []
+        if not self.train_items:
+            raise ConfigError("data: no training case after the split")
+        self.in_channels = int(self.train_items[0]["image"].shape[0])
+        self.spatial_dims = self.train_items[0]["image"].ndim - 1
+
+    def _out_channels(self) -> int:
+        if self.task == "classification":
+            return len(self.cfg["data"]["classes"])
+        regions = self.cfg["labels"]["regions"]
+        if regions:
+            return len(regions)
+        names = self.cfg["labels"]["names"]
+        if names:
+            return max(int(k) for k in names) + 1
+        return int(max(int(it["label"].max()) for it in self.train_items)) + 1
+
+    def _build_model(self) -> nn.Module:
+        m = self.cfg["model"]
+        kwargs = dict(m["kwargs"])
+        valid = model_arguments(m["name"])
+        kwargs.setdefault("in_channels", self.in_channels)
+        kwargs.setdefault("out_channels", self._out_channels())
+        if "spatial_dims" in valid:
+            kwargs.setdefault("spatial_dims", self.spatial_dims)
+        if "patch_size" in valid and self.t["patch_size"]:
+            kwargs.setdefault("patch_size", list(self.t["patch_size"]))
+        if "spacing" in valid and self.cfg["preprocess"]["spacing"]:
+            kwargs.setdefault("spacing", list(self.cfg["preprocess"]["spacing"]))
+        if "img_size" in valid and self.t["patch_size"]:
+            kwargs.setdefault("img_size", list(self.t["patch_size"]))
+        self.model_kwargs = kwargs
+        net = create_model(m["name"], **kwargs)
+        return net
+
+    def _random_transforms(self):
+        from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
+
+        from medcnn.transforms import augmentation_preset
+
+        aug = self.t["augment"]
+        tfs: list = []
+        if self.task == "segmentation":
+            patch = list(self.t["patch_size"])
+            r = float(self.t["foreground_ratio"])
+            tfs += [
+                SpatialPadd(keys=["image", "label"], spatial_size=patch),
+                RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=patch, pos=r, neg=1 - r,
+                                       num_samples=self.t["samples_per_case"], allow_smaller=False),
+            ]
+            label_keys: tuple[str, ...] | None = ("label",)
+        else:
+            label_keys = None
+        if aug["names"]:
+            tfs.append(augmentation_preset(list(aug["names"]), keys="image", label_keys=label_keys, strength=aug["strength"],
+                                           prob=aug["prob"], spatial_dims=self.spatial_dims))
+        if self.task == "segmentation" and self.cfg["labels"]["regions"]:
+            tfs.append(_ToRegionsd(self.cfg["labels"]["regions"]))
+        tfs.append(_Plaind())
+        return Compose(tfs)
+
+    def _loader(self, epoch: int):
+        from monai.data import DataLoader, Dataset
+
+        ds = Dataset([{"image": it["image"], "label": it["label"]} for it in self.train_items], transform=self.transforms)
+        per_case = self.t["samples_per_case"] if self.task == "segmentation" else 1
+        cases_per_step = max(1, self.t["batch_size"] // per_case)
+        sampler = None
+        if self.env.distributed:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(ds, num_replicas=self.env.world, rank=self.env.rank, shuffle=True, seed=self.cfg["seed"])
+            sampler.set_epoch(epoch)
+        g = torch.Generator()
+        g.manual_seed(self.cfg["seed"] * 7919 + epoch)
+        if self.task == "classification" and self.t["class_weights"] == "balanced" and sampler is None:
+            pass  # loss weighting handles balance; sampling stays uniform
+        return DataLoader(ds, batch_size=cases_per_step, shuffle=sampler is None, sampler=sampler,
+                          num_workers=self.cfg["data"]["num_workers"], generator=g, drop_last=False,
+                          persistent_workers=False)
+
+    def _loss(self) -> nn.Module:
+        name = self.t["loss"]
+        if self.task == "segmentation":
+            from monai.losses import DiceCELoss, DiceFocalLoss
+
+            region = bool(self.cfg["labels"]["regions"])
+            common = {"sigmoid": True} if region else {"softmax": True, "to_onehot_y": True}
+            if name == "dicefocal":
+                return DiceFocalLoss(smooth_nr=1e-5, smooth_dr=1e-5, **common)
+            return DiceCELoss(smooth_nr=1e-5, smooth_dr=1e-5, **common)
+        weights = None
+        cw = self.t["class_weights"]
+        if cw == "balanced":
+            counts = np.bincount([int(it["label"]) for it in self.train_items], minlength=self._out_channels()).astype(float)
+            weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+        elif isinstance(cw, list):
+            weights = torch.tensor(cw, dtype=torch.float32)
+        if name == "focal":
+            from monai.losses import FocalLoss
+
+            return FocalLoss(to_onehot_y=True, use_softmax=True, weight=weights)
+        return nn.CrossEntropyLoss(weight=weights.to(self.env.device) if weights is not None else None)
+
+    def _optimizer(self, params) -> torch.optim.Optimizer:
+        t = self.t
+        if t["optimizer"] == "sgd":
+            return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], nesterov=True, weight_decay=t["weight_decay"])
+        if t["optimizer"] == "adam":
+            return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
+        return torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+
+    def _lr_factor(self, epoch: int) -> float:
+        t = self.t
+        e, total, warm = epoch, t["epochs"], t["warmup_epochs"]
+        if warm and e < warm:
+            return (e + 1) / (warm + 1)
+        if t["scheduler"] == "cosine":
+            span = max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * (e - warm) / span))
+        if t["scheduler"] == "poly":
+            return (1 - e / max(1, total)) ** 0.9
+        return 1.0
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _export(self, metrics: dict[str, float], epoch: int) -> dict:
+        cfg = self.cfg
+        net = self.net.module if hasattr(self.net, "module") else self.net
+        return {
+            "task": self.task,
+            "model": {"name": cfg["model"]["name"], "kwargs": self.model_kwargs},
+            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "preprocess": dict(cfg["preprocess"], in_channels=self.in_channels, channel_names=self._channel_names()),
+            "inference": dict(cfg["inference"]),
+            "labels": {
+                "names": {str(k): v for k, v in cfg["labels"]["names"].items()},
+                "regions": {k: list(v) for k, v in cfg["labels"]["regions"].items()},
+                "region_based": bool(cfg["labels"]["regions"]),
+                "classes": list(cfg["data"]["classes"] or []),
+            },
+            "metrics": dict(metrics),
+            "training": {"epoch": epoch, "name": cfg["name"], "config": _plain_config(cfg),
+                         "history": list(self.history), "train_cases": len(self.train_recs),
+                         "val_cases": [r["case"] for r in self.val_recs]},
+        }
+
+    def _channel_names(self) -> list[str]:
+        ch = self.cfg["data"]["channels"]
+        return list(ch) if ch else [f"channel{i}" for i in range(self.in_channels)]
+
+    def _save_last(self, epoch: int) -> None:
+        ck = self._export(self.history[-1] if self.history else {}, epoch)
+        ck["resume"] = {
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad_validations": self.bad_validations,
+            "next_epoch": epoch + 1,
+        }
+        save_checkpoint(ck, self.run_dir / "last.pt")
+
+    def _restore(self) -> None:
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            raise TrainingError(f"--resume: no {path} to continue from")
+        ck = load_checkpoint(path, map_location="cpu")
+        if ck["model"]["name"] != self.cfg["model"]["name"]:
+            raise TrainingError(f"--resume: {path} holds a {ck['model']['name']} model, the config asks for {self.cfg['model']['name']}")
+        net = self.net.module if hasattr(self.net, "module") else self.net
+        net.load_state_dict(ck["state_dict"])
+        r = ck["resume"]
+        self.opt.load_state_dict(r["optimizer"])
+        if self.scaler is not None and r.get("scaler"):
+            self.scaler.load_state_dict(r["scaler"])
+        self.best, self.best_epoch = float(r["best"]), int(r["best_epoch"])
+        self.bad_validations = int(r["bad_validations"])
+        self.start_epoch = int(r["next_epoch"])
+        self.history = list(ck["training"]["history"])
+        self._log_main("resumed from %s at epoch %d", path, self.start_epoch)
+
+    # -- loops -------------------------------------------------------------------------------
+
+    def _batches(self, loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        dev = self.env.device
+        for batch in loader:
+            x = batch["image"].to(dev, non_blocking=True)
+            y = batch["label"].to(dev, non_blocking=True)
+            if self.t["channels_last"] and x.ndim in (4, 5):
+                x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+            yield x, y
+
+    def _train_epoch(self, epoch: int) -> float:
+        self.net.train()
+        loader = self._loader(epoch)
+        total, n = 0.0, 0
+        cap = self.t["max_steps_per_epoch"]
+        steps = len(loader) if cap is None else min(cap, len(loader))
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.t['epochs']}", unit="step", leave=False,
+                   disable=None if self.env.is_main else True)
+        for step, (x, y) in enumerate(self._batches(loader)):
+            if cap is not None and step >= cap:
+                break
+            self.opt.zero_grad(set_to_none=True)
+            with self._autocast():
+                logits = self.net(x)
+            if isinstance(logits, (list, tuple)):
+                logits = logits[0]
+            loss = self.loss_fn(logits.float(), y if self.task == "segmentation" else y.long())
+            loss_value = self.env.all_mean(float(loss.detach()))
+            if not math.isfinite(loss_value):
+                raise TrainingError(
+                    f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; stopping. The last good checkpoints "
+                    f"are in {self.run_dir} (last.pt, best.pt). Lower train.lr, check inputs for NaN/Inf, or set train.amp: off"
+                )
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.opt)
+            else:
+                loss.backward()
+            if self.t["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.t["grad_clip"])
+            if self.scaler is not None:
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                self.opt.step()
+            total += loss_value
+            n += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / n:.4f}")
+        bar.close()
+        return total / max(n, 1)
+
+    def _autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.env.device.type, dtype=self.amp)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation metrics on the held-out subjects (rank 0)."""
+        self.net.eval()
+        net = self.net.module if hasattr(self.net, "module") else self.net
+        if self.task == "classification":
+            return self._validate_cls(net)
+        return self._validate_seg(net)
+
+    def _validate_seg(self, net: nn.Module) -> dict[str, float]:
+        from medcnn.inference import sliding_window_inference
+
+        inf = self.cfg["inference"]
+        regions = self.cfg["labels"]["regions"] or {str(v): [int(k)] for k, v in self.cfg["labels"]["names"].items()}
+        if not regions:
+            regions = {f"label{k}": [k] for k in range(1, self._out_channels())}
+        scores: dict[str, list[float]] = {k: [] for k in regions}
+        dev = self.env.device
+        for it in self.val_items:
+            x = it["image"][None].to(dev)
+            with self._autocast():
+                logits = sliding_window_inference(x, inf["roi_size"], inf["sw_batch_size"], net, overlap=inf["overlap"],
+                                                  mode=inf["mode"])
+            logits = logits.float()[0].cpu()
+            if self.cfg["labels"]["regions"]:
+                pred_masks = logits > 0
+            else:
+                lab = logits.argmax(0)
+                pred_masks = torch.stack([torch.isin(lab, torch.as_tensor(v)) for v in regions.values()])
+            ref = it["label"][0].to(torch.int64)
+            for i, (name, vals) in enumerate(regions.items()):
+                p = pred_masks[i]
+                r = torch.isin(ref, torch.as_tensor(vals))
+                denom = int(p.sum()) + int(r.sum())
+                scores[name].append(1.0 if denom == 0 else 2.0 * int((p & r).sum()) / denom)
+        out = {f"dice_{k}": float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
+        out["dice_mean"] = float(np.nanmean(list(out.values()))) if out else float("nan")
+        return out
+
+    def _validate_cls(self, net: nn.Module) -> dict[str, float]:
+        from medcnn.metrics import binary_report
+
+        probs, labels = [], []
+        for it in self.val_items:
+            x = it["image"][None].to(self.env.device)
+            with self._autocast():
+                logits = net(x)
+            p = torch.softmax(logits.float(), dim=1)[0].cpu()
+            probs.append(p.numpy())
+            labels.append(int(it["label"]))
+        probs_a, labels_a = np.stack(probs), np.asarray(labels)
+        if probs_a.shape[1] == 2:
+            rep = binary_report(probs_a[:, 1], labels_a)
+            return {"auroc": float(rep["auroc"]), "balanced_accuracy": float(rep["balanced_accuracy"]),
+                    "sensitivity": float(rep["sensitivity"]), "specificity": float(rep["specificity"])}
+        acc = float((probs_a.argmax(1) == labels_a).mean())
+        return {"accuracy": acc}
+
+    def _select(self, metrics: dict[str, float]) -> float:
+        for key in ("dice_mean", "auroc", "balanced_accuracy", "accuracy"):
+            if key in metrics and math.isfinite(metrics[key]):
+                return metrics[key]
+        return -math.inf
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def _write_logs(self) -> None:
+        keys: list[str] = []
+        for row in self.history:
+            keys.extend(k for k in row if k not in keys)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        for row in self.history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        write_text_atomic(self.run_dir / "log.csv", buf.getvalue())
+        from medcnn.plotting import line_plot
+
+        ep = [r["epoch"] for r in self.history]
+        loss = {"train loss": (ep, [r.get("train_loss", float("nan")) for r in self.history])}
+        metric_keys = [k for k in keys if k.startswith(("dice_", "auroc", "balanced_accuracy", "accuracy"))]
+        val = {k: (ep, [r.get(k, float("nan")) for r in self.history]) for k in metric_keys}
+        line_plot([loss, val] if val else [loss], self.run_dir / "curves.png", titles=["training loss", "validation"][: 2 if val else 1],
+                  xlabel="epoch")
+
+    def _tensorboard(self):
+        if not self.t["tensorboard"] or not self.env.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("train.tensorboard: install the 'tensorboard' package or set it to false") from None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # -- main ----------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Run the training; returns ``{"best": metric, "best_epoch": n, "history": [...], "run_dir": path}``."""
+        try:
+            return self._fit()
+        finally:
+            self.env.close()
+
+    def _fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(_plain_config(cfg), sort_keys=False))
+        seed_everything(cfg["seed"])
+        self._build_data()
+        self.transforms = self._random_transforms()
+        net = self._build_model().to(self.env.device)
+        if self.t["channels_last"] and self.spatial_dims in (2, 3):
+            net = net.to(memory_format=torch.channels_last_3d if self.spatial_dims == 3 else torch.channels_last)
+        self.amp = amp_dtype(self.t["amp"], self.env.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+        self.net = net
+        self.opt = self._optimizer(net.parameters())
+        if self.resume:
+            self._restore()
+        if self.env.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(net, device_ids=[self.env.device.index] if self.env.device.type == "cuda" else None)
+        self.loss_fn = self._loss().to(self.env.device)
+        self._log_main("model %s (%.2fM parameters) on %s, amp=%s, world=%d", cfg["model"]["name"],
+                       sum(p.numel() for p in net.parameters()) / 1e6, self.env.device, self.amp, self.env.world)
+        tb = self._tensorboard()
+        stop = False
+        for epoch in range(self.start_epoch, self.t["epochs"]):
+            seed_everything(cfg["seed"] * 100003 + epoch * 1009 + self.env.rank)
+            self.transforms.set_random_state(seed=(cfg["seed"] * 100003 + epoch * 1009 + self.env.rank) % (2**32))
+            for g in self.opt.param_groups:
+                g["lr"] = self.t["lr"] * self._lr_factor(epoch)
+            t0 = time.perf_counter()
+            train_loss = self._train_epoch(epoch)
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self.opt.param_groups[0]["lr"],
+                                   "seconds": round(time.perf_counter() - t0, 2)}
+            validate_now = (epoch + 1) % self.t["val_every"] == 0 or epoch + 1 == self.t["epochs"]
+            improved = False
+            if validate_now and self.env.is_main and self.val_items:
+                metrics = self.validate()
+                row.update(metrics)
+                score = self._select(metrics)
+                if score > self.best:
+                    self.best, self.best_epoch, improved = score, epoch + 1, True
+                    self.bad_validations = 0
+                else:
+                    self.bad_validations += 1
+                patience = self.t["early_stopping"]
+                stop = patience is not None and self.bad_validations >= patience
+            if self.env.is_main:
+                self.history.append(row)
+                if improved:
+                    save_checkpoint(self._export({k: v for k, v in row.items() if k not in ("lr", "seconds")}, epoch + 1),
+                                    self.run_dir / "best.pt")
+                elif not self.val_items and epoch + 1 == self.t["epochs"]:
+                    save_checkpoint(self._export(row, epoch + 1), self.run_dir / "best.pt")
+                self._save_last(epoch)
+                self._write_logs()
+                if tb is not None:
+                    for k, v in row.items():
+                        if isinstance(v, float):
+                            tb.add_scalar(k, v, epoch + 1)
+                msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+                logger.info("%s%s", msg, " *" if improved else "")
+            stop = self.env.broadcast_flag(stop)
+            if stop:
+                self._log_main("early stopping: no improvement in %d validations", self.t["early_stopping"])
+                break
+        self.env.barrier()
+        if tb is not None:
+            tb.close()
+        result = {"best": self.best, "best_epoch": self.best_epoch, "history": self.history, "run_dir": str(self.run_dir)}
+        if self.env.is_main:
+            write_text_atomic(self.run_dir / "result.json", json.dumps({k: v for k, v in result.items() if k != "history"},
+                                                                      indent=2) + "\n")
+        return result
+
+
+def _plain_config(cfg: dict) -> dict:
+    """The config without private keys, as plain YAML/JSON-able data."""
+    return json.loads(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")}, default=str))
+
+
+def train(config: str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None,
+          resume: bool = False) -> dict[str, Any]:
+    """Train from a YAML config (what ``medcnn train`` runs).
+
+    Args:
+        config: YAML file.
+        overrides: ``key=value`` overrides.
+        run_dir: output folder (default ``runs/<config name>``).
+        resume: continue from ``run_dir/last.pt``.
+
+    Returns:
+        Summary dict (best metric, best epoch, history, run_dir).
+    """
+    from medcnn.engine.schema import load_train_config
+
+    cfg = load_train_config(config, overrides)
+    out = Path(run_dir) if run_dir is not None else Path("runs") / cfg["name"]
+    return Trainer(cfg, out, resume=resume).fit()

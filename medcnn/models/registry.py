@@ -1,0 +1,296 @@
+"""Model registry in the style of timm: ``@register_model``, ``create_model(name, **kwargs)``,
+``list_models()``.
+
+Every entry wraps a MONAI network (or a small network of our own where MONAI has none) behind a
+factory with explicit keyword arguments and sensible defaults, so that a YAML config can name a
+model and override a few arguments. Unknown names or arguments fail fast with the valid ones.
+The registry maps names to factories; it is filled once at import time and only read afterwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from medcnn.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ModelFactory = Callable[..., nn.Module]
+_FACTORIES: dict[str, ModelFactory] = {}
+_TASKS: dict[str, str] = {}
+
+
+def register_model(name: str, task: str = "segmentation") -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator registering a factory under ``name``.
+
+    Args:
+        name: registry name (lower case, dashes allowed).
+        task: ``"segmentation"`` (dense logits, ``(B, out_channels, *spatial)``) or
+            ``"classification"`` (``(B, out_channels)`` logits).
+
+    Raises:
+        ValueError: the name is already taken (registries are not silently overwritten).
+    """
+
+    def deco(fn: ModelFactory) -> ModelFactory:
+        if name in _FACTORIES:
+            raise ValueError(f"model {name!r} is already registered")
+        _FACTORIES[name] = fn
+        _TASKS[name] = task
+        return fn
+
+    return deco
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Registered model names (optionally only those of one task), sorted."""
+    return sorted(n for n in _FACTORIES if task is None or _TASKS[n] == task)
+
+
+def model_task(name: str) -> str:
+    """``"segmentation"`` or ``"classification"`` for a registered name."""
+    _check_name(name)
+    return _TASKS[name]
+
+
+def model_arguments(name: str) -> dict[str, Any]:
+    """The keyword arguments a model accepts, with their defaults (``inspect.Parameter.empty`` if required)."""
+    _check_name(name)
+    sig = inspect.signature(_FACTORIES[name])
+    return {p.name: p.default for p in sig.parameters.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _check_name(name: str) -> None:
+    if name not in _FACTORIES:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered network.
+
+    Args:
+        name: a name from :func:`list_models`.
+        **kwargs: arguments of that model (see :func:`model_arguments`).
+
+    Returns:
+        The ``nn.Module`` (on CPU, float32, training mode).
+
+    Raises:
+        ConfigError: unknown name, unknown or missing argument (the message lists the valid ones).
+    """
+    _check_name(name)
+    valid = model_arguments(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(f"model {name!r} got unknown argument(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    missing = [k for k, v in valid.items() if v is inspect.Parameter.empty and k not in kwargs]
+    if missing:
+        raise ConfigError(f"model {name!r} needs argument(s) {', '.join(missing)}")
+    try:
+        net = _FACTORIES[name](**kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:  # MONAI validates with asserts in places
+        raise ConfigError(f"model {name!r}: invalid arguments {kwargs} ({exc})") from None
+    logger.debug("created %s with %d parameters", name, sum(p.numel() for p in net.parameters()))
+    return net
+
+
+# ------------------------------------------------------------------------- segmentation models
+
+
+@register_model("unet")
+def unet(
+    *,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    spatial_dims: int = 3,
+    channels: Sequence[int] = (16, 32, 64, 128, 256),
+    strides: Sequence[int] = (2, 2, 2, 2),
+    num_res_units: int = 2,
+    norm: str = "instance",
+    dropout: float = 0.0,
+) -> nn.Module:
+    """MONAI residual U-Net. Input ``(B, in_channels, *spatial)``, each spatial size divisible by prod(strides)."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
+                strides=tuple(strides), num_res_units=num_res_units, norm=norm, dropout=dropout)
+
+
+@register_model("segresnet")
+def segresnet(
+    *,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    spatial_dims: int = 3,
+    init_filters: int = 16,
+    blocks_down: Sequence[int] = (1, 2, 2, 4),
+    blocks_up: Sequence[int] = (1, 1, 1),
+    dropout_prob: float | None = None,
+) -> nn.Module:
+    """MONAI SegResNet (Myronenko 2018, BraTS winner). Spatial sizes divisible by 2**(len(blocks_down)-1)."""
+    from monai.networks.nets import SegResNet
+
+    return SegResNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                     init_filters=init_filters, blocks_down=tuple(blocks_down), blocks_up=tuple(blocks_up),
+                     dropout_prob=dropout_prob)
+
+
+def nnunet_topology(patch_size: Sequence[int], spacing: Sequence[float] | None = None, min_size: int = 4,
+                    max_levels: int = 6) -> tuple[list[list[int]], list[list[int]]]:
+    """nnU-Net-style kernel sizes and strides for a patch size and voxel spacing.
+
+    Axes are downsampled (stride 2) while their size stays >= ``2 * min_size`` and their spacing is
+    no more than twice the finest spacing (so thick-slice axes are pooled later, as nnU-Net does);
+    such axes use kernel 1 until they are within a factor 2 of the finest spacing.
+
+    Returns:
+        ``(kernel_sizes, strides)`` lists, one entry per level, first stride all ones.
+    """
+    size = [int(s) for s in patch_size]
+    sp = [1.0] * len(size) if spacing is None else [float(s) for s in spacing]
+    kernels: list[list[int]] = []
+    strides: list[list[int]] = [[1] * len(size)]
+    for _level in range(max_levels):
+        finest = min(sp)
+        kernels.append([3 if s <= 2 * finest else 1 for s in sp])
+        stride = [2 if (sz >= 2 * min_size and s <= 2 * finest) else 1 for sz, s in zip(size, sp)]
+        if all(s == 1 for s in stride):
+            break
+        strides.append(stride)
+        size = [sz // st for sz, st in zip(size, stride)]
+        sp = [s * st for s, st in zip(sp, stride)]
+    kernels.append([3 if s <= 2 * min(sp) else 1 for s in sp])
+    kernels = kernels[: len(strides)]
+    return kernels, strides
+
+
+@register_model("dynunet")
+def dynunet(
+    *,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    spatial_dims: int = 3,
+    patch_size: Sequence[int] = (128, 128, 128),
+    spacing: Sequence[float] | None = None,
+    filters: Sequence[int] | None = (16, 32, 64, 128, 256, 320),
+    deep_supervision: bool = False,
+    res_block: bool = True,
+) -> nn.Module:
+    """nnU-Net-style DynUNet whose depth, kernels and strides follow the patch size and spacing."""
+    from monai.networks.nets import DynUNet
+
+    kernels, strides = nnunet_topology(patch_size[:spatial_dims], spacing)
+    nlev = len(strides)
+    filt = None if filters is None else list(filters)[:nlev]
+    if filt is not None and len(filt) < nlev:
+        filt = filt + [filt[-1]] * (nlev - len(filt))
+    return DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, kernel_size=kernels,
+                   strides=strides, upsample_kernel_size=strides[1:], filters=filt, deep_supervision=deep_supervision,
+                   deep_supr_num=1, res_block=res_block)
+
+
+@register_model("swinunetr")
+def swinunetr(
+    *,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    spatial_dims: int = 3,
+    feature_size: int = 24,
+    depths: Sequence[int] = (2, 2, 2, 2),
+    num_heads: Sequence[int] = (3, 6, 12, 24),
+    use_checkpoint: bool = False,
+) -> nn.Module:
+    """MONAI SwinUNETR. Spatial sizes divisible by 32."""
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size, depths=tuple(depths),
+                     num_heads=tuple(num_heads), use_checkpoint=use_checkpoint, spatial_dims=spatial_dims)
+
+
+@register_model("unetr")
+def unetr(
+    *,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    spatial_dims: int = 3,
+    img_size: Sequence[int] = (96, 96, 96),
+    feature_size: int = 16,
+    hidden_size: int = 768,
+    mlp_dim: int = 3072,
+    num_heads: int = 12,
+) -> nn.Module:
+    """MONAI UNETR (ViT encoder); needs the fixed input size ``img_size``."""
+    from monai.networks.nets import UNETR
+
+    return UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(img_size)[:spatial_dims],
+                 feature_size=feature_size, hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads,
+                 spatial_dims=spatial_dims)
+
+
+# ------------------------------------------------------------------------ classification models
+
+
+@register_model("densenet121", task="classification")
+def densenet121(*, in_channels: int = 1, out_channels: int = 2, spatial_dims: int = 3, dropout_prob: float = 0.0) -> nn.Module:
+    """MONAI DenseNet-121 (2D or 3D). Output ``(B, out_channels)`` logits."""
+    from monai.networks.nets import DenseNet121
+
+    return DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, dropout_prob=dropout_prob)
+
+
+@register_model("resnet18", task="classification")
+def resnet18(*, in_channels: int = 1, out_channels: int = 2, spatial_dims: int = 3, widen_factor: float = 1.0) -> nn.Module:
+    """MONAI ResNet-18 (2D or 3D). Output ``(B, out_channels)`` logits."""
+    from monai.networks.nets import ResNet
+
+    return ResNet(block="basic", layers=[2, 2, 2, 2], block_inplanes=[64, 128, 256, 512], spatial_dims=spatial_dims,
+                  n_input_channels=in_channels, num_classes=out_channels, widen_factor=widen_factor, conv1_t_stride=2)
+
+
+class CompactCNN(nn.Module):
+    """A small VGG-like 3D/2D CNN (conv-norm-act-pool stages, global average pooling).
+
+    Args:
+        in_channels: input channels.
+        out_channels: number of logits.
+        spatial_dims: 2 or 3.
+        channels: width of each stage; each stage halves the spatial size.
+        dropout: dropout before the linear head.
+
+    Shapes:
+        ``(B, in_channels, *spatial)`` -> ``(B, out_channels)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3,
+                 channels: Sequence[int] = (8, 16, 32, 64, 128), dropout: float = 0.2) -> None:
+        super().__init__()
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        norm = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
+        pool = nn.MaxPool3d if spatial_dims == 3 else nn.MaxPool2d
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for c in channels:
+            layers += [conv(c_in, c, 3, padding=1, bias=False), norm(c, affine=True), nn.LeakyReLU(0.01, inplace=True),
+                       conv(c, c, 3, padding=1, bias=False), norm(c, affine=True), nn.LeakyReLU(0.01, inplace=True), pool(2)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, out_channels))
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        f = f.flatten(2).mean(-1)
+        return self.head(f)
+
+
+@register_model("compact-cnn", task="classification")
+def compact_cnn(*, in_channels: int = 1, out_channels: int = 2, spatial_dims: int = 3,
+                channels: Sequence[int] = (8, 16, 32, 64, 128), dropout: float = 0.2) -> nn.Module:
+    """Our compact CNN (:class:`CompactCNN`), a fast baseline for 3D classification on CPU."""
+    return CompactCNN(in_channels, out_channels, spatial_dims, tuple(channels), dropout)

@@ -1,0 +1,176 @@
+"""``medcnn.load_model``: a trained network plus everything needed to apply it correctly.
+
+``model.predict(img)`` takes an image from :func:`medcnn.load` on *any* grid, puts it on the
+model's grid (orientation, spacing), applies the training preprocessing, runs sliding-window
+inference (optionally mirrored), post-processes, and returns the result on ``img``'s own grid, so
+``medcnn.save(pred, path, like=img)`` lands exactly on the input file.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from torch import nn
+
+from medcnn.device import resolve_device
+from medcnn.engine.checkpoint import load_checkpoint, sha256
+from medcnn.errors import InputError
+from medcnn.io import geometry
+from medcnn.io.api import resample_image
+from medcnn.models import create_model
+from medcnn.preprocessing import prepare, uncrop
+
+logger = logging.getLogger(__name__)
+
+#: bundled checkpoint names -> file names in ``medcnn/data/models``
+BUNDLED = {"brain-tumor": "brain_tumor.pt", "alzheimer": "alzheimer.pt", "chest-xray": "chest_xray.pt",
+           "chest-xray-lungs": "chest_xray_lungs.pt"}
+
+
+def bundled_path(name: str) -> Path | None:
+    """Path of a bundled checkpoint, or ``None`` if this install does not ship it."""
+    fname = BUNDLED.get(name)
+    if fname is None:
+        return None
+    res = importlib.resources.files("medcnn.data") / "models" / fname
+    path = Path(str(res))
+    return path if path.is_file() else None
+
+
+class Model:
+    """A trained medcnn model.
+
+    Attributes:
+        network: the ``nn.Module`` (eval mode).
+        config: dict with ``task``, ``model``, ``preprocess``, ``inference``, ``labels``, ``metrics``.
+        path: checkpoint file.
+        sha256: checkpoint checksum (for provenance).
+        device: where the network runs.
+    """
+
+    def __init__(self, network: nn.Module, config: dict[str, Any], path: Path | None = None, device: torch.device | None = None):
+        self.network = network.eval()
+        self.config = config
+        self.path = path
+        self.sha256 = sha256(path) if path is not None else ""
+        self.device = device or torch.device("cpu")
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    def to(self, device: str | torch.device) -> Model:
+        """Move the network to ``device`` (returns self)."""
+        self.device = resolve_device(device)
+        self.network.to(self.device)
+        return self
+
+    def model_grid(self, img: MetaTensor) -> MetaTensor:
+        """``img`` resampled to the model's orientation and spacing (``(C, *spatial)``)."""
+        spec = self.config["preprocess"]
+        sp = spec.get("spacing")
+        orient = spec.get("orientation") if img.ndim == 4 else None
+        return resample_image(img, spacing=sp, orientation=orient)
+
+    def _check_channels(self, img: torch.Tensor) -> None:
+        want = self.config["preprocess"].get("in_channels")
+        if want is not None and img.shape[0] != int(want):
+            names = self.config["preprocess"].get("channel_names") or []
+            raise InputError(getattr(img, "meta", {}).get("filename_or_obj"),
+                             f"model expects {want} channel(s) ({', '.join(names)}), got {img.shape[0]}")
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """Network output for one preprocessed image ``x (C, *spatial)`` -> ``(K, *spatial)`` float32 (sliding window)."""
+        from medcnn.inference import mirror_predictor, sliding_window_inference
+
+        inf = self.config["inference"]
+        net = self.network
+        predictor = mirror_predictor(net, axes=tuple(range(2, x.ndim + 1))) if inf.get("tta") else net
+        out = sliding_window_inference(x[None].to(self.device), list(inf["roi_size"]), int(inf["sw_batch_size"]), predictor,
+                                       overlap=float(inf["overlap"]), mode=inf["mode"], progress=progress,
+                                       precision=inf.get("precision", "auto"))
+        return out[0].float().cpu()
+
+    @torch.no_grad()
+    def predict(self, img: MetaTensor, progress: bool = False) -> MetaTensor:
+        """Segment ``img``; the label map comes back on ``img``'s own grid.
+
+        Args:
+            img: ``MetaTensor (C, *spatial)`` from :func:`medcnn.load` (any orientation/spacing).
+            progress: show a progress bar over windows.
+
+        Returns:
+            ``MetaTensor (1, *spatial)`` int64 labels (for region models, BraTS-style labels
+            rebuilt from the nested regions), with ``img``'s affine and meta.
+
+        Raises:
+            InputError: wrong number of channels or an all-zero image.
+        """
+        if self.task != "segmentation":
+            raise TypeError(f"predict() segments; this is a {self.task} model: use predict_proba()")
+        self._check_channels(img)
+        grid = self.model_grid(img)
+        spec = self.config["preprocess"]
+        x, info = prepare(grid, spec)
+        logits = self.logits(x, progress)
+        labels = self._labels_from_logits(logits, grid)
+        full = uncrop(labels[None], info["box"], info["shape"])
+        a_img = img.affine.detach().cpu().numpy().astype(np.float64)
+        a_grid = grid.affine.detach().cpu().numpy().astype(np.float64)
+        back = geometry.resample(full, np.linalg.inv(a_grid) @ a_img, tuple(img.shape[1:]), mode="nearest")
+        return MetaTensor(back, affine=img.affine.clone(), meta=dict(img.meta))
+
+    def _labels_from_logits(self, logits: torch.Tensor, grid: MetaTensor) -> torch.Tensor:
+        from medcnn.inference.postprocess import regions_to_labels, remove_small_components
+
+        lab_cfg = self.config["labels"]
+        if lab_cfg.get("region_based"):
+            labels = torch.as_tensor(regions_to_labels(torch.sigmoid(logits).numpy(), threshold=0.5))
+        else:
+            labels = logits.argmax(0)
+        min_ml = self.config["inference"].get("min_component_ml")
+        if min_ml:
+            spacing = geometry.voxel_spacing(grid.affine.numpy(), grid.ndim - 1)
+            fg = remove_small_components(labels.numpy() > 0, min_ml=float(min_ml), spacing=tuple(spacing))
+            labels = labels * torch.as_tensor(fg, dtype=labels.dtype)
+        return labels.to(torch.int64)
+
+
+def load_model(name_or_path: str | Path = "brain-tumor", device: str | torch.device | None = None) -> Model:
+    """Load a bundled model by name or any medcnn checkpoint by path.
+
+    Args:
+        name_or_path: a bundled name (``"brain-tumor"``, ...) or a ``.pt`` file from ``medcnn train``.
+        device: ``None``/``"cpu"`` (default), ``"auto"``, ``"cuda"``, ``"cuda:1"``...
+
+    Returns:
+        A :class:`Model`.
+
+    Raises:
+        InputError: unknown name, missing/corrupt/unsafe checkpoint.
+    """
+    p = Path(name_or_path)
+    if p.is_file():
+        path = p
+    else:
+        path = bundled_path(str(name_or_path))
+        if path is None:
+            avail = [n for n in BUNDLED if bundled_path(n) is not None]
+            raise InputError(name_or_path, f"no such checkpoint file or bundled model; bundled: {', '.join(avail) or 'none'}")
+    ck = load_checkpoint(path, map_location="cpu")
+    net = create_model(ck["model"]["name"], **ck["model"]["kwargs"])
+    missing, unexpected = net.load_state_dict(ck["state_dict"], strict=True), None
+    del missing, unexpected
+    config = {k: ck[k] for k in ("task", "model", "preprocess", "inference", "labels", "metrics") if k in ck}
+    config["training"] = {k: v for k, v in ck.get("training", {}).items() if k != "history"}
+    dev = resolve_device(device)
+    model = Model(net.to(dev), config, path, dev)
+    logger.debug("loaded %s (%s) from %s", ck["model"]["name"], config["task"], path)
+    return model

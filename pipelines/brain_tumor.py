@@ -1,0 +1,55 @@
+"""Brain-tumour segmentation: 4-contrast MRI (t1n, t1c, t2w, t2f) -> BraTS 2023 label map.
+
+Outputs per case (DESIGN §3): ``<case>.nii.gz`` (1 NCR, 2 ED, 3 ET) on the grid of the t1n file,
+``qc/<case>.png`` (t1c with the labels), and ``wt_ml, tc_ml, et_ml`` in ``summary.csv``
+(WT = 1+2+3, TC = 1+3, ET = 3, volumes measured on the input grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medcnn import qc
+from medcnn.cases import Case, find_brain_tumor_cases
+from medcnn.io import geometry, load, save
+
+REGIONS = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}
+
+
+def region_volumes_ml(labels: np.ndarray, affine: np.ndarray) -> dict[str, float]:
+    """WT/TC/ET volumes in mL of a BraTS label map ``(*spatial)`` with its affine."""
+    voxel_ml = float(np.prod(geometry.voxel_spacing(affine))) / 1000.0
+    return {f"{k}_ml": round(float(np.isin(labels, v).sum()) * voxel_ml, 3) for k, v in REGIONS.items()}
+
+
+@dataclass(frozen=True)
+class BrainTumorPipeline:
+    """``medcnn predict brain-tumor``."""
+
+    name: str = "brain-tumor"
+    model: str = "brain-tumor"
+    fields: tuple[str, ...] = ("wt_ml", "tc_ml", "et_ml")
+
+    def discover(self, inputs):
+        return find_brain_tumor_cases(inputs)
+
+    def outputs(self, case: Case, out_dir: Path) -> list[Path]:
+        return [out_dir / f"{case.id}.nii.gz", out_dir / "qc" / f"{case.id}.png"]
+
+    def load(self, case: Case):
+        return load(case.inputs, spatial_dims=3)
+
+    def run(self, model: Any, case: Case, img, out_dir: Path) -> dict[str, Any]:
+        pred = model.predict(img)
+        labels = pred[0].numpy().astype(np.uint8)
+        qc.save_png(qc.volume_montage(img[1], img.affine.numpy(), label=labels), out_dir / "qc" / f"{case.id}.png")
+        save(pred.as_tensor().to(torch.uint8), out_dir / f"{case.id}.nii.gz", like=img)
+        return region_volumes_ml(labels, img.affine.numpy())
+
+
+PIPELINE = BrainTumorPipeline()

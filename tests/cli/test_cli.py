@@ -1,0 +1,74 @@
+"""The command line: help/version/info, error lines without tracebacks, exit codes, convert."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from click.testing import CliRunner
+
+from medcnn._version import __version__
+from medcnn.cli.main import cli
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_help_lists_commands_with_examples() -> None:
+    res = _run("--help")
+    assert res.exit_code == 0
+    for cmd in ("demo", "info", "convert", "generate"):
+        assert cmd in res.output
+    for cmd in ("demo", "convert", "generate", "info"):
+        sub = _run(cmd, "--help")
+        assert sub.exit_code == 0 and "Examples:" in sub.output, cmd
+
+
+def test_version_and_info() -> None:
+    assert __version__ in _run("--version").output
+    res = _run("info")
+    assert res.exit_code == 0
+    assert "torch" in res.output and "monai" in res.output and ("cuda" in res.output)
+
+
+def test_console_script_entry_point() -> None:
+    out = subprocess.run([sys.executable, "-m", "medcnn.cli.main", "--version"], capture_output=True, text=True, check=True)
+    assert __version__ in out.stdout
+
+
+def test_bad_input_is_one_line_exit_1(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b garbage")
+    res = CliRunner().invoke(cli, ["convert", str(bad), str(tmp_path / "o.nii.gz")])
+    assert res.exit_code == 1
+    assert "broken.nii.gz" in res.output
+    assert "Traceback" not in res.output
+    assert len([ln for ln in res.output.splitlines() if ln.startswith("error:")]) == 1
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_usage_error_exit_2() -> None:
+    res = CliRunner().invoke(cli, ["convert"])
+    assert res.exit_code == 2
+
+
+def test_convert_dicom_like_roundtrip_and_resample(tmp_path: Path) -> None:
+    img = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(6, 8, 10)).astype(np.float32))
+    img.SetSpacing((1.0, 1.5, 3.0))
+    img.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
+    src = tmp_path / "in.mha"
+    sitk.WriteImage(img, str(src))
+    assert _run("convert", str(src), str(tmp_path / "same.nii.gz")).exit_code == 0
+    same = sitk.ReadImage(str(tmp_path / "same.nii.gz"))
+    assert same.GetSize() == img.GetSize()
+    np.testing.assert_allclose(same.GetDirection(), img.GetDirection(), atol=1e-6)
+    res = _run("convert", str(src), str(tmp_path / "ras.nii.gz"), "--spacing", "1", "--orientation", "RAS")
+    assert res.exit_code == 0
+    ras = nib.load(str(tmp_path / "ras.nii.gz"))
+    assert nib.aff2axcodes(ras.affine) == ("R", "A", "S")
+    np.testing.assert_allclose(np.linalg.norm(ras.affine[:3, :3], axis=0), 1.0, atol=1e-6)

@@ -1,0 +1,62 @@
+"""Packaging: pipelines/ and configs/ install inside the package; README Quickstart and .ci/run agree."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_pipelines_and_configs_are_subpackages() -> None:
+    pipelines = importlib.import_module("medcnn.pipelines")
+    configs = importlib.import_module("medcnn.configs")
+    assert Path(pipelines.__file__).parent.name in ("pipelines",)
+    assert configs.config_dir().is_dir()
+
+
+def _quickstart_blocks() -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"^#+\s*Quick\s*start.*?$(.*?)(?=^#{1,2}\s|\Z)", text, re.M | re.S | re.I)
+    assert m, "README.md has no Quickstart section"
+    return re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", m.group(1), re.S)
+
+
+def test_ci_runs_exactly_the_readme_test_block() -> None:
+    blocks = _quickstart_blocks()
+    assert len(blocks) >= 2
+    assert "medcnn demo" in blocks[0] or "medcnn predict" in blocks[0]
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    body = [ln.strip() for ln in ci.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "set ", "cd "))]
+    block = [ln.strip() for ln in blocks[1].splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert body == block
+
+
+def test_cpu_install_path_pins_the_local_torch_wheel() -> None:
+    for block in _quickstart_blocks()[:2]:
+        assert "pip install torch==" in block.replace("  ", " ")
+        first_torch = block.index("torch==")
+        medcnn_install = re.search(r"pip install \"?\.", block)
+        assert medcnn_install and first_torch < medcnn_install.start(), "torch must be installed before medcnn"
+
+
+@pytest.mark.slow
+def test_wheel_contains_pipelines_and_configs_inside_medcnn(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {res.stderr[-300:]}")
+    (whl,) = tmp_path.glob("medcnn-*.whl")
+    names = zipfile.ZipFile(whl).namelist()
+    assert "medcnn/pipelines/__init__.py" in names
+    assert "medcnn/configs/__init__.py" in names
+    assert any(n.startswith("medcnn/data/mni152/") and n.endswith(".nii.gz") for n in names)
+    assert not any(n.startswith("pipelines/") or n.startswith("configs/") for n in names)
