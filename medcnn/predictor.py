@@ -22,7 +22,7 @@ from medcnn.device import resolve_device
 from medcnn.engine.checkpoint import load_checkpoint, sha256
 from medcnn.errors import InputError
 from medcnn.io import geometry
-from medcnn.io.api import resample_image
+from medcnn.io.api import meta_without_affine, resample_image
 from medcnn.models import create_model
 from medcnn.preprocessing import prepare, uncrop
 
@@ -125,7 +125,7 @@ class Model:
         a_img = img.affine.detach().cpu().numpy().astype(np.float64)
         a_grid = grid.affine.detach().cpu().numpy().astype(np.float64)
         back = geometry.resample(full, np.linalg.inv(a_grid) @ a_img, tuple(img.shape[1:]), mode="nearest")
-        return MetaTensor(back, affine=img.affine.clone(), meta=dict(img.meta))
+        return MetaTensor(back, affine=img.affine.clone(), meta=meta_without_affine(img))
 
     def _labels_from_logits(self, logits: torch.Tensor, grid: MetaTensor) -> torch.Tensor:
         from medcnn.inference.postprocess import regions_to_labels, remove_small_components

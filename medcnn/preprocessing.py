@@ -19,6 +19,7 @@ from monai.data import MetaTensor
 
 from medcnn.errors import InputError
 from medcnn.io import load
+from medcnn.io.api import meta_without_affine
 from medcnn.transforms.custom import masked_zscore
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def crop(img: torch.Tensor, box: Sequence[tuple[int, int]]) -> torch.Tensor:
     if isinstance(img, MetaTensor):
         shift = np.eye(4)
         shift[: len(box), 3] = [a for a, _ in box]
-        out = MetaTensor(out.as_tensor().clone(), affine=torch.as_tensor(img.affine.numpy() @ shift), meta=dict(img.meta))
+        out = MetaTensor(out.as_tensor().clone(), affine=torch.as_tensor(img.affine.numpy() @ shift), meta=meta_without_affine(img))
     return out
 
 

@@ -17,14 +17,7 @@ import torch
 from medcnn import qc
 from medcnn.cases import Case, find_brain_tumor_cases
 from medcnn.io import geometry, load, save
-
-REGIONS = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}
-
-
-def region_volumes_ml(labels: np.ndarray, affine: np.ndarray) -> dict[str, float]:
-    """WT/TC/ET volumes in mL of a BraTS label map ``(*spatial)`` with its affine."""
-    voxel_ml = float(np.prod(geometry.voxel_spacing(affine))) / 1000.0
-    return {f"{k}_ml": round(float(np.isin(labels, v).sum()) * voxel_ml, 3) for k, v in REGIONS.items()}
+from medcnn.metrics.segmentation import BRATS_REGIONS, region_volumes_ml
 
 
 @dataclass(frozen=True)
@@ -49,7 +42,8 @@ class BrainTumorPipeline:
         labels = pred[0].numpy().astype(np.uint8)
         qc.save_png(qc.volume_montage(img[1], img.affine.numpy(), label=labels), out_dir / "qc" / f"{case.id}.png")
         save(pred.as_tensor().to(torch.uint8), out_dir / f"{case.id}.nii.gz", like=img)
-        return region_volumes_ml(labels, img.affine.numpy())
+        vols = region_volumes_ml(labels, geometry.voxel_spacing(img.affine.numpy()), BRATS_REGIONS)
+        return {f"{k.lower()}_ml": round(v, 3) for k, v in vols.items()}
 
 
 PIPELINE = BrainTumorPipeline()

@@ -244,6 +244,46 @@ def predict(pipeline: str, inputs: tuple[Path, ...], out_dir: Path, model_ref: s
 
 @cli.command(context_settings=CONTEXT, epilog="""\b
 Examples:
+  medcnn evaluate out/bt data/brats_synth -o metrics.csv       # folders: pairs cases by id
+  medcnn evaluate pred.nii.gz ref-seg.nii.gz -o metrics.csv      # one case
+  medcnn evaluate out/ labelsTr/ -o m.csv --region WT=1,2,3 --region TC=1,3 --region ET=3 --nsd-tolerance 2
+\b
+Writes one row per case and region (dice, hd95_mm, nsd, pred_ml, ref_ml, status, error) and a mean row
+per region. BraTS conventions: empty vs empty scores Dice 1, NSD 1, HD95 0.
+""")
+@click.argument("pred", type=click.Path(path_type=Path))
+@click.argument("ref", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_csv", type=click.Path(path_type=Path), required=True, help="Metrics CSV to write.")
+@click.option("--region", "regions", multiple=True, metavar="NAME=L1,L2",
+              help="Region as a set of labels (repeatable; default BraTS WT/TC/ET).")
+@click.option("--nsd-tolerance", type=float, default=1.0, show_default=True, help="NSD tolerance in mm.")
+def evaluate(pred: Path, ref: Path, out_csv: Path, regions: tuple[str, ...], nsd_tolerance: float) -> None:
+    """Dice, HD95 and NSD of predicted label maps PRED against references REF, per case and region."""
+    from medcnn.metrics.evaluate import evaluate_folders
+    from medcnn.metrics.segmentation import BRATS_REGIONS
+
+    reg = dict(BRATS_REGIONS)
+    if regions:
+        reg = {}
+        for spec in regions:
+            name, _, labels = spec.partition("=")
+            try:
+                reg[name.strip()] = tuple(int(v) for v in labels.split(",") if v.strip())
+            except ValueError:
+                raise click.UsageError(f"--region {spec!r}: expected NAME=1,2,3") from None
+            if not name.strip() or not reg[name.strip()]:
+                raise click.UsageError(f"--region {spec!r}: expected NAME=1,2,3")
+    rows = evaluate_folders(pred, ref, out_csv, regions=reg, nsd_tolerance_mm=nsd_tolerance)
+    for r in rows:
+        if r["case"] == "mean":
+            click.echo(f"{r['region']:>4}: Dice {float(r['dice']):.4f}  HD95 {float(r['hd95_mm']):.2f} mm  NSD {float(r['nsd']):.4f}")
+    click.echo(f"metrics: {out_csv}")
+    if any(r.get("status") not in ("ok",) and r["case"] != "mean" for r in rows):
+        sys.exit(1)
+
+
+@cli.command(context_settings=CONTEXT, epilog="""\b
+Examples:
   medcnn train configs/brain_tumor.yaml --set data.source=data/brats_synth -o runs/bt
   medcnn train configs/brain_tumor.yaml -o runs/bt --resume           # continue after a crash
   medcnn train configs/brain_tumor.yaml --set train.epochs=2 --set model.name=unet

@@ -68,6 +68,8 @@ def fraction(v: Any) -> str | None:
 
 def _type_name(types: tuple[type, ...]) -> str:
     names = {NONE: "null", list: "list", dict: "mapping", str: "string", bool: "true/false", int: "integer", float: "number"}
+    if int in types and float in types:
+        types = tuple(t for t in types if t is not int)
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -80,6 +82,11 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def _coerce(value: Any, types: tuple[type, ...]) -> Any:
+    if isinstance(value, str) and float in types and str not in types:
+        try:  # PyYAML reads 1e-3 (no dot) as a string; accept it as the number it obviously is
+            return float(value)
+        except ValueError:
+            return value
     if isinstance(value, int) and not isinstance(value, bool) and float in types and int not in types:
         return float(value)
     if isinstance(value, tuple) and list in types:
@@ -135,9 +142,9 @@ def _validate_field(dotted: str, value: Any, spec: Field, base_dir: Path | None)
         if spec.required:
             raise ConfigError(f"missing required config key '{dotted}'" + (f" ({spec.help})" if spec.help else ""))
         return copy.deepcopy(spec.default)
+    value = _coerce(value, spec.types)
     if not _type_ok(value, spec.types):
         raise ConfigError(f"config key '{dotted}': expected {_type_name(spec.types)}, got {value!r}")
-    value = _coerce(value, spec.types)
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(f"config key '{dotted}': {value!r} is not one of {', '.join(map(str, spec.choices))}")
     if spec.check is not None and value is not None:

@@ -76,10 +76,12 @@ def _components(arr: np.ndarray, connectivity: int | None) -> tuple[np.ndarray, 
 
 
 def _spacing_of(mask: np.ndarray | torch.Tensor, ndim: int) -> tuple[float, ...] | None:
+    """Voxel spacing from a ``MetaTensor``'s affine (its column norms), else ``None``."""
     if isinstance(mask, MetaTensor):
-        pixdim = [float(v) for v in np.asarray(mask.pixdim).ravel()]
-        if len(pixdim) >= ndim:
-            return tuple(pixdim[:ndim])
+        affine = np.asarray(mask.affine, dtype=np.float64)
+        if affine.ndim == 2 and affine.shape[0] - 1 >= ndim:
+            rank = affine.shape[0] - 1
+            return tuple(float(v) for v in np.linalg.norm(affine[:rank, :ndim], axis=0))
     return None
 
 

@@ -175,7 +175,7 @@ def _resolve_memory_format(
 def _resolve_roi(roi_size: Sequence[int | None] | int, image_size: Sequence[int]) -> tuple[int, ...]:
     """ROI per spatial axis; ``None`` or non-positive entries mean the full image size."""
     nd = len(image_size)
-    if isinstance(roi_size, int):
+    if not isinstance(roi_size, Sequence):
         roi = [roi_size] * nd
     else:
         roi = list(roi_size)
@@ -453,6 +453,44 @@ def _gather_windows(
     return buffer[:n]
 
 
+def _make_blenders(
+    preds: Sequence[Any],
+    n: int,
+    plan: _WindowPlan,
+    batch_size: int,
+    weight: torch.Tensor | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> list[_Blender]:
+    """One :class:`_Blender` per predictor output, sized from the first batch of predictions."""
+    nd = len(plan.roi_size)
+    blenders = []
+    for pred in preds:
+        if not isinstance(pred, torch.Tensor) or pred.ndim != nd + 2 or pred.shape[0] != n:
+            got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
+            raise ValueError(f"predictor output must be (n={n}, C_out, *{nd} spatial) tensors; got {got}")
+        blenders.append(_Blender(plan, batch_size, pred.shape[1], pred.shape[2:], weight, device, dtype))
+    if not blenders:
+        raise ValueError("predictor returned no tensors")
+    logger.debug("blending strategies: %s", [bl.strategy for bl in blenders])
+    return blenders
+
+
+def _predict(
+    predictor: Callable[..., Any],
+    batch: torch.Tensor,
+    coords: list[list[slice]] | None,
+    kwargs: dict[str, Any],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> Any:
+    """One predictor call on a window batch, under inference mode and (optionally) autocast."""
+    with torch.inference_mode(), _autocast(device, autocast_dtype):
+        if coords is not None:
+            return predictor(batch, coords, **kwargs)
+        return predictor(batch, **kwargs)
+
+
 # --------------------------------------------------------------------------------------------
 # public entry point
 # --------------------------------------------------------------------------------------------
@@ -551,7 +589,7 @@ def sliding_window_inference(
 
     batch_size, in_channels, *image_size = inputs.shape
     nd = len(image_size)
-    overlaps = tuple(float(o) for o in ([overlap] * nd if isinstance(overlap, (int, float)) else overlap))
+    overlaps = tuple(float(o) for o in (overlap if isinstance(overlap, Sequence) else [overlap] * nd))
     if len(overlaps) != nd:
         raise ValueError(f"overlap needs one value or {nd} values; got {overlap!r}")
     if any(not 0.0 <= o < 1.0 for o in overlaps):
@@ -576,7 +614,8 @@ def sliding_window_inference(
     weight: torch.Tensor | None = None
     if roi_weight_map is not None:
         weight = torch.as_tensor(roi_weight_map, device=win_device, dtype=torch.float32)
-        weight = weight.reshape(weight.shape[-nd:]) if weight.ndim > nd else weight
+        if weight.ndim > nd and all(d == 1 for d in weight.shape[:-nd]):
+            weight = weight.reshape(weight.shape[-nd:])  # (1, 1, *roi) -> (*roi)
         if tuple(weight.shape) != roi:
             raise ValueError(f"roi_weight_map has shape {tuple(weight.shape)}, expected {roi}")
     elif mode == "gaussian":
@@ -609,29 +648,18 @@ def sliding_window_inference(
         for start in tqdm(starts, disable=not progress, desc="sliding window", unit="batch"):
             windows = [divmod(i, num_win) for i in range(start, min(start + sw_batch_size, total))]
             batch = _gather_windows(x, windows, slices, buffer, staging)
-            with torch.inference_mode(), _autocast(win_device, autocast_dtype):
-                if with_coord:
-                    coords = [[slice(b, b + 1), slice(None), *slices[k]] for b, k in windows]
-                    raw = predictor(batch, coords, **kwargs)
-                else:
-                    raw = predictor(batch, **kwargs)
-            keys, single, preds = _flatten_output(raw)
+            coords = [[slice(b, b + 1), slice(None), *slices[k]] for b, k in windows] if with_coord else None
+            keys, single, preds = _flatten_output(
+                _predict(predictor, batch, coords, kwargs, win_device, autocast_dtype)
+            )
             if structure is None:
                 structure = (keys, single)
-                for p in preds:
-                    if p.ndim != nd + 2 or p.shape[0] != len(windows):
-                        raise ValueError(
-                            f"predictor output must be (n={len(windows)}, C_out, *{nd} spatial); "
-                            f"got {tuple(p.shape)}"
-                        )
-                    blenders.append(
-                        _Blender(plan, batch_size, p.shape[1], p.shape[2:], weight, out_device, acc_dtype)
-                    )
-                logger.debug("blending strategies: %s", [bl.strategy for bl in blenders])
+                blenders = _make_blenders(preds, len(windows), plan, batch_size, weight, out_device, acc_dtype)
             elif len(preds) != len(blenders):
                 raise ValueError("predictor returned a different number of outputs between calls")
-            for blender, p in zip(blenders, preds):
-                blender.add(p, windows)
+            for i, blender in enumerate(blenders):
+                blender.add(preds[i], windows)
+            del preds  # free this batch's predictions before the next call allocates new ones
 
     results = []
     for blender in blenders:

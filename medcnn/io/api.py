@@ -141,7 +141,12 @@ def resample_image(
     if new_affine is affine:
         return img
     data = geometry.resample(img.as_tensor(), np.linalg.inv(affine) @ new_affine, new_shape, mode=mode)
-    return MetaTensor(data, affine=torch.as_tensor(new_affine, dtype=torch.float64), meta=dict(img.meta))
+    return MetaTensor(data, affine=torch.as_tensor(new_affine, dtype=torch.float64), meta=meta_without_affine(img))
+
+
+def meta_without_affine(img: MetaTensor) -> dict:
+    """A copy of ``img.meta`` minus its ``affine`` entry, to build a MetaTensor on another grid."""
+    return {k: v for k, v in img.meta.items() if k != "affine"}
 
 
 def _as_tuple(v: Sequence[float] | float, n: int, name: str) -> tuple[float, ...]:

@@ -14,7 +14,7 @@ one empty, the other not          0       0      ``hd95_penalty_mm`` (373.13 by 
 both non-empty                    MONAI   MONAI  MONAI
 ================================  ======  =====  =====================================
 
-Surfaces are the masks' boundary voxels (a voxel of the mask with a 6-neighbour, or an image
+Surfaces are the masks' boundary voxels (a voxel of the mask with a face neighbour, or an image
 border, outside it; MONAI's ``get_mask_edges``); distances are Euclidean between voxel centres
 scaled by the spacing. HD95 is the larger of the two directed 95th percentiles of those distances.
 NSD (Nikolov et al. 2021) is the fraction of both boundaries lying within ``nsd_tolerance_mm`` of
@@ -103,7 +103,15 @@ def _spacing_tuple(spacing: Sequence[float] | float | np.ndarray, ndim: int) -> 
     return tuple(float(v) for v in sp)
 
 
-def _region_labels(regions: RegionSpec) -> dict[str, tuple[int, ...]]:
+def normalize_regions(regions: RegionSpec) -> dict[str, tuple[int, ...]]:
+    """Validated ``{region: (label, ...)}`` from a region specification.
+
+    Args:
+        regions: region name -> an integer label or a non-empty set of integer labels.
+
+    Raises:
+        ValueError: no region, or a region without integer labels.
+    """
     if not regions:
         raise ValueError("regions must name at least one region, e.g. {'tumor': (1,)}")
     out: dict[str, tuple[int, ...]] = {}
@@ -130,7 +138,7 @@ def region_masks(labels: np.ndarray | torch.Tensor, regions: RegionSpec = BRATS_
         ValueError: invalid label map or region specification.
     """
     arr = _labels_array(labels, None, "labels")
-    return {name: np.isin(arr, labs) for name, labs in _region_labels(regions).items()}
+    return {name: np.isin(arr, labs) for name, labs in normalize_regions(regions).items()}
 
 
 def region_volumes_ml(
@@ -238,7 +246,7 @@ def segmentation_metrics(
         raise ValueError(f"pred and ref must have the same shape, got {p.shape} and {r.shape}")
     sp = _spacing_tuple(spacing, p.ndim)
     voxel_ml = float(np.prod(sp)) / 1000.0
-    labs = _region_labels(regions)
+    labs = normalize_regions(regions)
     p, r = _crop_to_foreground(p, r, sorted({v for region in labs.values() for v in region}))
     out: dict[str, dict[str, float]] = {}
     for name, region in labs.items():

@@ -14,11 +14,11 @@ import pytest
 from medcnn.synth import alzheimer as AZ
 from medcnn.synth.anatomy import load_mni152
 
-FAST = {"spacing": 3.0}
+FAST = {"spacing": 4.0}
 
 
 def test_subject_arrays_and_metadata() -> None:
-    s = AZ.make_subject(np.random.default_rng(0), "AD", 0.5, spacing=2.5, dtype="float32", skull=True)
+    s = AZ.make_subject(np.random.default_rng(0), "AD", 0.5, spacing=3.0, dtype="float32", skull=True)
     assert s["t1"].ndim == 3 and s["t1"].dtype == np.float32
     assert s["brain_mask"].shape == s["t1"].shape and s["brain_mask"].dtype == bool
     assert s["affine"].shape == (4, 4)
@@ -29,7 +29,7 @@ def test_subject_arrays_and_metadata() -> None:
     brain = s["t1"][s["brain_mask"]]
     assert brain.mean() > 2 * s["t1"][~s["brain_mask"]].mean()
     assert s["meta"]["skull"] is True
-    stripped = AZ.make_subject(np.random.default_rng(0), "CN", spacing=2.5, skull=False, dtype="int16")
+    stripped = AZ.make_subject(np.random.default_rng(0), "CN", spacing=3.0, skull=False, dtype="int16")
     assert stripped["t1"].dtype == np.int16
     assert np.all(stripped["t1"][~stripped["brain_mask"]] == 0)
 
@@ -53,7 +53,7 @@ def test_stored_affine_is_the_true_geometry() -> None:
     params = AZ.draw_subject(np.random.default_rng(4), "AD", 0.6)
     out = []
     for oriented in (False, True):
-        s = AZ.render_subject(np.random.default_rng(12), params, spacing=2.0, oriented=oriented, skull=False)
+        s = AZ.render_subject(np.random.default_rng(12), params, spacing=3.0, oriented=oriented, skull=False)
         mask = s["brain_mask"]
         centroid = s["affine"][:3, :3] @ np.argwhere(mask).mean(axis=0) + s["affine"][:3, 3]
         out.append((centroid, mask.sum() * abs(np.linalg.det(s["affine"][:3, :3]))))
