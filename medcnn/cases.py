@@ -221,19 +221,23 @@ def find_image_cases(
 
     def visit_dir(d: Path) -> None:
         files = _visible_files(d)
-        dcm = [f for f in files if not f.name.lower().endswith(tuple(s for s in suffixes if s not in DICOM_SUFFIXES)) and dicom.is_dicom_file(f)]
-        if dcm and len(dcm) > 1:
+        other_suffixes = tuple(s for s in suffixes if s not in DICOM_SUFFIXES)
+        dcm = [f for f in files if not f.name.lower().endswith(other_suffixes) and dicom.is_dicom_file(f)]
+        if dcm:
             try:
-                series = dicom.list_series(d)
+                series = dicom.list_series(d, recursive=False)
             except InputError as exc:
                 add(Case(id=d.name, inputs=[d], error=exc.reason))
                 series = []
-            for i, s in enumerate(series):
-                sid = d.name if len(series) == 1 else f"{d.name}_s{s.number if s.number is not None else i}"
+            multi = [s for s in series if len(s.files) > 1]
+            for s in series:
+                if len(s.files) == 1:  # a radiograph, a multi-frame file or a lone slice: a case of its own
+                    visit_file(s.files[0])
+                    continue
+                num = s.number if s.number is not None else multi.index(s)
+                sid = d.name if len(multi) == 1 else f"{d.name}_s{num}"
                 add(Case(id=sid, inputs=[d], extra={"series": s.uid}))
             files = [f for f in files if f not in dcm]
-        elif dcm:
-            files = files  # a single DICOM file is a case of its own
         for f in files:
             if _is_image_file(f, suffixes):
                 visit_file(f)

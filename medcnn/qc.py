@@ -128,6 +128,8 @@ def volume_montage(
     ]
     for take, (s_row, s_col) in planes:
         gs = take(g)
+        if min(gs.shape) < 2 and len(panels) + 1 < len(planes):
+            continue  # a single-slice volume has only one informative plane
         ls = take(lab) if lab is not None else None
         hs = take(hm) if hm is not None else None
         # arrays are (first axis, second axis); display with second axis up: transpose + flip
@@ -136,7 +138,7 @@ def volume_montage(
 
         rgb = overlay(disp(gs), disp(ls), disp(hs))
         h_mm, w_mm = gs.shape[1] * s_col, gs.shape[0] * s_row
-        w = int(round(size * w_mm / max(h_mm, 1e-6)))
+        w = int(np.clip(round(size * w_mm / max(h_mm, 1e-6)), 8, 4 * size))
         panels.append(_resize(rgb, size, w))
     gap = np.zeros((size, 4, 3), dtype=np.uint8)
     out = panels[0]

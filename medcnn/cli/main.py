@@ -176,14 +176,14 @@ Examples:
   medcnn generate sample -o sample_data                  # regenerate the repository's sample data
   medcnn generate brain-tumor -n 200 --seed 1 -o data/bt --layout nnunet
   medcnn generate alzheimer -n 300 --seed 2 -o data/ad   # BIDS + participants.tsv
-  medcnn generate chest-xray -n 1000 --seed 3 -o data/cxr --formats png,png16,dcm1,dcm2
+  medcnn generate chest-xray -n 1000 --seed 3 -o data/cxr --formats png,png16,dcm-mono1,dcm-mono2
 """)
 @click.argument("task", type=click.Choice(["sample", "brain-tumor", "alzheimer", "chest-xray"]))
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=10, show_default=True, help="Number of cases.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (case i depends only on seed and i).")
 @click.option("--layout", default=None, help="brain-tumor: brats2023 | brats2021 | nnunet; alzheimer: bids.")
-@click.option("--formats", default=None, help="chest-xray: comma-separated png, png16, dcm1 (MONOCHROME1), dcm2.")
+@click.option("--formats", default=None, help="chest-xray: comma-separated png, png16, dcm-mono1 (MONOCHROME1), dcm-mono2.")
 def generate(task: str, out_dir: Path, n: int, seed: int, layout: str | None, formats: str | None) -> None:
     """Generate synthetic training/test data (or the repository's sample data) on real anatomy."""
     from medcnn import synth

@@ -93,11 +93,12 @@ def _read_header(path: Path):
     return dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
 
 
-def list_series(folder: str | Path) -> list[SeriesInfo]:
+def list_series(folder: str | Path, recursive: bool = True) -> list[SeriesInfo]:
     """Group the DICOM image files below ``folder`` by SeriesInstanceUID.
 
     Args:
-        folder: a folder; searched recursively, hidden files skipped.
+        folder: a folder; hidden files skipped.
+        recursive: also search sub-folders.
 
     Returns:
         Image series sorted by series number then UID. Non-DICOM files and DICOM objects
@@ -110,7 +111,8 @@ def list_series(folder: str | Path) -> list[SeriesInfo]:
     from pydicom.errors import InvalidDicomError
 
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(p for p in found if p.is_file() and not p.name.startswith("."))
     if not files:
         raise InputError(folder, "folder is empty")
     series: dict[str, SeriesInfo] = {}

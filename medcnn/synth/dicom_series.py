@@ -71,9 +71,11 @@ def write_dicom_series(
     if stored.min() < -32768 or stored.max() > 32767:
         raise ValueError("values do not fit int16 with this rescale")
     stored = stored.astype(np.int16)
-    study = study_uid or generate_uid()
-    series = generate_uid()
-    frame_of_ref = generate_uid()
+    # UIDs derived from the seed and content: regenerating the same series gives the same files
+    tag = f"{seed}:{series_number}:{series_description}:{vol.shape}:{float(np.asarray(vol, dtype=np.float64).sum()):.6g}"
+    study = study_uid or generate_uid(entropy_srcs=[tag, "study"])
+    series = generate_uid(entropy_srcs=[tag, "series"])
+    frame_of_ref = generate_uid(entropy_srcs=[tag, "frame"])
     rng = np.random.default_rng(seed)
     order = rng.permutation(vol.shape[2]) if shuffle_names else np.arange(vol.shape[2])
     date = datetime.date(2020, 1, 1).strftime("%Y%m%d")
@@ -81,7 +83,7 @@ def write_dicom_series(
     for k in range(vol.shape[2]):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = _SOP_CLASS[modality]
-        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[tag, "instance", str(k)])
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         path = folder / f"{name_prefix}{int(order[k]):04d}.dcm"
         ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)

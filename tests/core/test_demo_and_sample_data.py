@@ -1,0 +1,65 @@
+"""``medcnn demo`` on sample_data/, and sample_data/ being exactly what its documented command regenerates."""
+
+from __future__ import annotations
+
+import csv
+import filecmp
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from medcnn.cli.main import cli
+from medcnn.synth import generate
+
+
+def test_demo_processes_every_sample_case(sample_data: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["demo", "--data", str(sample_data), "-o", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(tmp_path / "demo" / "summary.csv")))
+    tasks = {r["task"] for r in rows}
+    assert tasks == {"brain-tumor", "alzheimer", "chest-xray", "dicom"}
+    assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
+    assert len(rows) >= 12
+    for r in rows:
+        assert (tmp_path / "demo" / r["qc"]).is_file()
+    bt = [r for r in rows if r["task"] == "brain-tumor"]
+    assert all(r["shape"].startswith("4x") for r in bt)
+    assert (tmp_path / "demo" / "run.json").is_file()
+
+
+def test_demo_reports_bad_case_and_exits_1(sample_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_data / "chest-xray", data / "chest-xray")
+    (data / "chest-xray" / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    res = CliRunner().invoke(cli, ["demo", "--data", str(data), "-o", str(tmp_path / "demo")])
+    assert res.exit_code == 1
+    rows = {r["case"]: r for r in csv.DictReader(open(tmp_path / "demo" / "summary.csv"))}
+    assert rows["broken"]["status"] == "error" and "broken.png" in rows["broken"]["error"]
+    assert sum(r["status"] == "ok" for r in rows.values()) == 4
+
+
+def test_missing_sample_folder_is_one_line(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["demo", "--data", str(tmp_path / "nope"), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "medcnn generate sample" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_sample_data_regenerates_identically(sample_data: Path, tmp_path: Path) -> None:
+    generate("sample", tmp_path / "regen", n=0)
+    cmp = filecmp.dircmp(sample_data, tmp_path / "regen", ignore=["README.md"])
+
+    def diffs(c: filecmp.dircmp) -> list[str]:
+        out = [f"{c.left}/{n}" for n in c.diff_files + c.left_only + c.right_only]
+        for sub in c.subdirs.values():
+            out += diffs(sub)
+        return out
+
+    assert diffs(cmp) == [], "sample_data/ differs from `medcnn generate sample`"
+
+
+def test_sample_data_is_small(sample_data: Path) -> None:
+    total = sum(p.stat().st_size for p in sample_data.rglob("*") if p.is_file())
+    assert total < 15 * 2**20, f"sample_data is {total / 2**20:.1f} MiB"
