@@ -14,7 +14,8 @@ For each: best and median wall time over ``--repeats`` runs (after one warm-up r
 take turns so that machine noise hits all alike), speed-up ratio over MONAI (> 1 means faster),
 max abs difference to MONAI's output, argmax agreement, and peak memory of the method run alone
 in a fresh process (peak RSS on CPU, ``max_memory_allocated`` on CUDA), with its increase over
-the process before the call (network, input and libraries loaded). Absolute times are only meaningful for GPU runs (DESIGN §6); quote the ratios.
+the process before the call (network, input and libraries loaded). Absolute times are only
+meaningful for GPU runs (DESIGN §6); quote the ratios.
 
 Examples::
 

@@ -38,10 +38,26 @@ def resolve_device(pref: str | torch.device | None = None, local_rank: int = 0) 
     return dev
 
 
-def cpu_has_native_bf16() -> bool:
-    """True if this CPU has bf16 instructions (AVX512-BF16 or AMX)."""
+#: CPU flags meaning bf16 arithmetic runs natively (otherwise it is emulated and slower than fp32)
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16`` flag).
+
+    Without native support, bf16 convolutions on CPU are emulated and several times slower than
+    fp32, so ``precision="auto"`` and ``train.amp: auto`` stay in fp32 there.
+
+    Args:
+        cpuinfo: the ``/proc/cpuinfo``-style file to read (Linux). Elsewhere, or when it cannot be
+            read, the answer is ``False``.
+    """
     try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False

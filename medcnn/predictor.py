@@ -28,6 +28,8 @@ from medcnn.preprocessing import prepare, uncrop
 
 logger = logging.getLogger(__name__)
 
+#: up to this many output channels, probabilities are resampled to the input grid (else labels, nearest)
+MAX_LINEAR_CHANNELS = 8
 #: bundled checkpoint names -> file names in ``medcnn/data/models``
 BUNDLED = {"brain-tumor": "brain_tumor.pt", "alzheimer": "alzheimer.pt", "chest-xray": "chest_xray.pt",
            "chest-xray-lungs": "chest_xray_lungs.pt"}
@@ -92,7 +94,7 @@ class Model:
 
         inf = self.config["inference"]
         net = self.network
-        predictor = mirror_predictor(net, axes=tuple(range(2, x.ndim + 1))) if inf.get("tta") else net
+        predictor = mirror_predictor(net, axes=None) if inf.get("tta") else net
         out = sliding_window_inference(x[None].to(self.device), list(inf["roi_size"]), int(inf["sw_batch_size"]), predictor,
                                        overlap=float(inf["overlap"]), mode=inf["mode"], progress=progress,
                                        precision=inf.get("precision", "auto"))
@@ -119,28 +121,49 @@ class Model:
         grid = self.model_grid(img)
         spec = self.config["preprocess"]
         x, info = prepare(grid, spec)
-        logits = self.logits(x, progress)
-        labels = self._labels_from_logits(logits, grid)
-        full = uncrop(labels[None], info["box"], info["shape"])
+        probs = self._probabilities(self.logits(x, progress))
         a_img = img.affine.detach().cpu().numpy().astype(np.float64)
         a_grid = grid.affine.detach().cpu().numpy().astype(np.float64)
-        back = geometry.resample(full, np.linalg.inv(a_grid) @ a_img, tuple(img.shape[1:]), mode="nearest")
-        return MetaTensor(back, affine=img.affine.clone(), meta=meta_without_affine(img))
+        out_to_in = np.linalg.inv(a_grid) @ a_img
+        region_based = bool(self.config["labels"].get("region_based"))
+        if probs.shape[0] <= MAX_LINEAR_CHANNELS:
+            # nnU-Net style: bring probabilities (not labels) back to the input grid, decide there
+            full = uncrop(probs, info["box"], info["shape"], fill=0.0)
+            if not region_based:
+                outside = torch.ones(info["shape"], dtype=torch.bool)
+                outside[tuple(slice(a, b) for a, b in info["box"])] = False
+                full[0][outside] = 1.0
+            back = geometry.resample(full, out_to_in, tuple(img.shape[1:]), mode="linear")
+            labels = self._decide(back)
+        else:  # many classes: resample labels (nearest) to bound memory
+            labels_grid = uncrop(self._decide(probs)[None], info["box"], info["shape"])[0]
+            labels = geometry.resample(labels_grid[None], out_to_in, tuple(img.shape[1:]), mode="nearest")[0]
+        labels = self._postprocess(labels, a_img)
+        return MetaTensor(labels[None], affine=img.affine.clone(), meta=meta_without_affine(img))
 
-    def _labels_from_logits(self, logits: torch.Tensor, grid: MetaTensor) -> torch.Tensor:
-        from medcnn.inference.postprocess import regions_to_labels, remove_small_components
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sigmoid per region (region models) or softmax over classes: ``(K, *spatial)``."""
+        if self.config["labels"].get("region_based"):
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=0)
 
-        lab_cfg = self.config["labels"]
-        if lab_cfg.get("region_based"):
-            labels = torch.as_tensor(regions_to_labels(torch.sigmoid(logits).numpy(), threshold=0.5))
-        else:
-            labels = logits.argmax(0)
+    def _decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(K, *spatial)`` -> int64 labels ``(*spatial)``."""
+        from medcnn.inference.postprocess import regions_to_labels
+
+        if self.config["labels"].get("region_based"):
+            return torch.as_tensor(regions_to_labels(probs.numpy(), threshold=0.5)).to(torch.int64)
+        return probs.argmax(0).to(torch.int64)
+
+    def _postprocess(self, labels: torch.Tensor, affine: np.ndarray) -> torch.Tensor:
+        from medcnn.inference.postprocess import remove_small_components
+
         min_ml = self.config["inference"].get("min_component_ml")
         if min_ml:
-            spacing = geometry.voxel_spacing(grid.affine.numpy(), grid.ndim - 1)
+            spacing = geometry.voxel_spacing(affine, labels.ndim)
             fg = remove_small_components(labels.numpy() > 0, min_ml=float(min_ml), spacing=tuple(spacing))
             labels = labels * torch.as_tensor(fg, dtype=labels.dtype)
-        return labels.to(torch.int64)
+        return labels
 
 
 def load_model(name_or_path: str | Path = "brain-tumor", device: str | torch.device | None = None) -> Model:
@@ -166,8 +189,11 @@ def load_model(name_or_path: str | Path = "brain-tumor", device: str | torch.dev
             raise InputError(name_or_path, f"no such checkpoint file or bundled model; bundled: {', '.join(avail) or 'none'}")
     ck = load_checkpoint(path, map_location="cpu")
     net = create_model(ck["model"]["name"], **ck["model"]["kwargs"])
-    missing, unexpected = net.load_state_dict(ck["state_dict"], strict=True), None
-    del missing, unexpected
+    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ck["state_dict"].items()}  # fp16 bundles
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(path, f"weights do not fit the {ck['model']['name']} network it describes ({str(exc)[:200]})") from None
     config = {k: ck[k] for k in ("task", "model", "preprocess", "inference", "labels", "metrics") if k in ck}
     config["training"] = {k: v for k, v in ck.get("training", {}).items() if k != "history"}
     dev = resolve_device(device)

@@ -303,6 +303,36 @@ def train(config: Path, overrides: tuple[str, ...], resume: bool, run_dir: Path 
         click.echo(f"best {result['best']:.4f} at epoch {result['best_epoch']}; outputs in {result['run_dir']}")
 
 
+@cli.command(context_settings=CONTEXT, epilog="""\b
+Examples:
+  medcnn export runs/bt/best.pt -o medcnn/data/models/brain_tumor.pt --check brain-tumor sample_data/brain-tumor
+\b
+--check runs the exported model through the pipeline on the given cases and records the Dice per case in
+the checkpoint (tests re-run it to prove the shipped model still scores what it says).
+""")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "dest", type=click.Path(path_type=Path), required=True, help="Exported checkpoint.")
+@click.option("--full-precision", is_flag=True, help="Keep float32 weights (default stores fp16, half the size).")
+@click.option("--check", nargs=2, default=None, metavar="PIPELINE CASES", help="Score the export on labelled cases.")
+def export(checkpoint: Path, dest: Path, full_precision: bool, check: tuple[str, str] | None) -> None:
+    """Export a trained CHECKPOINT as a compact inference checkpoint (what ships as a bundled model)."""
+    from medcnn.engine.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
+
+    export_checkpoint(checkpoint, dest, half=not full_precision)
+    if check:
+        from medcnn.predictor import load_model
+        from medcnn.validation import score_cases
+
+        pipeline, cases = check
+        scores = score_cases(pipeline, load_model(dest), Path(cases))
+        ck = load_checkpoint(dest)
+        ck["sample_scores"] = {"pipeline": pipeline, "cases": str(cases), "scores": scores}
+        save_checkpoint(ck, dest)
+        for case, s in scores.items():
+            click.echo(f"{case}: " + "  ".join(f"{k} {v:.4f}" for k, v in s.items()))
+    click.echo(f"exported {checkpoint} -> {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="medcnn")

@@ -66,6 +66,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
             "names": Field((list,), ["spatial", "intensity", "noise"]),
             "strength": Field(_NUM, 0.5),
             "prob": Field(_NUM, 0.3),
+            "options": {"*": {}},
         },
         "val_every": Field((int,), 1, check=positive),
         "early_stopping": Field((int, NONE), None, check=positive, help="stop after N validations without improvement"),

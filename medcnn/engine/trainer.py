@@ -289,7 +289,7 @@ class Trainer:
             label_keys = None
         if aug["names"]:
             tfs.append(augmentation_preset(list(aug["names"]), keys="image", label_keys=label_keys, strength=aug["strength"],
-                                           prob=aug["prob"], spatial_dims=self.spatial_dims))
+                                           prob=aug["prob"], spatial_dims=self.spatial_dims, options=aug["options"] or None))
         if self.task == "segmentation" and self.cfg["labels"]["regions"]:
             tfs.append(_ToRegionsd(self.cfg["labels"]["regions"]))
         tfs.append(_Plaind())

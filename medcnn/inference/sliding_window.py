@@ -29,7 +29,6 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -37,6 +36,8 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.data.utils import compute_importance_map
 from tqdm.auto import tqdm
+
+from medcnn.device import cpu_has_native_bf16
 
 __all__ = [
     "Precision",
@@ -62,36 +63,10 @@ _UNSUPPORTED_MONAI_KWARGS = ("process_fn", "condition")
 # MONAI memory options that do not change the result; accepted and ignored.
 _IGNORED_MONAI_KWARGS = ("buffer_steps", "buffer_dim")
 
-_NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
 
 # --------------------------------------------------------------------------------------------
 # precision and memory format
 # --------------------------------------------------------------------------------------------
-def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether the CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16`` flag).
-
-    Without native support, bf16 convolutions on CPU are emulated and several times slower
-    than fp32, so ``precision="auto"`` stays in fp32 there.
-
-    Args:
-        cpuinfo: the ``/proc/cpuinfo``-style file to read (Linux). Elsewhere, or when it cannot
-            be read, the answer is ``False``.
-
-    Returns:
-        ``True`` when one of the native-bf16 flags is present.
-    """
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[-1].split())
-                    return any(flag in flags for flag in _NATIVE_BF16_CPU_FLAGS)
-    except OSError:
-        return False
-    return False
-
-
 def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype to use for ``precision`` on ``device`` (``None``: plain fp32).
 

@@ -1,0 +1,44 @@
+"""Scoring a model on labelled cases (bundled-model checks, quick held-out evaluations)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcnn.errors import MedcnnError
+
+logger = logging.getLogger(__name__)
+
+
+def score_cases(pipeline_name: str, model: Any, folder: Path) -> dict[str, dict[str, float]]:
+    """Dice per region of ``model`` on every labelled case of ``folder``, discovered by ``pipeline_name``.
+
+    Only segmentation pipelines with reference label files are supported.
+
+    Returns:
+        ``{case_id: {"dice_WT": ..., ...}}`` (regions from the model's config, BraTS if none).
+
+    Raises:
+        MedcnnError: the pipeline is not a segmentation pipeline, or no case has a reference label.
+    """
+    from medcnn.io import load
+    from medcnn.metrics.segmentation import BRATS_REGIONS, segmentation_metrics
+    from medcnn.pipelines import get_pipeline
+
+    pipe = get_pipeline(pipeline_name)
+    regions = model.config["labels"].get("regions") or dict(BRATS_REGIONS)
+    out: dict[str, dict[str, float]] = {}
+    for case in pipe.discover([folder]):
+        if case.label is None or case.error:
+            continue
+        img = pipe.load(case)
+        pred = model.predict(img)[0].numpy()
+        ref = load(case.label, mode="nearest")[0].numpy().round().astype(np.int64)
+        m = segmentation_metrics(pred, ref, spacing=(1.0, 1.0, 1.0), regions=regions)
+        out[case.id] = {f"dice_{r}": float(v["dice"]) for r, v in m.items()}
+    if not out:
+        raise MedcnnError(f"{folder}: no labelled case to score")
+    return out
