@@ -17,10 +17,11 @@ from medcnn.errors import ConfigError, InputError, MedcnnError
 from medcnn.inference import sliding_window_inference
 from medcnn.io import load, save
 from medcnn.predictor import Model, load_model
+from medcnn.prompt import PromptableSegmenter
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "ConfigError", "InputError", "MedcnnError", "Model", "__version__", "load", "load_model", "save",
+    "ConfigError", "InputError", "MedcnnError", "Model", "PromptableSegmenter", "__version__", "load", "load_model", "save",
     "sliding_window_inference",
 ]

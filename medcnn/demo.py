@@ -28,7 +28,7 @@ from medcnn.io import geometry, load, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FIELDS = ["task", "case", "inputs", "status", "error", "shape", "spacing_mm", "orientation", "min", "max", "qc"]
+SUMMARY_FIELDS = ["task", "case", "inputs", "status", "error", "result", "shape", "spacing_mm", "orientation", "min", "max", "qc"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,45 @@ def _process(task: str, case: Case, qc_dir: Path) -> dict:
     return row
 
 
+def _run_pipeline(task: str, folder: Path, out_dir: Path) -> list[dict] | None:
+    """Run ``medcnn predict <task>`` with its bundled model on the sample folder (None if not available)."""
+    from medcnn.batch import run_batch
+    from medcnn.pipelines import available, get_pipeline
+    from medcnn.predictor import bundled_path, load_model
+
+    if task not in available():
+        return None
+    pipe = get_pipeline(task)
+    if bundled_path(pipe.model) is None:
+        logger.warning("%s: no bundled model in this install; showing the inputs only", task)
+        return None
+    model = load_model(pipe.model)
+    sub = out_dir / task
+    results = run_batch(pipe, model, [folder], sub, overwrite=True, model_info={"name": pipe.model, "sha256": model.sha256},
+                        progress=False)
+    cases = {c.id: c for c in pipe.discover([folder])}
+    rows = []
+    for r in results:
+        fields = {k: r.get(k, "") for k in pipe.fields}
+        result = " ".join(f"{k}={v}" for k, v in fields.items() if v != "")
+        case = cases.get(r["case"])
+        if r["status"] == "ok" and case is not None and case.label is not None:
+            result += " " + _reference_scores(sub / f"{case.id}.nii.gz", case.label)
+        rows.append({"task": task, "case": r["case"], "inputs": r["inputs"], "status": r["status"], "error": r["error"],
+                     "result": result.strip(), "qc": f"{task}/qc/{r['case']}.png"})
+    return rows
+
+
+def _reference_scores(pred_path: Path, ref_path: Path) -> str:
+    """``dice_WT=... dice_TC=... dice_ET=...`` of a predicted label map against its reference."""
+    from medcnn.metrics.segmentation import BRATS_REGIONS, segmentation_metrics
+
+    pred = load(pred_path, mode="nearest")[0].numpy().round().astype("int64")
+    ref = load(ref_path, mode="nearest")[0].numpy().round().astype("int64")
+    m = segmentation_metrics(pred, ref, spacing=(1.0, 1.0, 1.0), regions=BRATS_REGIONS)
+    return " ".join(f"dice_{k}={v['dice']:.3f}" for k, v in m.items())
+
+
 def _write_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
@@ -136,6 +175,11 @@ def run_demo(data_dir: str | Path, out_dir: str | Path) -> list[dict]:
     if not todo and not rows:
         raise InputError(data_dir, "no sample data found (expected brain-tumor/, alzheimer/, chest-xray/, dicom/)")
     t0 = time.perf_counter()
+    for task in {name for name, _ in todo}:
+        pipe_rows = _run_pipeline(task, data_dir / next(t.folder for t in TASKS if t.name == task), out_dir)
+        if pipe_rows is not None:
+            rows.extend(pipe_rows)
+            todo = [(name, c) for name, c in todo if name != task]
     for task, case in tqdm(todo, desc="demo", unit="case", disable=None):
         try:
             rows.append(_process(task, case, qc_dir))
@@ -160,9 +204,12 @@ def run_demo(data_dir: str | Path, out_dir: str | Path) -> list[dict]:
 
 def summarize(rows: list[dict]) -> str:
     """A short human-readable table of the rows (task, case, status, shape)."""
-    lines = [f"{'task':<12} {'case':<28} {'status':<7} {'shape':<20} orientation"]
+    lines = [f"{'task':<12} {'case':<22} {'status':<7} result / shape"]
     for r in rows:
-        lines.append(f"{r['task']:<12} {r['case'][:28]:<28} {r['status']:<7} {r.get('shape', ''):<20} {r.get('orientation', '')}")
+        detail = r.get("result") or f"{r.get('shape', '')} {r.get('orientation', '')}"
+        if r["status"] == "error":
+            detail = r.get("error", "")
+        lines.append(f"{r['task']:<12} {r['case'][:22]:<22} {r['status']:<7} {detail}")
     n_ok = sum(r["status"] == "ok" for r in rows)
     lines.append(f"{n_ok}/{len(rows)} cases ok")
     return "\n".join(lines)

@@ -112,3 +112,22 @@ def test_unknown_pipeline_and_model(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "brain-tumor" in res.output
     with pytest.raises(medcnn.InputError, match="bundled"):
         load_model(tmp_path / "nope.pt")
+
+
+@pytest.mark.slow
+def test_predict_sharded_over_two_ranks(tiny_brats: Path, tiny_brain_model: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    out = tmp_path / "out"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "medcnn.cli.main", "predict", "brain-tumor",
+           str(tiny_brats), "-o", str(out), "--model", str(tiny_brain_model), "--device", "cpu"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert sorted(r["case"] for r in rows) == sorted(p.name for p in tiny_brats.iterdir() if p.is_dir())
+    assert all(r["status"] == "ok" for r in rows)
+    assert not list(out.glob("summary.rank*.csv")), "per-rank partial summaries are merged and removed"
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
