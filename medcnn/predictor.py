@@ -4,6 +4,10 @@
 model's grid (orientation, spacing), applies the training preprocessing, runs sliding-window
 inference (optionally mirrored), post-processes, and returns the result on ``img``'s own grid, so
 ``medcnn.save(pred, path, like=img)`` lands exactly on the input file.
+
+Classification models: ``model.predict_proba(img)`` gives the ``(K,)`` class probabilities with
+the same preprocessing (model grid, crop, normalisation, fixed size), and
+``model.saliency(img)`` a Grad-CAM or occlusion map on ``img``'s own grid.
 """
 
 from __future__ import annotations
@@ -141,6 +145,119 @@ class Model:
         labels = self._postprocess(labels, a_img)
         return MetaTensor(labels[None], affine=img.affine.clone(), meta=meta_without_affine(img))
 
+    # -- classification --------------------------------------------------------------------
+
+    @property
+    def decision_threshold(self) -> float:
+        """Probability at which a binary classifier calls the positive class: ``inference.threshold``
+        or ``labels.threshold`` from the checkpoint, else 0.5."""
+        for section in ("inference", "labels"):
+            value = (self.config.get(section) or {}).get("threshold")
+            if value is not None:
+                return float(value)
+        return 0.5
+
+    def _require_classifier(self, what: str) -> None:
+        if self.task != "classification":
+            raise TypeError(f"{what}() is for classification models; this is a {self.task} model: use predict()")
+
+    def prepare_input(self, img: MetaTensor) -> tuple[torch.Tensor, dict[str, Any], MetaTensor]:
+        """The network input for ``img``: model grid, crop, normalisation, fixed size.
+
+        Args:
+            img: ``MetaTensor (C, *spatial)`` from :func:`medcnn.load` (any orientation/spacing).
+
+        Returns:
+            ``(x, info, grid)``: ``x (C, *size)`` float32 on CPU, the :func:`prepare` info (``box``,
+            ``shape``, ``pads``) and ``grid``, the image resampled to the model grid.
+
+        Raises:
+            InputError: wrong number of channels or an all-zero image.
+        """
+        self._check_channels(img)
+        grid = self.model_grid(img)
+        x, info = prepare(grid, self.config["preprocess"])
+        if not torch.isfinite(x).all():
+            raise InputError(img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None,
+                             "image contains NaN or Inf after preprocessing")
+        return x, info, grid
+
+    def _class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(..., K)`` logits -> probabilities: sigmoid per class for multi-label models, else softmax."""
+        if self.config["labels"].get("multilabel"):
+            return torch.sigmoid(logits.float())
+        return torch.softmax(logits.float(), dim=-1)
+
+    @torch.no_grad()
+    def predict_proba(self, img: MetaTensor) -> torch.Tensor:
+        """Class probabilities of one image (classification models).
+
+        Args:
+            img: ``MetaTensor (C, *spatial)`` from :func:`medcnn.load` (any orientation/spacing);
+                it is put on the model grid and preprocessed exactly as in training.
+
+        Returns:
+            ``(K,)`` float32 on CPU, in the order of ``config["labels"]["classes"]`` (softmax, or
+            independent sigmoids when ``config["labels"]["multilabel"]`` is true).
+
+        Raises:
+            TypeError: a segmentation model.
+            InputError: wrong number of channels, an all-zero image, NaN/Inf.
+        """
+        self._require_classifier("predict_proba")
+        x, _, _ = self.prepare_input(img)
+        logits = self.network(x[None].to(self.device))
+        if isinstance(logits, (list, tuple)):
+            logits = logits[0]
+        return self._class_probabilities(logits[0]).cpu()
+
+    def saliency(self, img: MetaTensor, class_index: int | None = None, method: str = "gradcam",
+                 **kwargs: Any) -> MetaTensor:
+        """Saliency map of one class, on ``img``'s own grid (classification models).
+
+        The map is computed on the network input (model grid, crop, fixed size), pasted back into
+        the model grid (zero outside the crop) and resampled linearly onto ``img``'s grid, so
+        ``medcnn.save(heat, path, like=img)`` overlays the input file.
+
+        Args:
+            img: ``MetaTensor (C, *spatial)`` from :func:`medcnn.load`.
+            class_index: class to explain (default: the predicted class; for multi-label models the
+                most probable finding).
+            method: ``"gradcam"`` (:func:`medcnn.explain.grad_cam`) or ``"occlusion"``
+                (:func:`medcnn.explain.occlusion_sensitivity`).
+            **kwargs: passed to that function (``target_layer``; ``mask_size``, ``stride``, ``mode``...).
+
+        Returns:
+            ``MetaTensor (1, *spatial)`` float32 in [0, 1] with ``img``'s affine and meta.
+
+        Raises:
+            TypeError: a segmentation model.
+            ValueError: unknown method or class index.
+            InputError: as :meth:`predict_proba`.
+        """
+        from medcnn.explain import grad_cam, occlusion_sensitivity
+
+        self._require_classifier("saliency")
+        if method not in ("gradcam", "occlusion"):
+            raise ValueError(f"method must be 'gradcam' or 'occlusion', got {method!r}")
+        x, info, grid = self.prepare_input(img)
+        xd = x.to(self.device)
+        if class_index is None:
+            with torch.no_grad():
+                out = self.network(xd[None])
+            class_index = int((out[0] if isinstance(out, (list, tuple)) else out)[0].argmax())
+        if method == "gradcam":
+            heat = grad_cam(self.network, xd, class_index, **kwargs)
+        else:
+            kwargs.setdefault("activation", "sigmoid" if self.config["labels"].get("multilabel") else "softmax")
+            heat = occlusion_sensitivity(self.network, xd, class_index, **kwargs)
+        heat = _unpad(heat[None].float().cpu(), info.get("pads"))
+        full = uncrop(heat, info["box"], info["shape"], fill=0.0)
+        a_img = img.affine.detach().cpu().numpy().astype(np.float64)
+        a_grid = grid.affine.detach().cpu().numpy().astype(np.float64)
+        back = geometry.resample(full, np.linalg.inv(a_grid) @ a_img, tuple(img.shape[1:]), mode="linear")
+        return MetaTensor(back.clamp(0.0, 1.0), affine=img.affine.clone(), meta=meta_without_affine(img))
+
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid per region (region models) or softmax over classes: ``(K, *spatial)``."""
         if self.config["labels"].get("region_based"):
@@ -164,6 +281,26 @@ class Model:
             fg = remove_small_components(labels.numpy() > 0, min_ml=float(min_ml), spacing=tuple(spacing))
             labels = labels * torch.as_tensor(fg, dtype=labels.dtype)
         return labels
+
+
+def _unpad(t: torch.Tensor, pads: list[tuple[int, int]] | None) -> torch.Tensor:
+    """Invert :func:`medcnn.preprocessing.pad_or_crop_to`: ``(C, *size)`` -> ``(C, *cropped box)``.
+
+    Padded axes are sliced back; centre-cropped axes are padded back with zeros.
+    """
+    if not pads:
+        return t
+    for ax, (before, after) in enumerate(pads):
+        dim = 1 + ax
+        if before > 0 or after > 0:
+            t = t.narrow(dim, max(before, 0), t.shape[dim] - max(before, 0) - max(after, 0))
+        if before < 0 or after < 0:
+            shape = list(t.shape)
+            shape[dim] += -min(before, 0) - min(after, 0)
+            grown = t.new_zeros(shape)
+            grown.narrow(dim, -min(before, 0), t.shape[dim]).copy_(t)
+            t = grown
+    return t
 
 
 def load_model(name_or_path: str | Path = "brain-tumor", device: str | torch.device | None = None) -> Model:

@@ -13,6 +13,7 @@ from medcnn.errors import ConfigError
 
 _MODULES = {
     "brain-tumor": "medcnn.pipelines.brain_tumor",
+    "alzheimer": "medcnn.pipelines.alzheimer",
 }
 
 

@@ -305,6 +305,29 @@ def train(config: Path, overrides: tuple[str, ...], resume: bool, run_dir: Path 
 
 @cli.command(context_settings=CONTEXT, epilog="""\b
 Examples:
+  medcnn crossval configs/alzheimer.yaml --folds 5 --set data.source=data/ad_train -o runs/ad_cv
+\b
+Trains one model per fold (folds split by subject, stratified, seeded) and writes crossval.csv (per fold and
+pooled balanced accuracy, AUROC, sensitivity, specificity, ECE), predictions.csv, roc.png and confusion.png.
+""")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Number of folds.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("runs/crossval"),
+              show_default=True, help="Output folder.")
+@click.option("--resume", is_flag=True, help="Continue folds from their last.pt.")
+def crossval(config: Path, folds: int, overrides: tuple[str, ...], out_dir: Path, resume: bool) -> None:
+    """K-fold cross-validation of a classification CONFIG with per-fold and pooled metrics."""
+    from medcnn.engine.crossval import cross_validate
+
+    result = cross_validate(config, folds, list(overrides), out_dir, resume=resume)
+    pooled = result.get("pooled", {})
+    click.echo("pooled: " + "  ".join(f"{k} {v:.4f}" for k, v in pooled.items() if isinstance(v, float)))
+    click.echo(f"outputs in {out_dir}")
+
+
+@cli.command(context_settings=CONTEXT, epilog="""\b
+Examples:
   medcnn export runs/bt/best.pt -o medcnn/data/models/brain_tumor.pt --check brain-tumor sample_data/brain-tumor
 \b
 --check runs the exported model through the pipeline on the given cases and records the Dice per case in

@@ -81,6 +81,8 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "mode": Field((str,), "gaussian", choices=("gaussian", "constant")),
         "tta": Field((bool,), False),
         "min_component_ml": Field(_NUM + (NONE,), None),
+        "threshold": Field(_NUM + (NONE,), None, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]",
+                           help="binary decision threshold (classification)"),
     },
 }
 
