@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
 
@@ -72,3 +73,26 @@ def test_convert_dicom_like_roundtrip_and_resample(tmp_path: Path) -> None:
     ras = nib.load(str(tmp_path / "ras.nii.gz"))
     assert nib.aff2axcodes(ras.affine) == ("R", "A", "S")
     np.testing.assert_allclose(np.linalg.norm(ras.affine[:3, :3], axis=0), 1.0, atol=1e-6)
+
+
+def test_evaluate_command(tmp_path: Path) -> None:
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[5:15, 5:15, 5:15] = 2
+    ref[8:12, 8:12, 8:12] = 3
+    pred = ref.copy()
+    pred[5, 5:15, 5:15] = 0  # one slab missed
+    aff = np.diag([1.0, 1.0, 2.0, 1.0])
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    nib.save(nib.Nifti1Image(pred, aff), str(tmp_path / "pred" / "c1.nii.gz"))
+    nib.save(nib.Nifti1Image(ref, aff), str(tmp_path / "ref" / "c1.nii.gz"))
+    res = _run("evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "-o", str(tmp_path / "m.csv"))
+    assert res.exit_code == 0, res.output
+    import csv
+
+    rows = {(r["case"], r["region"]): r for r in csv.DictReader(open(tmp_path / "m.csv"))}
+    assert float(rows[("c1", "WT")]["dice"]) == pytest.approx(2 * 900 / (900 + 1000))
+    assert float(rows[("c1", "ET")]["dice"]) == 1.0
+    assert ("mean", "TC") in rows
+    bad = _run("evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "-o", str(tmp_path / "x.csv"), "--region", "WT=")
+    assert bad.exit_code == 2
