@@ -40,7 +40,8 @@ def tiny_brats(tmp_path_factory) -> Path:
 
 TINY_OVERRIDES = [
     "train.epochs=1", "train.val_every=1", "train.patch_size=[32,32,32]", "train.batch_size=2",
-    "train.samples_per_case=1", "model.kwargs.init_filters=8", "preprocess.spacing=[4,4,4]",
+    "train.samples_per_case=1", "model.name=unet", "model.kwargs.channels=[8,16,32]", "model.kwargs.strides=[2,2]",
+    "model.kwargs.num_res_units=1", "preprocess.spacing=[4,4,4]",
     "inference.roi_size=[32,32,32]", "train.augment.names=[spatial,intensity]", "data.val_fraction=0.25",
 ]
 

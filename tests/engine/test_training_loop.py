@@ -25,7 +25,7 @@ def test_train_writes_outputs_and_selfdescribing_checkpoint(tiny_brain_model: Pa
     for name in ("best.pt", "last.pt", "log.csv", "curves.png", "config.yaml", "result.json"):
         assert (run / name).is_file(), name
     ck = load_checkpoint(tiny_brain_model)
-    assert ck["model"]["name"] == "segresnet" and ck["model"]["kwargs"]["in_channels"] == 4
+    assert ck["model"]["name"] == "unet" and ck["model"]["kwargs"]["in_channels"] == 4
     assert ck["preprocess"]["spacing"] == [4, 4, 4] and ck["preprocess"]["orientation"] == "RAS"
     assert ck["labels"]["regions"] == {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
     assert ck["inference"]["roi_size"] == [32, 32, 32]
