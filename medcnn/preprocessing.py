@@ -165,7 +165,12 @@ def prepare(img: MetaTensor, spec: Mapping[str, Any]) -> tuple[torch.Tensor, dic
     full_shape = tuple(int(s) for s in img.shape[1:])
     box = [(0, n) for n in full_shape]
     if spec.get("crop_foreground", False):
-        box = foreground_box(img.as_tensor() if isinstance(img, MetaTensor) else img)
+        data = img.as_tensor() if isinstance(img, MetaTensor) else img
+        rel = float(spec.get("crop_threshold") or 0.0)
+        # a relative threshold (fraction of the 99.5th percentile) ignores background noise, e.g. Rician noise
+        # around an unstripped head, which would otherwise make the whole field of view "foreground"
+        thr = rel * float(torch.quantile(data.flatten()[:: max(1, data.numel() // 1_000_000)].float(), 0.995)) if rel else 0.0
+        box = foreground_box(data, threshold=thr)
         if all(b == (0, n) for b, n in zip(box, full_shape)) and not bool((img != 0).any()):
             raise InputError(img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None, "image is all zero")
     x = crop(img.as_tensor() if isinstance(img, MetaTensor) else img, box)

@@ -35,6 +35,8 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "normalize": Field((str,), "brain_mri", choices=("brain_mri", "ct", "zscore", "minmax", "none")),
         "ct_window": Field((list, str, NONE), None),
         "crop_foreground": Field((bool,), True, help="crop to the non-zero bounding box (brain/head)"),
+        "crop_threshold": Field(_NUM, 0.0, check=fraction,
+                                help="foreground = above this fraction of the 99.5th percentile (0: non-zero)"),
         "size": Field((list, NONE), None, help="classification: pad/crop the (cropped) volume to this size"),
     },
     "model": {
