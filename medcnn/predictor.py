@@ -265,11 +265,21 @@ class Model:
         return torch.softmax(logits, dim=0)
 
     def _decide(self, probs: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(K, *spatial)`` -> int64 labels ``(*spatial)``."""
+        """Probabilities ``(K, *spatial)`` -> int64 labels ``(*spatial)``.
+
+        Region models threshold each region at 0.5; with ``inference.fill_holes`` the holes each region
+        mask encloses in 3D are filled first (a necrotic core inside an enhancing rim belongs to the
+        tumour core and the whole tumour even where the network hesitates).
+        """
+        from scipy import ndimage
+
         from medcnn.inference.postprocess import regions_to_labels
 
         if self.config["labels"].get("region_based"):
-            return torch.as_tensor(regions_to_labels(probs.numpy(), threshold=0.5)).to(torch.int64)
+            masks = probs.numpy() > 0.5
+            if self.config["inference"].get("fill_holes"):
+                masks = np.stack([ndimage.binary_fill_holes(m) for m in masks])
+            return torch.as_tensor(regions_to_labels(masks.astype(np.float32), threshold=0.5)).to(torch.int64)
         return probs.argmax(0).to(torch.int64)
 
     def _postprocess(self, labels: torch.Tensor, affine: np.ndarray) -> torch.Tensor:

@@ -83,6 +83,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "mode": Field((str,), "gaussian", choices=("gaussian", "constant")),
         "tta": Field((bool,), False),
         "min_component_ml": Field(_NUM + (NONE,), None),
+        "fill_holes": Field((bool,), False, help="fill holes each predicted region encloses (region models)"),
         "threshold": Field(_NUM + (NONE,), None, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]",
                            help="binary decision threshold (classification)"),
     },
