@@ -10,7 +10,11 @@ Public API (stable names, DESIGN §3)::
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import logging
+import sys
+from pathlib import Path
 
 from medcnn._version import __version__
 from medcnn.errors import ConfigError, InputError, MedcnnError
@@ -20,6 +24,35 @@ from medcnn.predictor import Model, load_model
 from medcnn.prompt import PromptableSegmenter
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def _map_source_subpackages() -> None:
+    """Make a source checkout import like the installed package.
+
+    ``pip install .`` installs the repository's top-level ``pipelines/`` and ``configs/`` as
+    ``medcnn.pipelines`` / ``medcnn.configs`` (pyproject ``package-dir``). When Python runs from the
+    repository root (``python -m medcnn.cli.main``, ``torchrun -m ...``), the source ``medcnn/`` folder
+    shadows the installed package and those two subpackages would be missing; map them to their
+    source folders in that case only (an installed or editable layout is left alone).
+    """
+    here = Path(__file__).resolve().parent
+    for name in ("pipelines", "configs"):
+        full = f"{__name__}.{name}"
+        src = here.parent / name / "__init__.py"
+        if full in sys.modules or (here / name / "__init__.py").exists() or not src.exists():
+            continue
+        finders = [f for f in sys.meta_path if f is not importlib.machinery.PathFinder and hasattr(f, "find_spec")]
+        if any(f.find_spec(full, __path__) is not None for f in finders):
+            continue  # an editable install maps it already
+        spec = importlib.util.spec_from_file_location(full, src, submodule_search_locations=[str(src.parent)])
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[full] = module
+        spec.loader.exec_module(module)
+
+
+_map_source_subpackages()
 
 __all__ = [
     "ConfigError", "InputError", "MedcnnError", "Model", "PromptableSegmenter", "__version__", "load", "load_model", "save",

@@ -60,3 +60,11 @@ def test_wheel_contains_pipelines_and_configs_inside_medcnn(tmp_path: Path) -> N
     assert "medcnn/configs/__init__.py" in names
     assert any(n.startswith("medcnn/data/mni152/") and n.endswith(".nii.gz") for n in names)
     assert not any(n.startswith("pipelines/") or n.startswith("configs/") for n in names)
+
+
+def test_source_checkout_imports_like_the_installed_package() -> None:
+    """``python -m medcnn...`` / ``torchrun -m`` from the repository root must still find the pipelines."""
+    code = "import medcnn.pipelines as p, medcnn.configs as c; print(p.available()); print(c.config_dir())"
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-1000:]
+    assert "brain-tumor" in res.stdout
