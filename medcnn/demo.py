@@ -124,12 +124,10 @@ def _run_pipeline(task: str, folder: Path, out_dir: Path) -> list[dict] | None:
 
 def _reference_scores(pred_path: Path, ref_path: Path) -> str:
     """``dice_WT=... dice_TC=... dice_ET=...`` of a predicted label map against its reference."""
-    from medcnn.metrics.segmentation import BRATS_REGIONS, segmentation_metrics
+    from medcnn.validation import region_dice
 
     pred = load(pred_path, mode="nearest")[0].numpy().round().astype("int64")
-    ref = load(ref_path, mode="nearest")[0].numpy().round().astype("int64")
-    m = segmentation_metrics(pred, ref, spacing=(1.0, 1.0, 1.0), regions=BRATS_REGIONS)
-    return " ".join(f"dice_{k}={v['dice']:.3f}" for k, v in m.items())
+    return " ".join(f"{k}={v:.3f}" for k, v in region_dice(pred, ref_path).items())
 
 
 def _write_csv(rows: list[dict], path: Path, fields: list[str]) -> None:

@@ -9,7 +9,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -17,6 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 from medcnn.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
+
+ArrayLike = Union[np.ndarray, Sequence[float], Any]
 
 #: line colours (the "tab10" palette), cycled
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -194,6 +196,21 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
     return text + "…"
 
 
+def _canvas(w: int, h: int) -> tuple[Image.Image, ImageDraw.ImageDraw, float, Any, Any, int, int]:
+    """White ``w x h`` image with fonts and spacing scaled to its size (``scale`` = 1 at 640 px).
+
+    Returns:
+        ``(img, draw, scale, font, title_font, pad, text_height)``.
+    """
+    scale = min(w, h) / 640.0
+    font = _font(max(10, round(13 * scale)))
+    title_font = _font(max(11, round(16 * scale)))
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    pad = max(4, round(6 * scale))
+    return img, draw, scale, font, title_font, pad, _text_size(draw, "Ag", font)[1]
+
+
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     w, h = (int(v) for v in size)
     if w < 160 or h < 160:
@@ -245,13 +262,7 @@ def plot_roc(
             raise ValueError(f"curve {name!r} has NaN/Inf points (only one class in its labels?)")
         checked.append((str(name), np.clip(fpr, 0, 1), np.clip(tpr, 0, 1), float(item[2])))
 
-    scale = min(w, h) / 640.0
-    font = _font(max(10, round(13 * scale)))
-    title_font = _font(max(11, round(16 * scale)))
-    img = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(img)
-    pad = max(4, round(6 * scale))
-    text_h = _text_size(draw, "Ag", font)[1]
+    img, draw, scale, font, title_font, pad, text_h = _canvas(w, h)
     tick_w = _text_size(draw, "0.0", font)[0]
     title_h = _text_size(draw, title, title_font)[1]
     left = pad + text_h + 2 * pad + tick_w + pad + 5
@@ -348,13 +359,7 @@ def plot_confusion(
         frac = None
         level = m / m.max() if m.max() > 0 else np.zeros_like(m)
 
-    scale = min(w, h) / 640.0
-    font = _font(max(10, round(13 * scale)))
-    title_font = _font(max(11, round(16 * scale)))
-    img = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(img)
-    pad = max(4, round(6 * scale))
-    text_h = _text_size(draw, "Ag", font)[1]
+    img, draw, scale, font, title_font, pad, text_h = _canvas(w, h)
     title_h = _text_size(draw, title, title_font)[1]
     name_w = min(max(_text_size(draw, str(n), font)[0] for n in class_names), int(0.25 * w))
     left = pad + text_h + 2 * pad + name_w + pad

@@ -13,6 +13,22 @@ from medcnn.errors import MedcnnError
 logger = logging.getLogger(__name__)
 
 
+def region_dice(pred: np.ndarray, ref_path: Path, regions: Any = None) -> dict[str, float]:
+    """Dice per region of a label map ``pred (*spatial)`` against the reference label file ``ref_path``.
+
+    Both must be on the same grid (the reference file's own grid). Regions default to BraTS WT/TC/ET.
+
+    Returns:
+        ``{"dice_WT": ..., ...}``.
+    """
+    from medcnn.io import load
+    from medcnn.metrics.segmentation import BRATS_REGIONS, segmentation_metrics
+
+    ref = load(ref_path, mode="nearest")[0].numpy().round().astype(np.int64)
+    m = segmentation_metrics(pred, ref, spacing=(1.0, 1.0, 1.0), regions=regions or dict(BRATS_REGIONS))
+    return {f"dice_{r}": float(v["dice"]) for r, v in m.items()}
+
+
 def score_cases(pipeline_name: str, model: Any, folder: Path) -> dict[str, dict[str, float]]:
     """Dice per region of ``model`` on every labelled case of ``folder``, discovered by ``pipeline_name``.
 
@@ -24,8 +40,7 @@ def score_cases(pipeline_name: str, model: Any, folder: Path) -> dict[str, dict[
     Raises:
         MedcnnError: the pipeline is not a segmentation pipeline, or no case has a reference label.
     """
-    from medcnn.io import load
-    from medcnn.metrics.segmentation import BRATS_REGIONS, segmentation_metrics
+    from medcnn.metrics.segmentation import BRATS_REGIONS
     from medcnn.pipelines import get_pipeline
 
     pipe = get_pipeline(pipeline_name)
@@ -35,10 +50,7 @@ def score_cases(pipeline_name: str, model: Any, folder: Path) -> dict[str, dict[
         if case.label is None or case.error:
             continue
         img = pipe.load(case)
-        pred = model.predict(img)[0].numpy()
-        ref = load(case.label, mode="nearest")[0].numpy().round().astype(np.int64)
-        m = segmentation_metrics(pred, ref, spacing=(1.0, 1.0, 1.0), regions=regions)
-        out[case.id] = {f"dice_{r}": float(v["dice"]) for r, v in m.items()}
+        out[case.id] = region_dice(model.predict(img)[0].numpy(), case.label, regions)
     if not out:
         raise MedcnnError(f"{folder}: no labelled case to score")
     return out

@@ -309,8 +309,6 @@ class Trainer:
             sampler.set_epoch(epoch)
         g = torch.Generator()
         g.manual_seed(self.cfg["seed"] * 7919 + epoch)
-        if self.task == "classification" and self.t["class_weights"] == "balanced" and sampler is None:
-            pass  # loss weighting handles balance; sampling stays uniform
         return DataLoader(ds, batch_size=cases_per_step, shuffle=sampler is None, sampler=sampler,
                           num_workers=self.cfg["data"]["num_workers"], generator=g, drop_last=False,
                           persistent_workers=False)

@@ -107,7 +107,6 @@ def list_series(folder: str | Path, recursive: bool = True) -> list[SeriesInfo]:
     Raises:
         InputError: ``folder`` has no readable DICOM image at all (the reason says what it found).
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     folder = Path(folder)

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Union
 
 import numpy as np

@@ -50,6 +50,7 @@ from medcnn.synth.grid import (
     rotation_matrix,
     sample,
     save_nifti,
+    sigmoid,
     slice_profile_offsets,
     smooth_field,
 )
@@ -182,9 +183,6 @@ def _zero_mean(field: np.ndarray, where: np.ndarray) -> np.ndarray:
     return np.clip((field - sel.mean()) / max(float(sel.std()), 0.5), -2.5, 2.5)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32, copy=False)
-
 
 @functools.lru_cache(maxsize=2)
 def _prepared(anatomy: Anatomy) -> tuple[Anatomy, MappingProxyType]:
@@ -211,15 +209,15 @@ def _prepared(anatomy: Anatomy) -> tuple[Anatomy, MappingProxyType]:
     thalamus = np.minimum(ellipsoid((x, y, z), (14.0, -18.0, 6.0), (10.0, 13.0, 10.0)),
                           ellipsoid((x, y, z), (-14.0, -18.0, 6.0), (10.0, 13.0, 10.0))) < 1.0
     room = 1.0 - 0.75 * _soft(thalamus & (anat.gm > 0.3), 1.0)
-    room *= 0.3 + 0.7 * _sigmoid((z - 4.0) / 3.0)
-    static["septum"] = (_sigmoid((np.abs(x) - 1.5) / 0.5) * anat.region("cerebrum") * room).astype(np.float32)
+    room *= 0.3 + 0.7 * sigmoid((z - 4.0) / 3.0)
+    static["septum"] = (sigmoid((np.abs(x) - 1.5) / 0.5) * anat.region("cerebrum") * room).astype(np.float32)
     static["hipp_soft"] = _soft(anat.region("hippocampus"), 1.0)
     static["mtl_soft"] = _soft(anat.region("mtl"), 1.5)
     static["cortex_soft"] = _soft(anat.region("cortex"), 0.7)
-    temporal = _sigmoid((np.abs(x) - 30.0) / 5.0) * _sigmoid((5.0 - z) / 8.0)
-    parietal = np.exp(-(((y + 55.0) / 25.0) ** 2)) * _sigmoid((z - 10.0) / 8.0)
+    temporal = sigmoid((np.abs(x) - 30.0) / 5.0) * sigmoid((5.0 - z) / 8.0)
+    parietal = np.exp(-(((y + 55.0) / 25.0) ** 2)) * sigmoid((z - 10.0) / 8.0)
     static["ad_weight"] = (0.35 + 0.65 * np.clip(temporal + parietal, 0.0, 1.0)).astype(np.float32)
-    static["age_weight"] = (0.75 + 0.25 * _sigmoid(y / 20.0)).astype(np.float32)
+    static["age_weight"] = (0.75 + 0.25 * sigmoid(y / 20.0)).astype(np.float32)
     static["left"] = x < 0
     static["outside_mm"] = (ndi.distance_transform_edt(anat.brain < 0.5) * vox_mm).astype(np.float32)
     for arr in static.values():
@@ -255,8 +253,8 @@ def atrophy_maps(anatomy: Anatomy, params: SubjectParams) -> dict[str, np.ndarra
     expand_map = expand * (1.0 + 0.25 * _zero_mean(pattern[0], st["near_vent"]))
     grown = np.where(
         st["left"],
-        _sigmoid((expand_map - st["vent_sdist_left"]) / 0.8),
-        _sigmoid((expand_map - st["vent_sdist_right"]) / 0.8),
+        sigmoid((expand_map - st["vent_sdist_left"]) / 0.8),
+        sigmoid((expand_map - st["vent_sdist_right"]) / 0.8),
     )
     grown *= st["septum"]
     vent_soft = st["vent_soft"]
@@ -336,7 +334,7 @@ def _shell_t1(d: np.ndarray, layers: dict[str, float]) -> np.ndarray:
     # Piecewise-constant profile smoothed over ~0.7 mm.
     out = np.full(d.shape, values[0], dtype=np.float32)
     for i in range(1, len(values)):
-        step = _sigmoid((d - edges[i]) / 0.35)
+        step = sigmoid((d - edges[i]) / 0.35)
         out += (values[i] - values[i - 1]) * step
     return out
 

@@ -64,6 +64,7 @@ from medcnn.synth.grid import (
     rotation_matrix,
     sample,
     save_nifti,
+    sigmoid,
     slice_profile_offsets,
     smooth_field,
 )
@@ -518,11 +519,11 @@ def make_case(
     del powered, gm, wm, csf
     edge = float(rng.uniform(0.4, 1.2))  # blur of lesion boundaries in the images, mm
     lv = lvl.reshape(3, -1)[:, vox]
-    t_core = _sigmoid(lv[1] / edge)
-    t_ncr = np.minimum(_sigmoid(lv[0] / edge), t_core)
+    t_core = sigmoid(lv[1] / edge)
+    t_ncr = np.minimum(sigmoid(lv[0] / edge), t_core)
     t_et = t_core - t_ncr
     alpha = np.float32(rng.uniform(0.55, 0.85))
-    t_ed = alpha * np.clip(_sigmoid(lv[2] / (edge * 1.5)) - t_core, 0.0, 1.0)
+    t_ed = alpha * np.clip(sigmoid(lv[2] / (edge * 1.5)) - t_core, 0.0, 1.0)
     del lv
     fine = np.maximum(2, np.round(np.array(shape) * np.array(grid.spacing) / 14.0).astype(int))
     texture = smooth_field(rng, shape, tuple(fine), channels=3).reshape(3, -1)[:, vox]
@@ -575,9 +576,6 @@ def make_case(
     }
     return {**images, "label": label, "brain_mask": mask, "affine": grid.affine.copy(), "meta": meta}
 
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32, copy=False)
 
 
 def case_rng(seed: int, index: int) -> np.random.Generator:

@@ -51,7 +51,6 @@ def write_dicom_series(
     Returns:
         The written file paths, slice order (k = 0 first).
     """
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

@@ -85,6 +85,11 @@ class Grid:
         return idx @ self.affine[:3, :3].T + self.affine[:3, 3]
 
 
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function as float32 (tanh form: no overflow warnings for large ``|x|``). Same shape as ``x``."""
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32, copy=False)
+
 def axcodes_matrix(axcodes: str) -> np.ndarray:
     """Signed permutation matrix of a storage orientation.
 
