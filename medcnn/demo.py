@@ -96,19 +96,18 @@ def _process(task: str, case: Case, qc_dir: Path) -> dict:
 def _run_pipeline(task: str, folder: Path, out_dir: Path) -> list[dict] | None:
     """Run ``medcnn predict <task>`` with its bundled model on the sample folder (None if not available)."""
     from medcnn.batch import run_batch
-    from medcnn.pipelines import available, get_pipeline
-    from medcnn.predictor import bundled_path, load_model
+    from medcnn.pipelines import available, bundled_models, get_pipeline, load_models
+    from medcnn.predictor import bundled_path
 
     if task not in available():
         return None
     pipe = get_pipeline(task)
-    if bundled_path(pipe.model) is None:
+    if any(bundled_path(name) is None for name in bundled_models(pipe)):
         logger.warning("%s: no bundled model in this install; showing the inputs only", task)
         return None
-    model = load_model(pipe.model)
+    model, info = load_models(pipe)
     sub = out_dir / task
-    results = run_batch(pipe, model, [folder], sub, overwrite=True, model_info={"name": pipe.model, "sha256": model.sha256},
-                        progress=False)
+    results = run_batch(pipe, model, [folder], sub, overwrite=True, model_info=info, progress=False)
     cases = {c.id: c for c in pipe.discover([folder])}
     rows = []
     for r in results:
@@ -117,6 +116,8 @@ def _run_pipeline(task: str, folder: Path, out_dir: Path) -> list[dict] | None:
         case = cases.get(r["case"])
         if r["status"] == "ok" and case is not None and case.label is not None:
             result += " " + _reference_scores(sub / f"{case.id}.nii.gz", case.label)
+        elif r["status"] == "ok" and case is not None and task == "chest-xray" and _find_masks(case) is not None:
+            result += " " + _mask_dice(sub / f"{case.id}_lungs.png", _find_masks(case))
         rows.append({"task": task, "case": r["case"], "inputs": r["inputs"], "status": r["status"], "error": r["error"],
                      "result": result.strip(), "qc": f"{task}/qc/{r['case']}.png"})
     return rows
@@ -128,6 +129,14 @@ def _reference_scores(pred_path: Path, ref_path: Path) -> str:
 
     pred = load(pred_path, mode="nearest")[0].numpy().round().astype("int64")
     return " ".join(f"{k}={v:.3f}" for k, v in region_dice(pred, ref_path).items())
+
+
+def _mask_dice(pred_path: Path, ref_path: Path) -> str:
+    """``dice_lungs=...`` of a predicted 0/255 mask against its reference mask."""
+    pred = load(pred_path)[0].numpy() > 0
+    ref = load(ref_path)[0].numpy() > 0
+    denom = int(pred.sum()) + int(ref.sum())
+    return f"dice_lungs={1.0 if denom == 0 else 2.0 * int((pred & ref).sum()) / denom:.3f}"
 
 
 def _write_csv(rows: list[dict], path: Path, fields: list[str]) -> None:

@@ -28,12 +28,14 @@ from medcnn.errors import InputError
 from medcnn.io import geometry
 from medcnn.io.api import meta_without_affine, resample_image
 from medcnn.models import create_model
-from medcnn.preprocessing import prepare, uncrop
+from medcnn.preprocessing import prepare, restore_to_box, uncrop
 
 logger = logging.getLogger(__name__)
 
 #: up to this many output channels, probabilities are resampled to the input grid (else labels, nearest)
 MAX_LINEAR_CHANNELS = 8
+#: an image smaller than this along any axis of the model's grid is refused (not a real scan)
+MIN_VOXELS_PER_AXIS = 4
 #: bundled checkpoint names -> file names in ``medcnn/data/models``
 BUNDLED = {"brain-tumor": "brain_tumor.pt", "alzheimer": "alzheimer.pt", "chest-xray": "chest_xray.pt",
            "chest-xray-lungs": "chest_xray_lungs.pt"}
@@ -82,7 +84,12 @@ class Model:
         spec = self.config["preprocess"]
         sp = spec.get("spacing")
         orient = spec.get("orientation") if img.ndim == 4 else None
-        return resample_image(img, spacing=sp, orientation=orient)
+        grid = resample_image(img, spacing=sp, orientation=orient)
+        if min(grid.shape[1:]) < MIN_VOXELS_PER_AXIS:  # a 1-voxel "volume" or a single slice given to a 3D model
+            raise InputError(getattr(img, "meta", {}).get("filename_or_obj"),
+                             f"image too small for this model: {tuple(img.shape[1:])} voxels, {tuple(grid.shape[1:])} on the "
+                             f"model's grid; need at least {MIN_VOXELS_PER_AXIS} along every axis (a 2D image or a single slice?)")
+        return grid
 
     def _check_channels(self, img: torch.Tensor) -> None:
         want = self.config["preprocess"].get("in_channels")
@@ -105,16 +112,20 @@ class Model:
         return out[0].float().cpu()
 
     @torch.no_grad()
-    def predict(self, img: MetaTensor, progress: bool = False) -> MetaTensor:
+    def predict(self, img: MetaTensor, progress: bool = False, probabilities: bool = False) -> MetaTensor:
         """Segment ``img``; the label map comes back on ``img``'s own grid.
 
         Args:
             img: ``MetaTensor (C, *spatial)`` from :func:`medcnn.load` (any orientation/spacing).
             progress: show a progress bar over windows.
+            probabilities: return the per-class (softmax) or per-region (sigmoid) probabilities
+                instead of labels — e.g. for overlapping structures such as lungs and heart.
 
         Returns:
             ``MetaTensor (1, *spatial)`` int64 labels (for region models, BraTS-style labels
-            rebuilt from the nested regions), with ``img``'s affine and meta.
+            rebuilt from the nested regions), with ``img``'s affine and meta; with
+            ``probabilities=True`` a float32 ``MetaTensor (K, *spatial)`` in the order of the
+            model's classes or ``labels.regions``.
 
         Raises:
             InputError: wrong number of channels or an all-zero image.
@@ -125,7 +136,7 @@ class Model:
         grid = self.model_grid(img)
         spec = self.config["preprocess"]
         x, info = prepare(grid, spec)
-        probs = self._probabilities(self.logits(x, progress))
+        probs = restore_to_box(self._probabilities(self.logits(x, progress)), info)
         a_img = img.affine.detach().cpu().numpy().astype(np.float64)
         a_grid = grid.affine.detach().cpu().numpy().astype(np.float64)
         out_to_in = np.linalg.inv(a_grid) @ a_img
@@ -138,7 +149,11 @@ class Model:
                 outside[tuple(slice(a, b) for a, b in info["box"])] = False
                 full[0][outside] = 1.0
             back = geometry.resample(full, out_to_in, tuple(img.shape[1:]), mode="linear")
+            if probabilities:
+                return MetaTensor(back.float(), affine=img.affine.clone(), meta=meta_without_affine(img))
             labels = self._decide(back)
+        elif probabilities:
+            raise ValueError(f"probabilities=True is limited to models with at most {MAX_LINEAR_CHANNELS} outputs")
         else:  # many classes: resample labels (nearest) to bound memory
             labels_grid = uncrop(self._decide(probs)[None], info["box"], info["shape"])[0]
             labels = geometry.resample(labels_grid[None], out_to_in, tuple(img.shape[1:]), mode="nearest")[0]
@@ -251,7 +266,7 @@ class Model:
         else:
             kwargs.setdefault("activation", "sigmoid" if self.config["labels"].get("multilabel") else "softmax")
             heat = occlusion_sensitivity(self.network, xd, class_index, **kwargs)
-        heat = _unpad(heat[None].float().cpu(), info.get("pads"))
+        heat = restore_to_box(heat[None].float().cpu(), info)
         full = uncrop(heat, info["box"], info["shape"], fill=0.0)
         a_img = img.affine.detach().cpu().numpy().astype(np.float64)
         a_grid = grid.affine.detach().cpu().numpy().astype(np.float64)
@@ -291,26 +306,6 @@ class Model:
             fg = remove_small_components(labels.numpy() > 0, min_ml=float(min_ml), spacing=tuple(spacing))
             labels = labels * torch.as_tensor(fg, dtype=labels.dtype)
         return labels
-
-
-def _unpad(t: torch.Tensor, pads: list[tuple[int, int]] | None) -> torch.Tensor:
-    """Invert :func:`medcnn.preprocessing.pad_or_crop_to`: ``(C, *size)`` -> ``(C, *cropped box)``.
-
-    Padded axes are sliced back; centre-cropped axes are padded back with zeros.
-    """
-    if not pads:
-        return t
-    for ax, (before, after) in enumerate(pads):
-        dim = 1 + ax
-        if before > 0 or after > 0:
-            t = t.narrow(dim, max(before, 0), t.shape[dim] - max(before, 0) - max(after, 0))
-        if before < 0 or after < 0:
-            shape = list(t.shape)
-            shape[dim] += -min(before, 0) - min(after, 0)
-            grown = t.new_zeros(shape)
-            grown.narrow(dim, -min(before, 0), t.shape[dim]).copy_(t)
-            t = grown
-    return t
 
 
 def load_model(name_or_path: str | Path = "brain-tumor", device: str | torch.device | None = None) -> Model:

@@ -106,6 +106,73 @@ def pad_or_crop_to(img: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor
     return out.contiguous(), pads
 
 
+def square_resize(img: torch.Tensor, size: int, *, label: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Letterbox a 2D image: centre-pad ``(C, H, W)`` to a square with zeros, then resize to ``size x size``.
+
+    The usual chest X-ray model input (CheXNet, TorchXRayVision): the whole field of view is kept
+    and the aspect ratio is preserved. Images are shrunk with area averaging (bilinear when
+    enlarging); ``label=True`` resizes binary masks the same way and thresholds at 0.5, which keeps
+    the mask's outline where nearest-neighbour sampling would alias it.
+
+    Args:
+        img: ``(C, H, W)``.
+        size: output side.
+        label: the input is a (multi-channel) binary mask.
+
+    Returns:
+        ``(x, info)``: ``(C, size, size)`` float32 (uint8 0/1 for labels) and ``info`` with
+        ``hw`` (input size) and ``pad`` (top, left) for :func:`square_restore`.
+    """
+    x = img.as_tensor() if isinstance(img, MetaTensor) else img
+    if x.ndim != 3:
+        raise ValueError(f"square_resize expects (C, H, W), got shape {tuple(x.shape)}")
+    h, w = int(x.shape[1]), int(x.shape[2])
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    sq = x.new_zeros((x.shape[0], side, side), dtype=torch.float32)
+    sq[:, top:top + h, left:left + w] = x.to(torch.float32)
+    mode = "area" if side >= size else "bilinear"
+    out = torch.nn.functional.interpolate(sq[None], size=(size, size), mode=mode,
+                                          **({} if mode == "area" else {"align_corners": False}))[0]
+    if label:
+        out = (out >= 0.5).to(torch.uint8)
+    return out.contiguous(), {"hw": (h, w), "pad": (top, left)}
+
+
+def square_restore(t: torch.Tensor, info: Mapping[str, Any]) -> torch.Tensor:
+    """Invert :func:`square_resize` for a float map: ``(K, size, size)`` -> ``(K, H, W)`` (bilinear).
+
+    Probabilities (not labels) are brought back, so the decision is taken at the input's own
+    resolution with sub-pixel outlines.
+    """
+    h, w = info["hw"]
+    top, left = info["pad"]
+    side = max(h, w)
+    up = torch.nn.functional.interpolate(t[None].float(), size=(side, side), mode="bilinear", align_corners=False)[0]
+    return up[:, top:top + h, left:left + w].contiguous()
+
+
+def restore_to_box(t: torch.Tensor, info: Mapping[str, Any]) -> torch.Tensor:
+    """Undo the fixed-size steps of :func:`prepare` (letterbox resize, pad/crop): ``(K, *size)`` ->
+    ``(K, *cropped box)``, ready for :func:`uncrop`. Centre-cropped margins come back as zeros."""
+    if info.get("square"):
+        return square_restore(t, info["square"])
+    pads = info.get("pads")
+    if not pads:
+        return t
+    for ax, (before, after) in enumerate(pads):
+        dim = 1 + ax
+        if before > 0 or after > 0:
+            t = t.narrow(dim, max(before, 0), t.shape[dim] - max(before, 0) - max(after, 0))
+        if before < 0 or after < 0:
+            shape = list(t.shape)
+            shape[dim] += -min(before, 0) - min(after, 0)
+            grown = t.new_zeros(shape)
+            grown.narrow(dim, -min(before, 0), t.shape[dim]).copy_(t)
+            t = grown
+    return t
+
+
 def normalize(img: torch.Tensor, spec: Mapping[str, Any]) -> torch.Tensor:
     """Intensity normalisation named by ``spec["normalize"]``.
 
@@ -149,15 +216,17 @@ def normalize(img: torch.Tensor, spec: Mapping[str, Any]) -> torch.Tensor:
 
 
 def prepare(img: MetaTensor, spec: Mapping[str, Any]) -> tuple[torch.Tensor, dict]:
-    """Crop (optional) + normalise an image already on the model grid.
+    """Crop (optional) + normalise an image already on the model grid, then bring it to the fixed
+    input size: ``square_size`` (2D letterbox + resize, :func:`square_resize`) or ``size``
+    (centre pad/crop, :func:`pad_or_crop_to`). :func:`restore_to_box` and :func:`uncrop` invert it.
 
     Args:
         img: ``(C, *spatial)`` from :func:`load_for_model`.
         spec: the preprocessing spec.
 
     Returns:
-        ``(x, info)``: float32 ``(C, *cropped)`` plain tensor, and ``info`` with ``box`` and
-        ``shape`` for :func:`uncrop`.
+        ``(x, info)``: float32 ``(C, *cropped or fixed size)`` plain tensor, and ``info`` with
+        ``box`` and ``shape`` for :func:`uncrop`, ``pads`` or ``square`` for :func:`restore_to_box`.
 
     Raises:
         InputError: the image is empty (all zero) where a foreground crop is requested.
@@ -176,8 +245,11 @@ def prepare(img: MetaTensor, spec: Mapping[str, Any]) -> tuple[torch.Tensor, dic
     x = crop(img.as_tensor() if isinstance(img, MetaTensor) else img, box)
     x = normalize(x, spec)
     info: dict[str, Any] = {"box": box, "shape": full_shape}
+    square = spec.get("square_size")
     size = spec.get("size")
-    if size:
+    if square:
+        x, info["square"] = square_resize(x, int(square))
+    elif size:
         x, pads = pad_or_crop_to(x, size)
         info["pads"] = pads
     return x, info

@@ -54,3 +54,34 @@ def tiny_brain_model(tiny_brats, tmp_path_factory, repo_root) -> Path:
     run = tmp_path_factory.mktemp("tiny_run")
     train(repo_root / "configs" / "brain_tumor.yaml", [f"data.source={tiny_brats}", *TINY_OVERRIDES], run)
     return run / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_cxr(tmp_path_factory) -> Path:
+    """Eight small generated chest radiographs (PNG 8/16 bit, MONOCHROME1/2 DICOM) with masks and label CSVs."""
+    from medcnn.synth import generate
+
+    out = tmp_path_factory.mktemp("tiny_cxr")
+    generate("chest-xray", out, n=8, seed=0, size=(160, 128), formats=("png", "png16", "dcm-mono1", "dcm-mono2"),
+             prevalence=0.5)
+    return out
+
+
+TINY_CXR_OVERRIDES = ["train.epochs=1", "train.val_every=1", "train.batch_size=4", "preprocess.square_size=64",
+                      "data.val_fraction=0.25", "train.augment.names=[spatial,intensity]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_cxr_models(tiny_cxr, tmp_path_factory, repo_root) -> tuple[Path, Path]:
+    """One-epoch (findings, lungs) checkpoints trained on :func:`tiny_cxr` (fast, not accurate)."""
+    from medcnn.engine import train
+
+    findings = tmp_path_factory.mktemp("tiny_cxr_findings")
+    train(repo_root / "configs" / "chest_xray.yaml", [f"data.source={tiny_cxr}", *TINY_CXR_OVERRIDES,
+                                                      "model.kwargs.growth_rate=4", "model.kwargs.init_features=8"], findings)
+    lungs = tmp_path_factory.mktemp("tiny_cxr_lungs")
+    train(repo_root / "configs" / "chest_xray_lungs.yaml", [f"data.source={tiny_cxr / 'manifest.csv'}", *TINY_CXR_OVERRIDES,
+                                                            "train.patch_size=[64,64]", "inference.roi_size=[64,64]",
+                                                            "model.kwargs.channels=[8,16,32]", "model.kwargs.strides=[2,2]",
+                                                            "model.kwargs.num_res_units=1"], lungs)
+    return findings / "best.pt", lungs / "best.pt"

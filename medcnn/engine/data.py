@@ -8,7 +8,17 @@ Sources (``data.format: auto`` picks by what the path holds):
   ``imagesTr/CASE_XXXX``) or Medical Segmentation Decathlon (``training: [{image, label}]``);
 * ``brats``: a folder of BraTS 2023/2021 case folders with ``-seg``/``_seg`` label files;
 * ``bids``: a BIDS folder with ``participants.tsv`` (classification; ``data.label`` names the
-  diagnosis column) and ``sub-*/[ses-*/]anat/*_T1w.nii.gz``.
+  diagnosis column) and ``sub-*/[ses-*/]anat/*_T1w.nii.gz``;
+* ``chexpert``: a CheXpert-style CSV (``Path`` + one column per finding holding 1/0/-1/blank),
+  multi-label; ``-1`` (uncertain) follows ``data.uncertainty`` (``ignore``: left out of the loss
+  and metrics, ``zeros``, ``ones``), blank (unmentioned) counts as 0 as in the CheXpert paper;
+  subject from a ``Patient`` column or the ``patientNNNNN`` folder of the path;
+* ``nih``: an NIH ChestX-ray14-style CSV (``Image Index``, ``Finding Labels`` joined by ``|`` or
+  ``No Finding``, ``Patient ID``), multi-label; images looked up under ``data.images`` (default:
+  the CSV's folder and its ``images`` subfolders).
+
+Segmentation manifests may give several binary mask columns (``data.masks: [lungs, heart]``): the
+target then has one channel per mask (overlapping structures, sigmoid per channel).
 
 Splits are made over *subjects*, never cases: all sessions/timepoints of one subject land in the
 same fold (:func:`split_subjects`, stratified for classification).
@@ -19,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,8 +60,13 @@ def _resolve(base: Path, value: str) -> str:
     return str(p if p.is_absolute() else (base / p))
 
 
-def records_from_manifest(path: Path, channels: Sequence[str] | None, label: str, subject: str) -> list[dict]:
-    """Rows of a manifest CSV as records ``{case, subject, image: [paths], label}``."""
+def records_from_manifest(path: Path, channels: Sequence[str] | None, label: str, subject: str,
+                          masks: Sequence[str] | None = None) -> list[dict]:
+    """Rows of a manifest CSV as records ``{case, subject, image: [paths], label}``.
+
+    With ``masks`` (column names of binary mask files), ``label`` is the list of those files instead
+    of the ``label`` column.
+    """
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
@@ -65,20 +81,122 @@ def records_from_manifest(path: Path, channels: Sequence[str] | None, label: str
             channels = ["t1"]
         else:
             raise ConfigError(f"data.channels: cannot guess the image columns of {path} (columns: {', '.join(cols)})")
-    missing = [c for c in [*channels, label] if c not in cols]
+    missing = [c for c in [*channels, *(masks or [label])] if c not in cols]
     if missing:
         raise ConfigError(f"data: column(s) {', '.join(missing)} not in {path} (columns: {', '.join(cols)})")
     base = path.parent
     out = []
     for i, r in enumerate(rows):
         case = r.get("case") or Path(r[channels[0]]).name.split(".")[0] or f"case{i:05d}"
-        lab = r[label]
+        if masks:
+            lab_value: Any = [_resolve(base, r[c]) for c in masks]
+        else:
+            lab = r[label]
+            lab_value = _resolve(base, lab) if lab and not _is_number(lab) and ("/" in lab or "." in lab) else lab
         out.append({
             "case": case,
             "subject": r.get(subject) or subject_of(case),
             "image": [_resolve(base, r[c]) for c in channels],
-            "label": _resolve(base, lab) if lab and not _is_number(lab) and ("/" in lab or "." in lab) else lab,
+            "label": lab_value,
         })
+    return out
+
+
+#: alternative spellings of finding columns (CheXpert names on the right)
+FINDING_ALIASES = {"Effusion": ("Pleural Effusion",), "Pleural Effusion": ("Effusion",)}
+UNCERTAINTY_POLICIES = ("ignore", "zeros", "ones")
+
+
+def _finding_column(name: str, cols: Sequence[str], path: Path) -> str:
+    for c in (name, *FINDING_ALIASES.get(name, ())):
+        if c in cols:
+            return c
+    raise ConfigError(f"data.classes: finding {name!r} is not a column of {path} (columns: {', '.join(cols)})")
+
+
+def _image_locator(csv_path: Path, images: str | None):
+    """Function mapping a CSV's image reference to an existing path (or the first candidate)."""
+    roots = [Path(images)] if images else [csv_path.parent, csv_path.parent.parent, csv_path.parent / "images"]
+    index: dict[str, Path] | None = None
+
+    def locate(ref: str) -> str:
+        nonlocal index
+        p = Path(ref)
+        if p.is_absolute():
+            return str(p)
+        for root in roots:
+            if (root / p).exists():
+                return str(root / p)
+        if index is None:  # NIH ships images in images_001/images/... folders: look names up once
+            index = {}
+            for f in roots[0].rglob("*"):
+                if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm") and f.name not in index:
+                    index[f.name] = f
+        return str(index.get(p.name, roots[0] / p))
+
+    return locate
+
+
+def records_from_chexpert(path: Path, classes: Sequence[str], uncertainty: str = "ignore",
+                          images: str | None = None) -> list[dict]:
+    """Records of a CheXpert-style CSV: ``label`` is a list of floats per finding (NaN = ignored).
+
+    Args:
+        path: the CSV (``Path`` column + finding columns).
+        classes: finding names, in output order (``Effusion`` also matches ``Pleural Effusion``).
+        uncertainty: policy for ``-1`` labels: ``ignore`` (NaN), ``zeros`` or ``ones``.
+        images: folder the paths are relative to (default: the CSV's folder, then its parent).
+    """
+    if uncertainty not in UNCERTAINTY_POLICIES:
+        raise ConfigError(f"config key 'data.uncertainty': {uncertainty!r} is not one of {', '.join(UNCERTAINTY_POLICIES)}")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ConfigError(f"data.source: {path} has no rows")
+    cols = list(rows[0])
+    if "Path" not in cols:
+        raise ConfigError(f"data.source: {path} has no 'Path' column (CheXpert layout); columns: {', '.join(cols)}")
+    fcols = [_finding_column(c, cols, path) for c in classes]
+    uncertain = {"ignore": math.nan, "zeros": 0.0, "ones": 1.0}[uncertainty]
+    locate = _image_locator(path, images)
+    out = []
+    for r in rows:
+        ref = r["Path"]
+        m = re.search(r"(patient\d+)[/\\](study\d+)[/\\]([^/\\]+?)\.\w+$", ref)
+        case = "_".join(m.groups()) if m else Path(ref).name.split(".")[0]
+        subj = r.get("Patient") or (m.group(1) if m else subject_of(case))
+        vec = []
+        for c in fcols:
+            v = (r.get(c) or "").strip()
+            if v == "":
+                vec.append(0.0)
+            else:
+                f = float(v)
+                vec.append(uncertain if f < 0 else (1.0 if f > 0 else 0.0))
+        out.append({"case": case, "subject": subj, "image": [locate(ref)], "label": vec})
+    return out
+
+
+def records_from_nih(path: Path, classes: Sequence[str], images: str | None = None) -> list[dict]:
+    """Records of an NIH ChestX-ray14-style CSV: ``label`` is a 0/1 list per finding."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ConfigError(f"data.source: {path} has no rows")
+    cols = list(rows[0])
+    need = [c for c in ("Image Index", "Finding Labels") if c not in cols]
+    if need:
+        raise ConfigError(f"data.source: {path} lacks column(s) {', '.join(need)} (NIH layout); columns: {', '.join(cols)}")
+    locate = _image_locator(path, images)
+    wanted = {c: {c, *FINDING_ALIASES.get(c, ())} for c in classes}
+    out = []
+    for r in rows:
+        found = {f.strip() for f in r["Finding Labels"].split("|")} - {"No Finding", ""}
+        case = Path(r["Image Index"]).name.split(".")[0]
+        pid = (r.get("Patient ID") or "").strip()
+        out.append({"case": case, "subject": f"patient{pid}" if pid else subject_of(case),
+                    "image": [locate(r["Image Index"])],
+                    "label": [1.0 if found & names else 0.0 for names in wanted.values()]})
     return out
 
 
@@ -163,8 +281,17 @@ def find_records(data_cfg: dict) -> list[dict]:
             fmt, src = "manifest", src / "manifest.csv"
         else:
             fmt = "brats"
-    if fmt == "manifest":
-        recs = records_from_manifest(src, data_cfg.get("channels"), data_cfg["label"], data_cfg["subject"])
+    if fmt in ("chexpert", "nih") and src.is_dir():
+        src = src / ("labels.csv" if fmt == "chexpert" else "nih_labels.csv")
+    if fmt in ("chexpert", "nih") and not data_cfg.get("classes"):
+        raise ConfigError(f"missing required config key 'data.classes' (the finding names) for data.format {fmt}")
+    if fmt == "chexpert":
+        recs = records_from_chexpert(src, data_cfg["classes"], data_cfg.get("uncertainty", "ignore"), data_cfg.get("images"))
+    elif fmt == "nih":
+        recs = records_from_nih(src, data_cfg["classes"], data_cfg.get("images"))
+    elif fmt == "manifest":
+        recs = records_from_manifest(src, data_cfg.get("channels"), data_cfg["label"], data_cfg["subject"],
+                                     data_cfg.get("masks"))
     elif fmt == "msd":
         recs = records_from_dataset_json(src)
     elif fmt == "bids":

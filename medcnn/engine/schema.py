@@ -17,11 +17,17 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "data": {
         "source": Field((str,), REQUIRED, path=True,
                         help="manifest CSV, folder with dataset.json (MSD/nnU-Net), folder of case folders, or BIDS folder"),
-        "format": Field((str,), "auto", choices=("auto", "manifest", "msd", "brats", "bids")),
+        "format": Field((str,), "auto", choices=("auto", "manifest", "msd", "brats", "bids", "chexpert", "nih"),
+                        help="chexpert / nih: multi-label chest X-ray label CSVs (file or folder holding labels.csv / nih_labels.csv)"),
+        "images": Field((str, NONE), None, path=True, help="chexpert / nih: folder the image references are relative to"),
+        "uncertainty": Field((str,), "ignore", choices=("ignore", "zeros", "ones"),
+                             help="chexpert: what an uncertain (-1) label means; ignore = left out of loss and metrics"),
+        "masks": Field((list, NONE), None, help="segmentation manifest: binary mask columns, one output channel each"),
         "channels": Field((list, NONE), None, help="manifest columns holding the input channels, in order"),
         "label": Field((str,), "label", help="manifest column of the label map / class label"),
         "subject": Field((str,), "subject", help="manifest column identifying the subject (splits never cut a subject)"),
-        "classes": Field((list, NONE), None, help="classification: class names in label order, e.g. [CN, AD]"),
+        "classes": Field((list, NONE), None, help="classification: class names in label order, e.g. [CN, AD]; "
+                                                  "chexpert/nih: the findings (multi-label)"),
         "val_fraction": Field(_NUM, 0.2, check=fraction),
         "folds": Field((int, NONE), None, check=positive, help="k for k-fold cross-validation (null: one split)"),
         "fold": Field((int,), 0),
@@ -38,6 +44,8 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "crop_threshold": Field(_NUM, 0.0, check=fraction,
                                 help="foreground = above this fraction of the 99.5th percentile (0: non-zero)"),
         "size": Field((list, NONE), None, help="classification: pad/crop the (cropped) volume to this size"),
+        "square_size": Field((int, NONE), None, check=positive,
+                             help="2D: pad to a square, then resize to N x N (chest X-ray input)"),
     },
     "model": {
         "name": Field((str,), REQUIRED, help="a name from medcnn.models.list_models()"),

@@ -41,7 +41,7 @@ from medcnn.engine.data import find_records, split_subjects
 from medcnn.errors import ConfigError, MedcnnError
 from medcnn.io.atomic import write_text_atomic
 from medcnn.models import create_model, model_arguments
-from medcnn.preprocessing import crop, load_for_model, prepare
+from medcnn.preprocessing import crop, load_for_model, prepare, square_resize
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,27 @@ class _ToRegionsd:
         return d
 
 
+class MaskedBCEWithLogits(nn.Module):
+    """Multi-label binary cross-entropy that leaves unknown (NaN) labels out.
+
+    Args:
+        pos_weight: ``(K,)`` weight of positives per label (e.g. negatives/positives), or None.
+
+    Shapes: logits and targets ``(B, K)``; returns a scalar (mean over known entries).
+    """
+
+    def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight if pos_weight is not None else torch.empty(0))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        known = ~torch.isnan(target)
+        t = torch.where(known, target, torch.zeros_like(target))
+        pw = self.pos_weight if self.pos_weight.numel() else None
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, t, pos_weight=pw, reduction="none")
+        return (loss * known).sum() / known.sum().clamp_min(1)
+
+
 class _Plaind:
     """Drop MetaTensor wrappers (faster math in the training step)."""
 
@@ -153,12 +174,26 @@ class _Plaind:
 
 
 def _prepare_seg_case(rec: dict, spec: dict) -> dict:
+    """Image and target on the model grid: ``(C, *spatial)`` float32 and ``(1, *spatial)`` uint8 labels,
+    or ``(R, *spatial)`` uint8 binary masks when the record lists several mask files (``data.masks``)."""
     img = load_for_model(rec["image"], spec)
-    lab = load_for_model([rec["label"]], spec, mode="nearest")
+    several = isinstance(rec["label"], list)
+    lab = load_for_model(rec["label"] if several else [rec["label"]], spec, mode="nearest")
     if tuple(lab.shape[1:]) != tuple(img.shape[1:]):
-        raise ConfigError(f"{rec['label']}: label grid {tuple(lab.shape[1:])} does not match image {tuple(img.shape[1:])}")
+        where = rec["label"][0] if several else rec["label"]
+        raise ConfigError(f"{where}: label grid {tuple(lab.shape[1:])} does not match image {tuple(img.shape[1:])}")
     x, info = prepare(img, spec)
-    y = crop(lab.as_tensor(), info["box"]).round().to(torch.uint8)
+    y = crop(lab.as_tensor(), info["box"])
+    y = (y > 0).to(torch.uint8) if several else y.round().to(torch.uint8)
+    if info.get("square"):
+        size = int(spec["square_size"])
+        if several:
+            y, _ = square_resize(y, size, label=True)
+        else:  # an integer label map: resize each label's mask, keep the most covered label per pixel
+            values = torch.unique(y)
+            onehot = torch.stack([(y[0] == v) for v in values]).to(torch.float32)
+            cover = square_resize(onehot, size)[0]
+            y = values[cover.argmax(0)][None].to(torch.uint8)
     return {"image": x, "label": y, "case": rec["case"]}
 
 
@@ -166,6 +201,8 @@ def _prepare_cls_case(rec: dict, spec: dict, classes: list[str]) -> dict:
     img = load_for_model(rec["image"], spec)
     x, _ = prepare(img, spec)
     label = rec["label"]
+    if isinstance(label, list):  # multi-label: 0/1 per finding, NaN = unknown (left out of loss and metrics)
+        return {"image": x, "label": torch.tensor(label, dtype=torch.float32), "case": rec["case"]}
     if label not in classes:
         raise ConfigError(f"case {rec['case']}: label {label!r} not in data.classes {classes}")
     return {"image": x, "label": torch.tensor(classes.index(label), dtype=torch.long), "case": rec["case"]}
@@ -205,12 +242,16 @@ class Trainer:
     def _build_data(self) -> None:
         cfg = self.cfg
         recs = find_records(cfg["data"])
-        if self.task == "classification":
+        self.multilabel = self.task == "classification" and isinstance(recs[0]["label"], list)
+        self.mask_names = list(cfg["data"]["masks"] or []) if self.task == "segmentation" else []
+        strata = None
+        if self.multilabel:
+            if not cfg["data"]["classes"]:
+                raise ConfigError("missing required config key 'data.classes' (finding names) for multi-label data")
+        elif self.task == "classification":
             classes = cfg["data"]["classes"] or sorted({r["label"] for r in recs})
             cfg["data"]["classes"] = list(classes)
             strata = [r["label"] for r in recs]
-        else:
-            strata = None
         subjects = [r["subject"] for r in recs]
         d = cfg["data"]
         train_s, val_s = split_subjects(subjects, val_fraction=d["val_fraction"], seed=cfg["seed"], folds=d["folds"],
@@ -243,6 +284,8 @@ class Trainer:
     def _out_channels(self) -> int:
         if self.task == "classification":
             return len(self.cfg["data"]["classes"])
+        if self.mask_names:
+            return len(self.mask_names)
         regions = self.cfg["labels"]["regions"]
         if regions:
             return len(regions)
@@ -318,13 +361,25 @@ class Trainer:
         if self.task == "segmentation":
             from monai.losses import DiceCELoss, DiceFocalLoss
 
-            region = bool(self.cfg["labels"]["regions"])
+            region = bool(self.cfg["labels"]["regions"]) or bool(self.mask_names)
             common = {"sigmoid": True} if region else {"softmax": True, "to_onehot_y": True}
             if name == "dicefocal":
                 return DiceFocalLoss(smooth_nr=1e-5, smooth_dr=1e-5, **common)
             return DiceCELoss(smooth_nr=1e-5, smooth_dr=1e-5, **common)
         weights = None
         cw = self.t["class_weights"]
+        if self.multilabel:
+            if name not in ("bce", "ce"):
+                raise ConfigError(f"config key 'train.loss': multi-label data trains with bce, not {name!r}")
+            pos_weight = None
+            if cw == "balanced":  # negatives / positives per finding, from the training labels
+                y = torch.stack([it["label"] for it in self.train_items])
+                pos = torch.nansum(y, 0)
+                neg = (~torch.isnan(y)).sum(0) - pos
+                pos_weight = (neg / pos.clamp_min(1)).clamp(0.1, 20.0).to(torch.float32)
+            elif isinstance(cw, list):
+                pos_weight = torch.tensor(cw, dtype=torch.float32)
+            return MaskedBCEWithLogits(pos_weight)
         if cw == "balanced":
             counts = np.bincount([int(it["label"]) for it in self.train_items], minlength=self._out_channels()).astype(float)
             weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
@@ -370,8 +425,10 @@ class Trainer:
             "labels": {
                 "names": {str(k): v for k, v in cfg["labels"]["names"].items()},
                 "regions": {k: list(v) for k, v in cfg["labels"]["regions"].items()},
-                "region_based": bool(cfg["labels"]["regions"]),
+                "region_based": bool(cfg["labels"]["regions"]) or bool(self.mask_names),
+                "channels": list(self.mask_names),
                 "classes": list(cfg["data"]["classes"] or []),
+                "multilabel": bool(self.multilabel),
             },
             "metrics": dict(metrics),
             "training": {"epoch": epoch, "name": cfg["name"], "config": _plain_config(cfg),
@@ -441,12 +498,16 @@ class Trainer:
                 logits = self.net(x)
             if isinstance(logits, (list, tuple)):
                 logits = logits[0]
-            loss = self.loss_fn(logits.float(), y if self.task == "segmentation" else y.long())
+            loss = self.loss_fn(logits.float(), y.float() if (self.task == "segmentation" or self.multilabel) else y.long())
             loss_value = self.env.all_mean(float(loss.detach()))
             if not math.isfinite(loss_value):
+                # last.pt is this run's (or the resumed run's) epoch `epoch` only if an epoch was completed or resumed
+                saved = epoch > 0 and (epoch > self.start_epoch or self.resume) and (self.run_dir / "last.pt").is_file()
+                where = (f"the last good checkpoints are in {self.run_dir} (last.pt: epoch {epoch}; best.pt)" if saved
+                         else "no checkpoint was written yet")
                 raise TrainingError(
-                    f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; stopping. The last good checkpoints "
-                    f"are in {self.run_dir} (last.pt, best.pt). Lower train.lr, check inputs for NaN/Inf, or set train.amp: off"
+                    f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; stopping; {where}. "
+                    "Lower train.lr, check inputs for NaN/Inf, or set train.amp: off"
                 )
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -485,6 +546,8 @@ class Trainer:
         from medcnn.inference import sliding_window_inference
 
         inf = self.cfg["inference"]
+        if self.mask_names:
+            return self._validate_masks(net)
         regions = self.cfg["labels"]["regions"] or {str(v): [int(k)] for k, v in self.cfg["labels"]["names"].items()}
         if not regions:
             regions = {f"label{k}": [k] for k in range(1, self._out_channels())}
@@ -511,6 +574,25 @@ class Trainer:
         out["dice_mean"] = float(np.nanmean(list(out.values()))) if out else float("nan")
         return out
 
+    def _validate_masks(self, net: nn.Module) -> dict[str, float]:
+        """Dice per mask channel (``data.masks``) at the model's input size."""
+        from medcnn.inference import sliding_window_inference
+
+        inf = self.cfg["inference"]
+        scores: dict[str, list[float]] = {k: [] for k in self.mask_names}
+        for it in self.val_items:
+            with self._autocast():
+                logits = sliding_window_inference(it["image"][None].to(self.env.device), inf["roi_size"], inf["sw_batch_size"],
+                                                  net, overlap=inf["overlap"], mode=inf["mode"])
+            pred = logits.float()[0].cpu() > 0
+            ref = it["label"].bool()
+            for i, name in enumerate(self.mask_names):
+                denom = int(pred[i].sum()) + int(ref[i].sum())
+                scores[name].append(1.0 if denom == 0 else 2.0 * int((pred[i] & ref[i]).sum()) / denom)
+        out = {f"dice_{k}": float(np.mean(v)) for k, v in scores.items()}
+        out["dice_mean"] = float(np.mean(list(out.values())))
+        return out
+
     def _validate_cls(self, net: nn.Module) -> dict[str, float]:
         from medcnn.metrics import binary_report
 
@@ -519,9 +601,24 @@ class Trainer:
             x = it["image"][None].to(self.env.device)
             with self._autocast():
                 logits = net(x)
+            if self.multilabel:
+                probs.append(torch.sigmoid(logits.float())[0].cpu().numpy())
+                labels.append(it["label"].numpy())
+                continue
             p = torch.softmax(logits.float(), dim=1)[0].cpu()
             probs.append(p.numpy())
             labels.append(int(it["label"]))
+        if self.multilabel:
+            import warnings
+
+            from medcnn.metrics.classification import multilabel_auroc
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a finding absent from a small validation set
+                rep = multilabel_auroc(np.stack(probs), np.stack(labels), self.cfg["data"]["classes"])
+            out = {f"auroc_{k}": float(v) for k, v in rep["per_finding"].items()}
+            out["auroc_mean"] = float(rep["mean"])
+            return out
         probs_a, labels_a = np.stack(probs), np.asarray(labels)
         if probs_a.shape[1] == 2:
             rep = binary_report(probs_a[:, 1], labels_a)
@@ -531,7 +628,7 @@ class Trainer:
         return {"accuracy": acc}
 
     def _select(self, metrics: dict[str, float]) -> float:
-        for key in ("dice_mean", "auroc", "balanced_accuracy", "accuracy"):
+        for key in ("dice_mean", "auroc_mean", "auroc", "balanced_accuracy", "accuracy"):
             if key in metrics and math.isfinite(metrics[key]):
                 return metrics[key]
         return -math.inf

@@ -261,3 +261,20 @@ def segmentation_metrics(
         }
         logger.debug("region %s: %s", name, out[name])
     return out
+
+
+def cardiothoracic_ratio(lungs: np.ndarray, heart: np.ndarray) -> float:
+    """Cardiothoracic ratio from masks: heart width / widest span of the lungs (columns).
+
+    Args:
+        lungs: binary lung mask (rows, cols), both lungs.
+        heart: binary heart mask (rows, cols).
+
+    Returns:
+        The ratio, or ``nan`` when either mask is empty.
+    """
+    lc = np.nonzero(np.asarray(lungs).any(axis=0))[0]
+    hc = np.nonzero(np.asarray(heart).any(axis=0))[0]
+    if lc.size == 0 or hc.size == 0:
+        return float("nan")
+    return float((hc[-1] - hc[0] + 1) / (lc[-1] - lc[0] + 1))

@@ -57,6 +57,8 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 from scipy.interpolate import CubicSpline
 
+from medcnn.metrics.segmentation import cardiothoracic_ratio  # noqa: F401  (re-exported: generator API)
+
 logger = logging.getLogger(__name__)
 
 #: Finding names, spelled as in TorchXRayVision / NIH ChestX-ray14.
@@ -1837,23 +1839,6 @@ def apply_tone(signal: np.ndarray, window: tuple[float, float], tone: Mapping[st
     s_curve = 0.5 + 0.5 * np.tanh(k * (t - 0.5)) / math.tanh(k / 2.0)
     mix = np.float32(tone["mix"])
     return np.clip((1.0 - mix) * t + mix * s_curve, 0.0, 1.0).astype(np.float32)
-
-
-def cardiothoracic_ratio(lungs: np.ndarray, heart: np.ndarray) -> float:
-    """Cardiothoracic ratio from masks: heart width / widest span of the lungs (columns).
-
-    Args:
-        lungs: binary lung mask (rows, cols), both lungs.
-        heart: binary heart mask (rows, cols).
-
-    Returns:
-        The ratio, or ``nan`` when either mask is empty.
-    """
-    lc = np.nonzero(np.asarray(lungs).any(axis=0))[0]
-    hc = np.nonzero(np.asarray(heart).any(axis=0))[0]
-    if lc.size == 0 or hc.size == 0:
-        return float("nan")
-    return float((hc[-1] - hc[0] + 1) / (lc[-1] - lc[0] + 1))
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,211 @@
+"""Chest X-ray: label CSVs, letterbox geometry, multi-label / multi-mask training and ``medcnn predict chest-xray``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from medcnn.cli.main import cli
+from medcnn.engine.data import find_records, records_from_chexpert, records_from_nih, split_subjects
+from medcnn.errors import ConfigError
+from medcnn.preprocessing import restore_to_box, square_resize, square_restore
+
+FINDINGS = ["Cardiomegaly", "Effusion", "Consolidation", "Nodule", "Pneumothorax"]
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------------------ label tables
+
+
+def _chexpert_csv(tmp_path: Path) -> Path:
+    img_dir = tmp_path / "CheXpert-small" / "train" / "patient00007" / "study2"
+    img_dir.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(img_dir / "view1_frontal.jpg")
+    p = tmp_path / "CheXpert-small" / "train.csv"
+    p.write_text(
+        "Path,Sex,Cardiomegaly,Pleural Effusion,Nodule\n"
+        "CheXpert-small/train/patient00007/study2/view1_frontal.jpg,Male,1.0,-1.0,\n"
+        "CheXpert-small/train/patient00008/study1/view1_frontal.jpg,Female,0.0,1.0,-1.0\n", encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("policy, expected", [("zeros", 0.0), ("ones", 1.0), ("ignore", math.nan)])
+def test_chexpert_uncertainty_policies(tmp_path, policy, expected) -> None:
+    recs = records_from_chexpert(_chexpert_csv(tmp_path), ["Cardiomegaly", "Effusion", "Nodule"], policy)
+    first, second = recs
+    assert first["label"][0] == 1.0 and first["label"][2] == 0.0  # blank (unmentioned) counts as negative
+    got = first["label"][1]  # -1 in 'Pleural Effusion', reached through the 'Effusion' alias
+    assert (math.isnan(got) and math.isnan(expected)) or got == expected
+    # subject and case from the CheXpert folder names; paths resolve against the CSV's parent
+    assert first["subject"] == "patient00007" and second["subject"] == "patient00008"
+    assert first["case"] == "patient00007_study2_view1_frontal"
+    assert Path(first["image"][0]).is_file()
+
+
+def test_chexpert_unknown_finding_and_policy_are_named(tmp_path) -> None:
+    csv_path = _chexpert_csv(tmp_path)
+    with pytest.raises(ConfigError, match="Pneumothorax"):
+        records_from_chexpert(csv_path, ["Pneumothorax"])
+    with pytest.raises(ConfigError, match="uncertainty"):
+        records_from_chexpert(csv_path, ["Nodule"], "maybe")
+
+
+def test_nih_labels_and_image_lookup(tmp_path) -> None:
+    sub = tmp_path / "images_001" / "images"
+    sub.mkdir(parents=True)
+    for name in ("00000001_000.png", "00000002_000.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(sub / name)
+    p = tmp_path / "Data_Entry_2017.csv"
+    p.write_text("Image Index,Finding Labels,Follow-up #,Patient ID\n"
+                 "00000001_000.png,Cardiomegaly|Effusion,0,1\n00000002_000.png,No Finding,0,2\n", encoding="utf-8")
+    recs = records_from_nih(p, FINDINGS)
+    assert recs[0]["label"] == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert recs[1]["label"] == [0.0] * 5
+    assert recs[0]["subject"] == "patient1"
+    assert Path(recs[0]["image"][0]) == sub / "00000001_000.png"  # found in the images_001/images folder
+
+
+def test_generated_tables_split_by_patient(tiny_cxr) -> None:
+    """Follow-up studies of one patient share a subject; the split never puts a patient on both sides."""
+    for fmt in ("chexpert", "nih"):
+        recs = find_records({"source": str(tiny_cxr), "format": fmt, "classes": FINDINGS, "label": "label",
+                             "subject": "subject"})
+        assert len(recs) == 8
+        manifest = {r["case"]: r["subject"] for r in _rows(tiny_cxr / "manifest.csv")}
+        by_case = {Path(r["image"][0]).name.split(".")[0]: r["subject"] for r in recs}
+        assert all(int(by_case[c].replace("patient", "")) == int(manifest[c].replace("patient", "")) for c in manifest)
+        train, val = split_subjects([r["subject"] for r in recs], val_fraction=0.3, seed=1)
+        assert not set(train) & set(val) and set(train) | set(val) == {r["subject"] for r in recs}
+
+
+# ------------------------------------------------------------------------------ letterbox
+
+
+def test_square_resize_round_trip_keeps_outline() -> None:
+    h, w = 150, 90
+    yy, xx = np.mgrid[:h, :w]
+    disk = ((yy - 70) ** 2 / 50**2 + (xx - 40) ** 2 / 30**2) < 1
+    x = torch.as_tensor(disk[None].astype(np.float32))
+    small, info = square_resize(x, 64)
+    assert small.shape == (1, 64, 64)
+    assert info == {"hw": (h, w), "pad": (0, 30)}
+    # the pad columns are empty, the content is centred
+    assert float(small[0, :, :10].abs().sum()) == 0.0 and float(small[0, :, -10:].abs().sum()) == 0.0
+    back = square_restore(small, info)[0].numpy() >= 0.5
+    assert back.shape == (h, w)
+    dice = 2 * (back & disk).sum() / (back.sum() + disk.sum())
+    assert dice > 0.97
+    assert torch.equal(restore_to_box(small, {"square": info}), square_restore(small, info))
+
+
+def test_square_resize_label_mode_is_binary() -> None:
+    m = torch.zeros(2, 40, 100, dtype=torch.uint8)
+    m[0, 10:30, 10:50] = 1
+    m[1, 5:15, 60:90] = 1
+    out, _ = square_resize(m, 50, label=True)
+    assert out.dtype == torch.uint8 and set(out.unique().tolist()) <= {0, 1}
+    assert out[0].sum() > 0 and out[1].sum() > 0
+    with pytest.raises(ValueError, match="C, H, W"):
+        square_resize(torch.zeros(1, 4, 4, 4), 8)
+
+
+# ------------------------------------------------------------------------------ training + predict
+
+
+def test_trained_checkpoints_describe_themselves(tiny_cxr_models) -> None:
+    from medcnn import load_model
+
+    findings, lungs = (load_model(p) for p in tiny_cxr_models)
+    assert findings.config["labels"]["multilabel"] is True
+    assert findings.config["labels"]["classes"] == FINDINGS
+    assert findings.config["preprocess"]["square_size"] == 64
+    assert all(k in findings.config["metrics"] for k in ("auroc_mean", "auroc_Cardiomegaly"))
+    assert lungs.config["labels"]["channels"] == ["lungs", "heart"]
+    assert lungs.config["labels"]["region_based"] is True
+    assert "dice_lungs" in lungs.config["metrics"] and "dice_heart" in lungs.config["metrics"]
+
+
+def test_multilabel_loss_ignores_unknown_labels() -> None:
+    from medcnn.engine.trainer import MaskedBCEWithLogits
+
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    full = MaskedBCEWithLogits()(logits, torch.tensor([[1.0, 0.0, 1.0]]))
+    masked = MaskedBCEWithLogits()(logits, torch.tensor([[1.0, 0.0, float("nan")]]))
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, :2], torch.tensor([[1.0, 0.0]]))
+    assert torch.isclose(masked, ref) and not torch.isclose(masked, full)
+    weighted = MaskedBCEWithLogits(torch.tensor([3.0, 1.0, 1.0]))(logits, torch.tensor([[1.0, 0.0, float("nan")]]))
+    assert weighted > masked  # positives weighted up
+
+
+def test_predict_chest_xray_writes_masks_on_the_pixel_grid(tiny_cxr, tiny_cxr_models, tmp_path) -> None:
+    from medcnn import load
+
+    out = tmp_path / "out"
+    # a 3D volume among the radiographs: reported, the rest still done, exit 1
+    bad = tmp_path / "in"
+    bad.mkdir()
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), bad / "volume.nii.gz")
+    args = ["predict", "chest-xray", str(tiny_cxr / "images"), str(bad / "volume.nii.gz"), "-o", str(out),
+            "--model", str(tiny_cxr_models[0]), "--model", str(tiny_cxr_models[1]), "--device", "cpu"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1, res.output
+    rows = {r["case"]: r for r in _rows(out / "summary.csv")}
+    assert rows["volume"]["status"] == "error" and "2D radiograph" in rows["volume"]["error"]
+    assert not (out / "volume_lungs.png").exists()
+    manifest = _rows(tiny_cxr / "manifest.csv")
+    assert {m["format"] for m in manifest} == {"png", "png16", "dcm-mono1", "dcm-mono2"}
+    for m in manifest:
+        r = rows[m["case"]]
+        assert r["status"] == "ok", r
+        for f in FINDINGS:
+            assert 0.0 <= float(r[f]) <= 1.0
+        assert 0.0 <= float(r["lung_area_frac"]) <= 1.0
+        mask = np.asarray(Image.open(out / f"{m['case']}_lungs.png"))
+        img = load(tiny_cxr / m["image"])
+        assert mask.shape == (int(m["rows"]), int(m["cols"])) == tuple(img.shape[1:])
+        assert set(np.unique(mask).tolist()) <= {0, 255}
+        assert (out / "qc" / f"{m['case']}.png").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["findings"]["sha256"] and run["model"]["lungs"]["sha256"]
+    # a rerun skips finished cases
+    res = CliRunner().invoke(cli, args)
+    assert "8 skipped" in res.output
+
+
+def test_lung_postprocessing_keeps_two_lungs() -> None:
+    from medcnn.pipelines.chest_xray import clean_lungs
+
+    m = np.zeros((60, 60), bool)
+    m[10:50, 5:25] = True
+    m[10:50, 35:55] = True
+    m[30:32, 10:12] = False  # a hole
+    m[2:4, 28:30] = True  # a speck
+    out = clean_lungs(m)
+    assert out[31, 11] and not out[3, 29]
+    assert out.sum() == 2 * 40 * 20
+
+
+def test_pipeline_refuses_a_model_without_lungs_channel(tiny_cxr_models, tmp_path) -> None:
+    from medcnn.errors import InputError
+    from medcnn.pipelines.chest_xray import load_chest_xray_models
+
+    ck = torch.load(tiny_cxr_models[1], weights_only=True)
+    ck["labels"]["channels"] = ["a", "b"]
+    p = tmp_path / "odd.pt"
+    torch.save(ck, p)
+    with pytest.raises(InputError, match="lungs"):
+        load_chest_xray_models([str(tiny_cxr_models[0]), str(p)])
