@@ -17,6 +17,7 @@ inversion applied by :func:`medcnn.load`). Outputs per case:
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,3 +206,115 @@ class ChestXrayPipeline:
 
 PIPELINE = ChestXrayPipeline()
 
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    denom = int(a.sum()) + int(b.sum())
+    return 1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom
+
+
+def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Path | None = None) -> dict[str, Any]:
+    """Score a ``medcnn predict chest-xray`` run against a generated (or same-layout) dataset.
+
+    Args:
+        out_dir: the run's folder (``summary.csv``, ``<case>_lungs.png``, ``<case>_heart.png``).
+        data_dir: the dataset folder with ``manifest.csv`` (``case``, ``lungs``, ``heart`` mask paths,
+            ``ctr`` and one 0/1 column per finding).
+        report_dir: if given, ``metrics.json``, ``per_case.csv`` and ``roc.png`` are written there.
+
+    Returns:
+        ``{"n", "n_failed", "auroc": {finding: value}, "auroc_mean", "dice_lungs_mean", "dice_lungs_min",
+        "dice_heart_mean", "ctr_mae", "worst_lungs": [[case, dice], ...]}`` (Dice on the input pixel grid).
+
+    Raises:
+        InputError: missing files or no case to score.
+    """
+    import csv
+
+    from medcnn.metrics import multilabel_auroc, roc_curve
+    from medcnn.plotting import plot_roc
+
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    for p in (out_dir / "summary.csv", data_dir / "manifest.csv"):
+        if not p.is_file():
+            raise InputError(p, "not found")
+    with open(out_dir / "summary.csv", newline="", encoding="utf-8") as fh:
+        summary = {r["case"]: r for r in csv.DictReader(fh)}
+    with open(data_dir / "manifest.csv", newline="", encoding="utf-8") as fh:
+        manifest = list(csv.DictReader(fh))
+    findings = [f for f in FINDINGS if manifest and f in manifest[0] and f in next(iter(summary.values()), {})]
+    per_case, probs, labels = [], [], []
+    n_failed = 0
+    for m in manifest:
+        r = summary.get(m["case"])
+        if r is None or r["status"] not in ("ok", "skipped"):
+            n_failed += r is not None
+            continue
+        row: dict[str, Any] = {"case": m["case"], "format": m.get("format", "")}
+        for part in ("lungs", "heart"):
+            pred_p, ref_p = out_dir / f"{m['case']}_{part}.png", data_dir / m[part]
+            if pred_p.is_file() and ref_p.is_file():
+                row[f"dice_{part}"] = round(_dice(np.asarray(load(pred_p)[0]) > 0, np.asarray(load(ref_p)[0]) > 0), 4)
+        if r.get("ctr") and m.get("ctr"):
+            row["ctr_error"] = round(abs(float(r["ctr"]) - float(m["ctr"])), 4)
+        if findings:
+            probs.append([float(r[f]) for f in findings])
+            labels.append([float(m[f]) for f in findings])
+        per_case.append(row)
+    if not per_case:
+        raise InputError(out_dir, "no case of the run matches the dataset's manifest")
+    rep: dict[str, Any] = {"n": len(per_case), "n_failed": n_failed}
+    for part in ("lungs", "heart"):
+        vals = [c[f"dice_{part}"] for c in per_case if f"dice_{part}" in c]
+        if vals:
+            rep[f"dice_{part}_mean"] = round(float(np.mean(vals)), 4)
+            rep[f"dice_{part}_median"] = round(float(np.median(vals)), 4)
+            rep[f"dice_{part}_min"] = round(float(np.min(vals)), 4)
+    errs = [c["ctr_error"] for c in per_case if "ctr_error" in c]
+    if errs:
+        rep["ctr_mae"] = round(float(np.mean(errs)), 4)
+    rep["worst_lungs"] = [[c["case"], c["dice_lungs"]] for c in sorted(per_case, key=lambda c: c.get("dice_lungs", 1.0))[:5]]
+    curves = {}
+    if findings:
+        p, y = np.asarray(probs), np.asarray(labels)
+        auc = multilabel_auroc(p, y, findings)
+        rep["auroc"] = {k: round(v, 4) for k, v in auc["per_finding"].items()}
+        rep["auroc_mean"] = round(auc["mean"], 4)
+        for j, f in enumerate(findings):
+            if len(np.unique(y[:, j])) == 2:
+                fpr, tpr, _ = roc_curve(p[:, j], y[:, j])
+                curves[f] = (fpr, tpr, auc["per_finding"][f])
+    if report_dir is not None:
+        import json
+
+        from medcnn.io.atomic import write_text_atomic
+
+        rd = Path(report_dir)
+        rd.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(rd / "metrics.json", json.dumps(rep, indent=2) + "\n")
+        cols = sorted({k for c in per_case for k in c}, key=lambda k: (k != "case", k))
+        lines = [",".join(cols)] + [",".join(str(c.get(k, "")) for k in cols) for c in per_case]
+        write_text_atomic(rd / "per_case.csv", "\n".join(lines) + "\n")
+        if curves:
+            plot_roc(curves, rd / "roc.png", title="Chest X-ray findings (held-out)")
+    return rep
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m medcnn.pipelines.chest_xray RUN_DIR DATA_DIR [-o REPORT_DIR]``: print held-out metrics."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m medcnn.pipelines.chest_xray",
+                                 description="Score a `medcnn predict chest-xray` run against a dataset's manifest.csv.")
+    ap.add_argument("run_dir")
+    ap.add_argument("data_dir")
+    ap.add_argument("-o", "--output", default=None, help="write metrics.json, per_case.csv and roc.png here")
+    args = ap.parse_args(argv)
+    rep = evaluate_run(args.run_dir, args.data_dir, args.output)
+    sys.stdout.write(json.dumps(rep, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

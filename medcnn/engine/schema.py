@@ -115,12 +115,25 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> d
     path = Path(path)
     raw = read_yaml(path)
     if overrides:
-        raw = deep_merge(raw, parse_overrides(overrides))
+        raw = deep_merge(raw, _cwd_paths(parse_overrides(overrides), TRAIN_SCHEMA))
     cfg = validate(raw, TRAIN_SCHEMA, base_dir=path.parent.resolve())
     _cross_checks(cfg)
     cfg["name"] = cfg["name"] or path.stem
     cfg["_path"] = str(path)
     return cfg
+
+
+def _cwd_paths(over: dict, schema: dict) -> dict:
+    """Make relative path values given on the command line (``--set data.source=data/x``) relative to the
+    current folder, as every other command-line path; paths written in the YAML stay relative to the file."""
+    out = dict(over)
+    for key, value in over.items():
+        spec = schema.get(key)
+        if isinstance(value, dict) and isinstance(spec, dict):
+            out[key] = _cwd_paths(value, spec)
+        elif isinstance(spec, Field) and spec.path and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            out[key] = str(Path.cwd() / value)
+    return out
 
 
 def _cross_checks(cfg: dict) -> None:

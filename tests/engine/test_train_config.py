@@ -80,3 +80,16 @@ def test_bundled_configs_validate(repo_root: Path) -> None:
     for cfg_path in sorted((repo_root / "configs").glob("*.yaml")):
         cfg = load_train_config(cfg_path, ["data.source=."])
         assert cfg["model"]["name"]
+
+
+def test_command_line_paths_are_relative_to_the_current_folder(tmp_path: Path, monkeypatch) -> None:
+    """``--set data.source=data/x`` means ./data/x, as any command-line path; YAML paths stay file-relative."""
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    (tmp_path / "data" / "x").mkdir(parents=True)
+    (cfg_dir / "y").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_train_config(_write(cfg_dir, BASE), ["data.source=data/x"])
+    assert Path(cfg["data"]["source"]) == (tmp_path / "data" / "x").resolve()
+    with pytest.raises(ConfigError, match="data.source"):
+        load_train_config(_write(cfg_dir, BASE), ["data.source=y"])  # ./y does not exist; configs/y would

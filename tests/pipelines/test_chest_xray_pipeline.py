@@ -209,3 +209,29 @@ def test_pipeline_refuses_a_model_without_lungs_channel(tiny_cxr_models, tmp_pat
     torch.save(ck, p)
     with pytest.raises(InputError, match="lungs"):
         load_chest_xray_models([str(tiny_cxr_models[0]), str(p)])
+
+
+def test_evaluate_run_scores_a_perfect_and_a_flawed_run(tiny_cxr, tmp_path) -> None:
+    import shutil
+
+    from medcnn.pipelines.chest_xray import evaluate_run, main
+
+    manifest = _rows(tiny_cxr / "manifest.csv")
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = ["case,inputs,status,error," + ",".join(FINDINGS) + ",lung_area_frac,ctr"]
+    for m in manifest:
+        shutil.copy(tiny_cxr / m["lungs"], run / f"{m['case']}_lungs.png")
+        shutil.copy(tiny_cxr / m["heart"], run / f"{m['case']}_heart.png")
+        lines.append(f"{m['case']},x,ok,," + ",".join(m[f] for f in FINDINGS) + f",0.3,{m['ctr']}")
+    (run / "summary.csv").write_text("\n".join(lines) + "\n")
+    rep = evaluate_run(run, tiny_cxr, tmp_path / "report")
+    assert rep["n"] == 8 and rep["dice_lungs_mean"] == 1.0 and rep["dice_heart_min"] == 1.0 and rep["ctr_mae"] == 0.0
+    assert all(v == 1.0 for v in rep["auroc"].values() if not math.isnan(v))
+    assert (tmp_path / "report" / "roc.png").is_file() and (tmp_path / "report" / "metrics.json").is_file()
+    # erase one lung mask: its Dice drops to 0 and it heads the worst list
+    first = manifest[0]["case"]
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(run / f"{first}_lungs.png")))).save(run / f"{first}_lungs.png")
+    rep = evaluate_run(run, tiny_cxr)
+    assert rep["dice_lungs_min"] == 0.0 and rep["worst_lungs"][0] == [first, 0.0]
+    assert main([str(run), str(tiny_cxr)]) == 0
