@@ -6,8 +6,13 @@ thread), and ``run(model, case, data, out_dir) -> dict`` (writes the outputs ato
 its summary fields). The runner adds what every pipeline needs:
 
 * ``summary.csv`` (``case, inputs, status, error`` + the pipeline's fields), ``run.json`` provenance;
-* a rerun skips cases whose outputs all exist (``--overwrite`` redoes them); a failed case leaves
-  no output file and does not stop the batch; exit status 1 when any case failed;
+* a rerun skips cases whose outputs all exist and whose row in the previous ``summary.csv`` says
+  ``ok`` (``--overwrite`` redoes them); ``summary.csv`` is rewritten (atomically) after every case,
+  so a run killed at any moment leaves whole files only and the rerun completes the rest; temporary
+  files of a killed run are removed; a failed case leaves no output file and does not stop the
+  batch; exit status 1 when any case failed;
+* every failure is one line (case, file, reason) in the log and in ``summary.csv``; the traceback
+  only goes to the debug log (``medcnn --debug``);
 * the next case is read while the model works on the current one (prefetch thread);
 * under ``torchrun`` the cases are sharded over ranks and rank 0 merges the summaries.
 """
@@ -33,7 +38,7 @@ from tqdm.auto import tqdm
 
 from medcnn._version import __version__
 from medcnn.cases import Case
-from medcnn.errors import MedcnnError
+from medcnn.errors import InputError, MedcnnError
 from medcnn.io.atomic import TMP_MARK, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -59,8 +64,35 @@ class Pipeline(Protocol):
 def _read_summary(path: Path) -> dict[str, dict[str, str]]:
     if not path.exists():
         return {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {r["case"]: r for r in csv.DictReader(fh)}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return {r["case"]: r for r in csv.DictReader(fh) if r.get("case")}
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError) as exc:
+        logger.warning("%s: unreadable previous summary (%s); finished cases will be redone", path, exc)
+        return {}
+
+
+def _previous_rows(out: Path) -> dict[str, dict[str, str]]:
+    """Rows of earlier runs: ``summary.csv`` plus per-rank parts a killed sharded run left behind."""
+    rows = _read_summary(out / "summary.csv")
+    for part in sorted(out.glob("summary.rank*.csv")):
+        rows.update(_read_summary(part))
+    return rows
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """``text`` on a single line (whitespace runs collapsed), at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _case_error(case: Case) -> InputError:
+    """The error of a case that discovery already knows is broken (names its folder or first file)."""
+    where: Path | str | None = case.id
+    if case.inputs:
+        first = Path(case.inputs[0])
+        where = first if first.is_dir() else first.parent
+    return InputError(where, str(case.error))
 
 
 def _write_summary(rows: list[dict[str, Any]], path: Path, fields: Sequence[str]) -> None:
@@ -128,26 +160,32 @@ def run_batch(
     _cleanup_temps(out)
     cases = pipeline.discover(inputs)
     mine, rank, world = _shard(cases)
-    previous = _read_summary(out / "summary.csv")
+    previous = _previous_rows(out)
     fields = BASE_FIELDS + [f for f in pipeline.fields if f not in BASE_FIELDS]
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     todo: list[Case] = []
+    unrecorded = 0
     for c in mine:
-        done = all(p.exists() for p in pipeline.outputs(c, out))
-        if done and not overwrite and c.error is None:
-            row = dict(previous.get(c.id, {}))
+        done = c.error is None and all(p.exists() for p in pipeline.outputs(c, out))
+        recorded = previous.get(c.id, {}).get("status") in ("ok", "skipped")
+        if done and not overwrite and recorded:
+            row = dict(previous[c.id])
             row.update(case=c.id, inputs=";".join(map(str, c.inputs)), status="skipped", error="")
             rows.append(row)
         else:
+            unrecorded += done and not overwrite
             todo.append(c)
     if rows:
         logger.info("skipping %d finished case(s) (use --overwrite to redo them)", len(rows))
+    if unrecorded:
+        logger.info("redoing %d case(s) whose outputs exist but are missing from summary.csv (interrupted run?)", unrecorded)
+    progress_path = out / ("summary.csv" if world == 1 else f"summary.rank{rank}.csv")
 
     def load(c: Case) -> Any:
         if c.error:
-            raise MedcnnError(f"{c.inputs[0].parent if c.inputs else c.id}: {c.error}")
+            raise _case_error(c)
         return pipeline.load(c)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
@@ -165,11 +203,12 @@ def run_batch(
                         p.unlink()
                 row.update(pipeline.run(model, case, data, out))
             except MedcnnError as exc:
-                row.update(status="error", error=str(exc))
-                logger.error("%s: %s", case.id, exc)
+                row.update(status="error", error=one_line(str(exc)))
+                logger.error("%s: %s", case.id, row["error"])
+                logger.debug("%s", traceback.format_exc())
             except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
-                row.update(status="error", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
-                logger.error("%s: unexpected %s: %s (run with --debug for the traceback)", case.id, type(exc).__name__, exc)
+                row.update(status="error", error=one_line(f"{type(exc).__name__}: {exc}", 300))
+                logger.error("%s: unexpected %s (run with --debug for the traceback)", case.id, row["error"])
                 logger.debug("%s", traceback.format_exc())
             if row["status"] == "error":
                 for p in pipeline.outputs(case, out):
@@ -177,6 +216,8 @@ def run_batch(
                         p.unlink()
             timings[case.id] = round(time.perf_counter() - t0, 3)
             rows.append(row)
+            # after every case: a run killed now keeps what it finished (the rerun skips it)
+            _write_summary(_merged(rows, previous, mine), progress_path, fields)
     total = time.perf_counter() - t_start
     if world > 1:
         _write_summary(rows, out / f"summary.rank{rank}.csv", fields)
@@ -208,6 +249,13 @@ def run_batch(
     }
     write_text_atomic(out / "run.json", json.dumps(run, indent=2, default=str) + "\n")
     return rows
+
+
+def _merged(rows: list[dict[str, Any]], previous: dict[str, dict[str, str]], mine: list[Case]) -> list[dict[str, Any]]:
+    """This run's rows so far, plus the previous rows of this run's cases not reached yet (so that an
+    interrupted rerun does not forget what earlier runs finished)."""
+    seen = {r["case"] for r in rows}
+    return rows + [previous[c.id] for c in mine if c.id not in seen and c.id in previous]
 
 
 def _barrier() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from medcnn.errors import InputError
 from medcnn.io import dicom
 from medcnn.io.atomic import TMP_MARK
-from medcnn.io.readers import DICOM_SUFFIXES, IMAGE2D_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES
+from medcnn.io.readers import DICOM_SUFFIXES, IMAGE2D_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, UNSUPPORTED_HINTS
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ _BRATS21 = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 _NNUNET = {"0000": "t1n", "0001": "t1c", "0002": "t2w", "0003": "t2f"}
 _VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 _LABEL_WORDS = ("seg", "label", "labels", "mask")
+#: image formats medcnn refuses with a hint (MINC, PAR/REC...): such files become cases that fail with
+#: that hint instead of being silently ignored
+_REFUSED_SUFFIXES = tuple(UNSUPPORTED_HINTS)
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Case:
 
 def _strip_suffix(name: str) -> str:
     low = name.lower()
-    for suf in sorted(_VOLUME_SUFFIXES + IMAGE2D_SUFFIXES + DICOM_SUFFIXES, key=len, reverse=True):
+    for suf in sorted(_VOLUME_SUFFIXES + IMAGE2D_SUFFIXES + DICOM_SUFFIXES + _REFUSED_SUFFIXES, key=len, reverse=True):
         if low.endswith(suf):
             return name[: -len(suf)]
     return name
@@ -71,7 +74,8 @@ def _brain_case_from_folder(folder: Path) -> Case | None:
     label = None
     for f in _visible_files(folder):
         stem = _strip_suffix(f.name)
-        if not f.name.lower().endswith(_VOLUME_SUFFIXES):
+        refused = f.name.lower().endswith(_REFUSED_SUFFIXES)  # e.g. a MINC contrast: fails with the format hint
+        if not f.name.lower().endswith(_VOLUME_SUFFIXES) and not refused:
             continue
         m = re.search(r"[-_]([A-Za-z0-9]+)$", stem)
         if not m:
@@ -82,8 +86,8 @@ def _brain_case_from_folder(folder: Path) -> Case | None:
             continue
         key = _BRATS23.get(tag) if stem[m.start()] == "-" else None
         key = key or _BRATS21.get(tag) or _BRATS23.get(tag)
-        if key:
-            found.setdefault(key, f)
+        if key and (key not in found or (not refused and found[key].name.lower().endswith(_REFUSED_SUFFIXES))):
+            found[key] = f
     if not found:
         return None
     case = Case(id=folder.name, inputs=[found[c] for c in BRAIN_CONTRASTS if c in found], label=label)
@@ -164,7 +168,7 @@ def find_brain_tumor_cases(inputs: Sequence[str | Path]) -> list[Case]:
 
 def _is_image_file(p: Path, suffixes: Iterable[str]) -> bool:
     low = p.name.lower()
-    if low.endswith(tuple(suffixes)):
+    if low.endswith(tuple(suffixes) + _REFUSED_SUFFIXES):
         return not _is_label_name(p)
     return dicom.is_dicom_file(p)
 

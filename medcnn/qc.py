@@ -3,6 +3,9 @@
 Volumes are shown in anatomical planes (axial, coronal, sagittal; neurological convention) after
 reorienting to RAS, with the physical aspect ratio of the voxels, so anisotropic and oblique
 inputs look right. Label colours follow the BraTS convention (NCR red, ED green, ET yellow).
+
+Privacy: QC pictures hold image pixels only. No text (patient name, ID, dates, file names) is drawn
+on them and the PNG files carry no metadata chunks, so nothing from a DICOM header can reach them.
 """
 
 from __future__ import annotations
@@ -126,10 +129,10 @@ def volume_montage(
         (lambda a: a[:, cy, :], (sp[0], sp[2])),
         (lambda a: a[cx, :, :], (sp[1], sp[2])),
     ]
-    for take, (s_row, s_col) in planes:
+    for i, (take, (s_row, s_col)) in enumerate(planes):
         gs = take(g)
-        if min(gs.shape) < 2 and len(panels) + 1 < len(planes):
-            continue  # a single-slice volume has only one informative plane
+        if min(gs.shape) < 2 and (panels or i + 1 < len(planes)):
+            continue  # a single-slice volume has only one informative plane (a 1-voxel one still gets a panel)
         ls = take(lab) if lab is not None else None
         hs = take(hm) if hm is not None else None
         # arrays are (first axis, second axis); display with second axis up: transpose + flip

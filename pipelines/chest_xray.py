@@ -31,7 +31,7 @@ from medcnn import qc
 from medcnn.cases import Case, find_image_cases
 from medcnn.errors import InputError
 from medcnn.io import load
-from medcnn.io.atomic import TMP_MARK
+from medcnn.io.atomic import atomic_path
 from medcnn.io.readers import DICOM_SUFFIXES, IMAGE2D_SUFFIXES
 from medcnn.metrics.segmentation import cardiothoracic_ratio
 
@@ -121,9 +121,8 @@ def clean_lungs(mask: np.ndarray) -> np.ndarray:
 def _write_mask_png(mask: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f"{path.stem}{TMP_MARK}{path.suffix}")
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
 
 
 def _caption(rgb: np.ndarray, text: str) -> np.ndarray:

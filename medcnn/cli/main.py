@@ -60,12 +60,23 @@ Examples:
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug logs).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--max-memory", metavar="SIZE", default=None,
+              help="Refuse images whose header says loading them needs more than SIZE (e.g. 8G, 500M; 'none': no limit). "
+                   "Default: $MEDCNN_MAX_MEMORY, else half the physical memory.")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
+def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool, max_memory: str | None) -> None:
     """medcnn: deep learning on medical images (CT/MRI volumes and chest X-rays)."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     _setup_logging(verbose + (2 if debug else 0), quiet)
+    if max_memory is not None:
+        from medcnn.io.memory import ENV_VAR, parse_size
+
+        try:
+            parse_size(max_memory, what="--max-memory")
+        except MedcnnError as exc:
+            raise click.BadParameter(str(exc), param_hint="--max-memory") from None
+        os.environ[ENV_VAR] = max_memory  # read by medcnn.load in this process (and its prefetch threads)
 
 
 @cli.command(context_settings=CONTEXT, epilog="""\b
@@ -203,6 +214,9 @@ Examples:
   medcnn predict brain-tumor BraTS-GLI-00001-000/ nnunet_flat_folder/ -o out --device cuda
   medcnn predict brain-tumor cases/ -o out --model runs/bt/best.pt --overwrite
   torchrun --nproc_per_node 2 -m medcnn.cli.main predict brain-tumor cases/ -o out   # shard over ranks
+  medcnn predict alzheimer bids_dataset/ -o out/ad
+  medcnn predict chest-xray sample_data/chest-xray/images -o out/cxr
+  medcnn predict chest-xray dicoms/ -o out/cxr --model runs/cxr_lungs/best.pt   # own lung model, bundled findings
 \b
 Outputs: OUTDIR/summary.csv (a row per case), per-case result files, OUTDIR/qc/*.png, OUTDIR/run.json.
 Exit status: 0 all cases ok or skipped, 1 some case failed (the others are still done), 2 usage error.
@@ -210,14 +224,15 @@ Exit status: 0 all cases ok or skipped, 1 some case failed (the others are still
 @click.argument("pipeline")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--model", "model_ref", default=None, help="Bundled model name or checkpoint path (default: the pipeline's).")
+@click.option("--model", "model_ref", multiple=True,
+              help="Bundled model name or checkpoint path (default: the pipeline's). chest-xray: repeat it for the "
+                   "findings and the lung model; each replaces the bundled model of its kind.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Redo cases whose outputs already exist.")
-def predict(pipeline: str, inputs: tuple[Path, ...], out_dir: Path, model_ref: str | None, device: str, overwrite: bool) -> None:
-    """Run PIPELINE (brain-tumor, ...) on every case found in INPUTS."""
+def predict(pipeline: str, inputs: tuple[Path, ...], out_dir: Path, model_ref: tuple[str, ...], device: str, overwrite: bool) -> None:
+    """Run PIPELINE (brain-tumor, alzheimer, chest-xray) on every case found in INPUTS."""
     from medcnn.batch import run_batch
-    from medcnn.pipelines import available, get_pipeline
-    from medcnn.predictor import load_model
+    from medcnn.pipelines import available, get_pipeline, load_models
 
     if pipeline not in available():
         raise click.UsageError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(available())}")
@@ -230,10 +245,7 @@ def predict(pipeline: str, inputs: tuple[Path, ...], out_dir: Path, model_ref: s
         import torch
 
         dev_name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_ref or pipe.model, device=dev_name)
-    info = {"name": model_ref or pipe.model, "path": str(model.path), "sha256": model.sha256,
-            "network": model.config["model"], "preprocess": model.config["preprocess"],
-            "inference": model.config["inference"], "metrics": model.config.get("metrics", {})}
+    model, info = load_models(pipe, list(model_ref) or None, device=dev_name)
     rows = run_batch(pipe, model, list(inputs), out_dir, overwrite=overwrite, model_info=info, device=dev_name)
     if int(os.environ.get("RANK", "0")) == 0:
         counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "skipped", "error")}

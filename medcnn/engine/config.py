@@ -91,6 +91,8 @@ def _coerce(value: Any, types: tuple[type, ...]) -> Any:
         return float(value)
     if isinstance(value, tuple) and list in types:
         return list(value)
+    if isinstance(value, bool) and str in types and bool not in types:
+        return "on" if value else "off"  # YAML 1.1 reads `amp: off` as False
     return value
 
 

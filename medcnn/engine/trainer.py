@@ -441,7 +441,7 @@ class Trainer:
         return list(ch) if ch else [f"channel{i}" for i in range(self.in_channels)]
 
     def _save_last(self, epoch: int) -> None:
-        ck = self._export(self.history[-1] if self.history else {}, epoch)
+        ck = self._export(self.history[-1] if self.history else {}, epoch + 1)  # epochs completed, as in best.pt
         ck["resume"] = {
             "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,

@@ -15,6 +15,7 @@ from monai.data import MetaTensor
 from medcnn.errors import InputError
 from medcnn.io import geometry
 from medcnn.io.atomic import atomic_path
+from medcnn.io.memory import MemoryLimit, check_memory, memory_limit
 from medcnn.io.readers import RawImage, header_bytes_to_nifti_header, read_raw
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def load(
     spatial_dims: int | None = None,
     nonfinite: str = "error",
     mode: str = "linear",
+    max_memory: MemoryLimit = None,
 ) -> MetaTensor:
     """Load a scan (or several co-registered scans as channels) with its geometry.
 
@@ -47,6 +49,10 @@ def load(
         spatial_dims: require 2 or 3 spatial dimensions (``None`` accepts either).
         nonfinite: ``"error"`` (default) refuses NaN/Inf voxels; ``"zero"`` replaces them by 0.
         mode: interpolation for ``spacing``: ``"linear"`` or ``"nearest"`` (use for label maps).
+        max_memory: refuse (before reading any voxel) an image whose header says it needs more
+            memory than this: bytes or a size string (``"8G"``, ``"512M"``; ``"none"`` disables).
+            Default: the ``MEDCNN_MAX_MEMORY`` environment variable, else half the physical
+            memory (see :mod:`medcnn.io.memory`). Resampling to ``spacing`` is checked too.
 
     Returns:
         ``MetaTensor`` of shape ``(C, *spatial)`` (``(C, I, J, K)`` volumes in the file's voxel
@@ -56,9 +62,10 @@ def load(
 
     Raises:
         InputError: the file is unreadable, unsupported, truncated, empty, non-finite, of the
-            wrong dimensionality, or (for several paths) on mismatched grids. The message names
-            the file and the reason.
+            wrong dimensionality, too large for ``max_memory``, or (for several paths) on
+            mismatched grids. The message names the file and the reason.
         ValueError: invalid arguments (bad orientation code, spacing length...).
+        ConfigError: an invalid ``max_memory`` / ``MEDCNN_MAX_MEMORY`` value.
 
     Example:
         >>> img = medcnn.load("t1.nii.gz", spacing=1.5, orientation="RAS")  # doctest: +SKIP
@@ -71,14 +78,15 @@ def load(
     paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
     if not paths:
         raise ValueError("load() needs at least one path")
-    raws = [read_raw(p, series=series) for p in paths]
+    limit = memory_limit(max_memory) or "none"  # resolved once: a bad MEDCNN_MAX_MEMORY fails before any reading
+    raws = [read_raw(p, series=series, max_memory=limit) for p in paths]
     raw = _stack_channels(raws, paths)
     first = paths[0]
     if spatial_dims is not None and raw.spatial_dims != spatial_dims:
         what = "2D image" if raw.spatial_dims == 2 else "3D volume"
         raise InputError(first, f"expected a {spatial_dims}D image but this is a {what} (shape {raw.array.shape[1:]})")
     data = _to_float_tensor(raw.array)
-    _check_finite(data, first, nonfinite)
+    _check_finite(data, _channel_paths(raws, paths), nonfinite)
     src = dict(raw.source)
     src.update(
         paths=[str(p) for p in paths],
@@ -91,6 +99,7 @@ def load(
         raise ValueError(f"{first}: orientation= applies to 3D volumes only")
     out_affine, out_shape = target_grid(affine, tuple(data.shape[1:]), spacing, orientation)
     if out_affine is not affine:
+        check_memory(first, (data.shape[0], *out_shape), 4, limit, what="image resampled to the requested spacing")
         data = geometry.resample(data, np.linalg.inv(affine) @ out_affine, out_shape, mode=mode)
     meta = {
         "filename_or_obj": str(first),
@@ -187,16 +196,31 @@ def _to_float_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.float32, order="C"))
 
 
-def _check_finite(data: torch.Tensor, path: Path, policy: str) -> None:
+def _channel_paths(raws: list[RawImage], paths: list[Path]) -> list[Path]:
+    """The file each channel of the stacked image came from."""
+    return [p for r, p in zip(raws, paths) for _ in range(int(r.array.shape[0]))]
+
+
+def _check_finite(data: torch.Tensor, channel_paths: list[Path], policy: str) -> None:
+    """Refuse (or zero, ``policy="zero"``) NaN/Inf voxels; the message names the file holding them.
+
+    Args:
+        data: ``(C, *spatial)``.
+        channel_paths: the file of each channel (``C`` entries).
+        policy: ``"error"`` or ``"zero"``.
+    """
     finite = torch.isfinite(data)
     if bool(finite.all()):
         return
-    n_bad = int((~finite).sum())
+    bad_per_channel = [int((~finite[c]).sum()) for c in range(data.shape[0])]
+    path = channel_paths[next(c for c, n in enumerate(bad_per_channel) if n)]
     if policy == "zero":
-        logger.warning("%s: replaced %d NaN/Inf voxels by 0", path, n_bad)
+        logger.warning("%s: replaced %d NaN/Inf voxels by 0", path, sum(bad_per_channel))
         data.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         return
-    total = data.numel()
+    mine = [c for c, p in enumerate(channel_paths) if p == path]
+    n_bad = sum(bad_per_channel[c] for c in mine)
+    total = len(mine) * int(finite[0].numel())
     what = "all voxels are" if n_bad == total else f"{n_bad} of {total} voxels are"
     raise InputError(path, f"{what} NaN or Inf")
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from medcnn.errors import InputError
 from medcnn.io.geometry import affine_2d, itk_to_affine
+from medcnn.io.memory import MemoryLimit, check_memory
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class SeriesInfo:
         modality: DICOM Modality (``""`` if absent).
         description: SeriesDescription (``""`` if absent).
         number: SeriesNumber or ``None``.
+        unreadable: DICOM files of the same folder that could not be parsed (they may be slices
+            of this series: named when the series turns out to miss slices).
     """
 
     uid: str
@@ -53,6 +56,7 @@ class SeriesInfo:
     modality: str = ""
     description: str = ""
     number: int | None = None
+    unreadable: list[Path] = field(default_factory=list)
 
     def label(self) -> str:
         """One-line description used in messages (no patient data)."""
@@ -117,7 +121,7 @@ def list_series(folder: str | Path, recursive: bool = True) -> list[SeriesInfo]:
     series: dict[str, SeriesInfo] = {}
     non_image: dict[str, int] = {}
     n_not_dicom = 0
-    n_broken = 0
+    broken: list[Path] = []
     for f in files:
         try:
             ds = _read_header(f)
@@ -125,10 +129,14 @@ def list_series(folder: str | Path, recursive: bool = True) -> list[SeriesInfo]:
             n_not_dicom += 1
             continue
         except Exception as exc:  # noqa: BLE001 - any parse failure means "unreadable file"
-            logger.debug("unreadable DICOM %s: %s", f, exc)
-            n_broken += 1
+            logger.debug("unreadable DICOM %s: %s", f, type(exc).__name__)
+            broken.append(f)
             continue
         if "Rows" not in ds or "Columns" not in ds:
+            if "Modality" not in ds and "SOPClassUID" not in ds:  # file meta only: cut short after the preamble
+                logger.debug("truncated DICOM %s: no dataset after the file meta", f)
+                broken.append(f)
+                continue
             mod = str(ds.get("Modality", "unknown"))
             non_image[mod] = non_image.get(mod, 0) + 1
             continue
@@ -148,13 +156,15 @@ def list_series(folder: str | Path, recursive: bool = True) -> list[SeriesInfo]:
         parts = []
         if non_image:
             parts.append("only non-image DICOM objects (" + ", ".join(f"{v} {k}" for k, v in sorted(non_image.items())) + ")")
-        if n_broken:
-            parts.append(f"{n_broken} unreadable DICOM file(s)")
+        if broken:
+            parts.append(f"{len(broken)} unreadable DICOM file(s)")
         if n_not_dicom:
             parts.append(f"{n_not_dicom} non-DICOM file(s)")
         raise InputError(folder, "no DICOM image series found: " + "; ".join(parts or ["no files"]))
-    if n_broken:
-        logger.warning("%s: skipped %d unreadable DICOM file(s)", folder, n_broken)
+    if broken:
+        logger.warning("%s: skipped %d unreadable DICOM file(s): %s", folder, len(broken), _names(broken))
+        for info in series.values():
+            info.unreadable = list(broken)
     return sorted(series.values(), key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
 
 
@@ -238,10 +248,11 @@ def _sort_series(info: SeriesInfo, folder: Path) -> tuple[list[Path], float]:
     if (gaps > 1.5 * step).any():
         i = int(np.flatnonzero(gaps > 1.5 * step)[0])
         missing = int(round(gaps[i] / step)) - 1
+        hint = f"; unreadable (corrupt or truncated) file(s) in the folder: {_names(info.unreadable)}" if info.unreadable else ""
         raise InputError(
             folder,
             f"series {info.uid} is missing {missing} slice(s) between {files[i].name} and {files[i + 1].name} "
-            f"(gap {gaps[i]:.2f} mm, spacing {step:.2f} mm)",
+            f"(gap {gaps[i]:.2f} mm, spacing {step:.2f} mm){hint}",
         )
     if np.abs(gaps - step).max() > max(0.01 * step, 1e-2):
         raise InputError(
@@ -252,8 +263,17 @@ def _sort_series(info: SeriesInfo, folder: Path) -> tuple[list[Path], float]:
     return files, step
 
 
-def read_series(folder: Path, series: str | int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def _names(paths: list[Path], n: int = 3) -> str:
+    """``a.dcm, b.dcm, c.dcm and 4 more``."""
+    shown = ", ".join(p.name for p in paths[:n])
+    return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def read_series(folder: Path, series: str | int | None = None, max_memory: MemoryLimit = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read a DICOM series folder as a volume.
+
+    The volume's size (rows x columns x files, from the headers) is checked against
+    ``max_memory`` (see :mod:`medcnn.io.memory`) before any pixel is read.
 
     Returns:
         ``(array, affine, info)`` with ``array`` shaped ``(C, I, J, K)`` in ITK index order
@@ -264,8 +284,11 @@ def read_series(folder: Path, series: str | int | None = None) -> tuple[np.ndarr
 
     info = select_series(folder, series)
     if len(info.files) == 1:
-        return read_file(info.files[0])
+        return read_file(info.files[0], max_memory=max_memory)
     files, _ = _sort_series(info, folder)
+    h = _read_header(files[0])
+    check_memory(folder, (int(h.Rows), int(h.Columns), len(files), int(h.get("SamplesPerPixel", 1) or 1)),
+                 max(1, int(h.get("BitsAllocated", 16) or 16) // 8), max_memory, what="DICOM series")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
     try:
@@ -433,8 +456,11 @@ def _enhanced_rescale(ds) -> tuple[float, float]:
     return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
-def read_file(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+def read_file(path: Path, max_memory: MemoryLimit = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read one DICOM file (single or multi-frame).
+
+    Rows x columns x frames x samples from the header are checked against ``max_memory`` (see
+    :mod:`medcnn.io.memory`) before the pixel data are decoded.
 
     Returns:
         ``(array, affine, info)``. Projection radiographs give ``(C, rows, cols)`` (``info
@@ -455,6 +481,12 @@ def read_file(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         raise InputError(path, f"corrupt or truncated DICOM file ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(path, f"DICOM object has no image (Modality {ds.get('Modality', '?')}, e.g. a report or structure set)")
+    try:
+        dims = (int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1))
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (AttributeError, TypeError, ValueError):
+        raise InputError(path, "DICOM image lacks valid Rows/Columns/NumberOfFrames attributes") from None
+    check_memory(path, dims, max(1, bits // 8), max_memory, what="DICOM image")
     try:
         px = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoder missing, truncated pixel data...

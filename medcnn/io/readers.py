@@ -11,15 +11,17 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from medcnn.errors import InputError
+from medcnn.errors import InputError, MedcnnError
 from medcnn.io import dicom
 from medcnn.io.geometry import affine_2d, itk_to_affine
+from medcnn.io.memory import MemoryLimit, check_memory
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +89,13 @@ def _check_nonempty(path: Path) -> None:
         raise InputError(path, "file is empty (0 bytes)")
 
 
-def read_nifti(path: Path) -> RawImage:
-    """Read NIfTI-1/2 (or Analyze pair) with nibabel; 4D/5D data become channels."""
+def read_nifti(path: Path, max_memory: MemoryLimit = None) -> RawImage:
+    """Read NIfTI-1/2 (or Analyze pair) with nibabel; 4D/5D data become channels.
+
+    Raises:
+        InputError: unreadable, truncated, empty or too large for ``max_memory`` (see
+            :mod:`medcnn.io.memory`), complex-valued, wrong dimensionality.
+    """
     import nibabel as nib
 
     _check_nonempty(path)
@@ -102,6 +109,8 @@ def read_nifti(path: Path) -> RawImage:
     if len(shape) == 0 or any(s == 0 for s in shape):
         raise InputError(path, f"image has no voxels (shape {shape})")
     _check_declared_size(path, shape, img.get_data_dtype().itemsize)
+    scaled = img.header.get_slope_inter() not in ((None, None), (1.0, 0.0))
+    check_memory(path, shape, 8 if scaled else img.get_data_dtype().itemsize, max_memory)
     try:
         data = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
@@ -146,8 +155,11 @@ def _check_declared_size(path: Path, shape: tuple[int, ...], itemsize: int) -> N
         raise InputError(path, f"header declares {need} bytes of voxels but the file has {have}: truncated")
 
 
-def read_itk(path: Path) -> RawImage:
-    """Read NRRD / MetaImage (and anything else SimpleITK reads) with SimpleITK."""
+def read_itk(path: Path, max_memory: MemoryLimit = None) -> RawImage:
+    """Read NRRD / MetaImage (and anything else SimpleITK reads) with SimpleITK.
+
+    The header is read first (``ReadImageInformation``) and checked against ``max_memory``.
+    """
     import SimpleITK as sitk
 
     _check_nonempty(path)
@@ -158,6 +170,7 @@ def read_itk(path: Path) -> RawImage:
         size = reader.GetSize()
         if any(s == 0 for s in size):
             raise InputError(path, f"image has no voxels (size {size})")
+        check_memory(path, (*size, reader.GetNumberOfComponents()), _itk_itemsize(reader.GetPixelID()), max_memory)
         img = reader.Execute()
     except InputError:
         raise
@@ -193,13 +206,19 @@ def read_itk(path: Path) -> RawImage:
     return RawImage(arr, aff, 3, {"format": "itk"})
 
 
-def read_image2d(path: Path) -> RawImage:
-    """Read PNG/JPEG (8 or 16 bit, grey or colour) with Pillow as ``(C, rows, cols)``."""
+def read_image2d(path: Path, max_memory: MemoryLimit = None) -> RawImage:
+    """Read PNG/JPEG (8 or 16 bit, grey or colour) with Pillow as ``(C, rows, cols)``.
+
+    The size in the file header is checked against ``max_memory`` (and Pillow's own
+    decompression-bomb limit) before the pixels are decoded.
+    """
     from PIL import Image, UnidentifiedImageError
 
     _check_nonempty(path)
     try:
         with Image.open(path) as im:
+            bands = len(im.getbands())
+            check_memory(path, (im.size[1], im.size[0], bands), 2 if im.mode.startswith("I;16") else 4, max_memory)
             im.load()
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -215,8 +234,12 @@ def read_image2d(path: Path) -> RawImage:
                 arr = np.asarray(im)
             else:
                 arr = np.asarray(im.convert("RGB"))
+    except MedcnnError:
+        raise
     except UnidentifiedImageError:
         raise InputError(path, "not a readable PNG/JPEG image") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(path, f"image header claims too many pixels, refused as a possible decompression bomb ({_short(exc)})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(path, f"image file is truncated or corrupt ({_short(exc)})") from None
     if arr.ndim == 3:
@@ -233,20 +256,26 @@ def read_image2d(path: Path) -> RawImage:
     return RawImage(np.ascontiguousarray(arr), affine_2d(), 2, {"format": "image2d"})
 
 
-def read_dicom(path: Path, series: str | int | None = None) -> RawImage:
+def read_dicom(path: Path, series: str | int | None = None, max_memory: MemoryLimit = None) -> RawImage:
     """Read a DICOM file or series folder (see :mod:`medcnn.io.dicom`)."""
     if path.is_dir():
-        arr, aff, info = dicom.read_series(path, series)
+        arr, aff, info = dicom.read_series(path, series, max_memory=max_memory)
     else:
         _check_nonempty(path)
-        arr, aff, info = dicom.read_file(path)
+        arr, aff, info = dicom.read_file(path, max_memory=max_memory)
     sd = int(info.pop("spatial_dims", 3 if arr.ndim == 4 else 2))
     info["format"] = "dicom"
     return RawImage(arr, aff, sd, info)
 
 
-def read_raw(path: str | Path, series: str | int | None = None) -> RawImage:
+def read_raw(path: str | Path, series: str | int | None = None, max_memory: MemoryLimit = None) -> RawImage:
     """Read any supported file or folder without resampling.
+
+    Args:
+        path: file or DICOM folder.
+        series: DICOM series to pick in a folder holding several (UID or index).
+        max_memory: memory limit (bytes or ``"8G"``; see :mod:`medcnn.io.memory`), checked
+            against the header before any voxel is read.
 
     Raises:
         InputError: for every failure, with the path and the reason.
@@ -254,15 +283,23 @@ def read_raw(path: str | Path, series: str | int | None = None) -> RawImage:
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "nifti":
-        raw = read_nifti(path)
+        raw = read_nifti(path, max_memory)
     elif fmt == "itk":
-        raw = read_itk(path)
+        raw = read_itk(path, max_memory)
     elif fmt == "image2d":
-        raw = read_image2d(path)
+        raw = read_image2d(path, max_memory)
     else:
-        raw = read_dicom(path, series)
+        raw = read_dicom(path, series, max_memory)
     raw.source.setdefault("format", fmt)
     return raw
+
+
+def _itk_itemsize(pixel_id: int) -> int:
+    """Bytes per component of a SimpleITK pixel type (8 when it cannot be told)."""
+    import SimpleITK as sitk
+
+    m = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(pixel_id))
+    return max(1, int(m.group(1)) // 8) if m else 8
 
 
 def _short(exc: BaseException, itk: bool = False) -> str:
