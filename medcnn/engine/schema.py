@@ -50,6 +50,8 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "model": {
         "name": Field((str,), REQUIRED, help="a name from medcnn.models.list_models()"),
         "kwargs": {"*": Field((int, float, str, bool, list, dict, NONE))},
+        "init": Field((str, NONE), None,
+                      help="start from these weights: a medcnn checkpoint path or a bundled model name (fine-tuning)"),
     },
     "labels": {
         "names": {"*": Field((str,))},

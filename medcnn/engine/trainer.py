@@ -310,7 +310,32 @@ class Trainer:
             kwargs.setdefault("img_size", list(self.t["patch_size"]))
         self.model_kwargs = kwargs
         net = create_model(m["name"], **kwargs)
+        if m.get("init"):
+            self._init_weights(net, m["init"])
         return net
+
+    def _init_weights(self, net: nn.Module, ref: str) -> None:
+        """Load ``model.init`` (checkpoint path or bundled name) into ``net``: fine-tuning starts there.
+
+        Raises:
+            ConfigError: the checkpoint holds another network or weights of other shapes.
+        """
+        from medcnn.predictor import bundled_path
+
+        path = Path(ref) if Path(ref).is_file() else bundled_path(ref)
+        if path is None:
+            raise ConfigError(f"config key 'model.init': {ref!r} is neither a checkpoint file nor a bundled model")
+        ck = load_checkpoint(path, map_location="cpu")
+        if ck["model"]["name"] != self.cfg["model"]["name"]:
+            raise ConfigError(f"config key 'model.init': {path} holds a {ck['model']['name']} network, "
+                              f"the config builds {self.cfg['model']['name']}")
+        state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ck["state_dict"].items()}
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ConfigError(f"config key 'model.init': weights of {path} do not fit this network "
+                              f"({str(exc).splitlines()[0][:200]})") from None
+        self._log_main("initialised %s from %s", self.cfg["model"]["name"], path)
 
     def _random_transforms(self):
         from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd

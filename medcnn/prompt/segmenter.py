@@ -37,6 +37,8 @@ BUNDLED_MODELS = ("medcnn-prompt",)
 DEFAULT_MODEL = "medcnn-prompt"
 # Logit used for a bool/integer ``mask_input`` (True -> +_MASK_LOGIT, False -> -_MASK_LOGIT).
 _MASK_LOGIT = 10.0
+# Logit of slices a 3D prompt did not reach.
+_OUTSIDE = -100.0
 
 
 @runtime_checkable
@@ -102,6 +104,8 @@ class PromptableSegmenter:
         self.backend = backend
         self.name = name
         self._shape: tuple[int, ...] | None = None
+        self._volume: torch.Tensor | None = None  # (C, D, H, W) of a 3D image; slices embedded on demand
+        self._embedded: int | None = None  # slice index whose embedding the backend holds
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -149,22 +153,17 @@ class PromptableSegmenter:
         """Embed an image (expensive; do it once, then call :meth:`predict` many times).
 
         Args:
-            image: ``(C, H, W)`` 2D image with C = 1 (grey) or 3 (RGB): a tensor, MetaTensor
-                (as from :func:`medcnn.load`) or array. 3D volumes ``(C, D, H, W)`` are not
-                supported yet.
+            image: ``(C, H, W)`` 2D image or ``(C, D, H, W)`` volume, C = 1 (grey) or 3 (RGB): a
+                tensor, MetaTensor (as from :func:`medcnn.load`) or array. A volume is segmented
+                slice by slice along its first spatial axis ``D``; each slice is embedded when a
+                prompt first reaches it (and the last one is kept), so setting a volume is cheap.
 
         Raises:
             ValueError: wrong dimensionality or channel count, empty or non-finite image.
-            NotImplementedError: a 3D volume.
         """
         x = _as_tensor(image)
-        if x.ndim == 4:
-            raise NotImplementedError(
-                f"3D volumes (C, D, H, W) are not supported yet (got shape {tuple(x.shape)}); "
-                "segment its slices x[:, k] one by one"
-            )
-        if x.ndim != 3:
-            raise ValueError(f"expected a 2D image (C, H, W), got shape {tuple(x.shape)}")
+        if x.ndim not in (3, 4):
+            raise ValueError(f"expected a 2D image (C, H, W) or a volume (C, D, H, W), got shape {tuple(x.shape)}")
         if x.shape[0] not in (1, 3):
             raise ValueError(f"expected 1 (grey) or 3 (RGB) channels, got shape {tuple(x.shape)}")
         if min(x.shape[1:]) < 1:
@@ -172,9 +171,19 @@ class PromptableSegmenter:
         if not torch.isfinite(x).all():
             raise ValueError("the image contains NaN or Inf values")
         self._shape = None
-        self.backend.set_image(x)
+        self._volume, self._embedded = None, None
+        if x.ndim == 4:
+            self._volume = x
+        else:
+            self.backend.set_image(x)
         self._shape = tuple(int(s) for s in x.shape[1:])
-        logger.debug("%s: embedded an image of shape %s", self.name, tuple(x.shape))
+        logger.debug("%s: set an image of shape %s", self.name, tuple(x.shape))
+
+    def _embed_slice(self, d: int) -> None:
+        if self._embedded != d:
+            assert self._volume is not None  # internal invariant: only called for volumes
+            self.backend.set_image(self._volume[:, d])
+            self._embedded = d
 
     # ------------------------------------------------------------------ prompts
     @staticmethod
@@ -184,22 +193,18 @@ class PromptableSegmenter:
         dims = len(shape)
         several = arr.ndim == 2
         if arr.ndim not in (1, 2) or arr.shape[-1] != 2 * dims or (several and arr.shape[0] == 0):
-            raise ValueError(
-                f"box must be (i0, j0, i1, j1) or a list of them for a {dims}D image, got {np.asarray(box).tolist()}"
-            )
+            form = "(i0, j0, i1, j1)" if dims == 2 else "(i0, j0, k0, i1, j1, k1)"
+            raise ValueError(f"box must be {form} or a list of them for a {dims}D image, got {np.asarray(box).tolist()}")
         arr = arr.reshape(-1, 2 * dims)
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"box coordinates must be finite, got {arr.tolist()}")
-        h, w = shape
         for b in arr:
-            i0, j0, i1, j1 = b.tolist()
-            if not (i0 < i1 and j0 < j1):
-                raise ValueError(f"empty box {tuple(b.tolist())}: need i0 < i1 and j0 < j1 (max is exclusive)")
-            if i0 < 0 or j0 < 0 or i1 > h or j1 > w:
-                raise ValueError(
-                    f"box {tuple(b.tolist())} is outside the image of shape {shape}: "
-                    f"need 0 <= i0 < i1 <= {h} and 0 <= j0 < j1 <= {w}"
-                )
+            lo, hi = b[:dims], b[dims:]
+            if not np.all(lo < hi):
+                raise ValueError(f"empty box {tuple(b.tolist())}: need each min < max (max is exclusive)")
+            if np.any(lo < 0) or np.any(hi > np.asarray(shape)):
+                bounds = " and ".join(f"0 <= {a}0 < {a}1 <= {n}" for a, n in zip("ijk", shape))
+                raise ValueError(f"box {tuple(b.tolist())} is outside the image of shape {shape}: need {bounds}")
         return torch.from_numpy(arr), several
 
     @staticmethod
@@ -210,7 +215,8 @@ class PromptableSegmenter:
         if arr.ndim == 1 and arr.shape[0] == dims:
             arr = arr[None]
         if arr.ndim != 2 or arr.shape[1] != dims or arr.shape[0] == 0:
-            raise ValueError(f"points must be a list of (i, j) for a {dims}D image, got {np.asarray(points).tolist()}")
+            form = "(i, j)" if dims == 2 else "(i, j, k)"
+            raise ValueError(f"points must be a list of {form} for a {dims}D image, got {np.asarray(points).tolist()}")
         if not np.all(np.isfinite(arr)):
             raise ValueError("point coordinates must be finite")
         upper = np.asarray(shape, dtype=np.float64)
@@ -255,7 +261,10 @@ class PromptableSegmenter:
 
         Coordinates index the image tensor's spatial axes: ``i`` = row (axis 1 of ``(C, H, W)``),
         ``j`` = column (axis 2). A box ``(i0, j0, i1, j1)`` covers rows ``i0 .. i1-1`` and columns
-        ``j0 .. j1-1`` (max exclusive, like slicing ``image[:, i0:i1, j0:j1]``).
+        ``j0 .. j1-1`` (max exclusive, like slicing ``image[:, i0:i1, j0:j1]``). For a volume
+        ``(C, D, H, W)`` boxes are ``(i0, j0, k0, i1, j1, k1)`` and points ``(i, j, k)`` with ``i``
+        the slice index; the object is propagated slice by slice from the box's central slice
+        (see :meth:`_propagate`), and points correct the slices they lie on.
 
         Args:
             box: one box ``(i0, j0, i1, j1)``, or a list of boxes (one object each).
@@ -266,7 +275,8 @@ class PromptableSegmenter:
             return_logits: return float logits instead of a mask.
 
         Returns:
-            one box (or points only): ``(H, W)`` bool mask, or ``(H, W)`` float32 logits.
+            one box (or points only): ``(H, W)`` bool mask, or ``(H, W)`` float32 logits
+            (``(D, H, W)`` for a volume, likewise below).
             Several boxes: ``(H, W)`` int32 label map (0 background, ``n`` for the ``n``-th box;
             where objects overlap, the box with the highest probability wins, the later box on an
             exact tie), or ``(N, H, W)`` float32 logits. Tensors are on the CPU; ``logits > 0``
@@ -290,7 +300,11 @@ class PromptableSegmenter:
         prior = None if mask_input is None else self._mask_input(mask_input, shape)
         if several and prior is not None and boxes is not None and boxes.shape[0] > 1:
             raise ValueError("mask_input refines a single object: give it with one box, not several")
-        logits = self.backend.predict_logits(boxes=boxes, points=pts, labels=labs, mask_input=prior)
+        if self._volume is not None:
+            logits = torch.stack([self._propagate(None if boxes is None else b, pts, labs, prior)
+                                  for b in (boxes if boxes is not None else [None])])
+        else:
+            logits = self.backend.predict_logits(boxes=boxes, points=pts, labels=labs, mask_input=prior)
         if not several:
             logits = logits[0]
             return logits if return_logits else logits > 0
@@ -300,6 +314,67 @@ class PromptableSegmenter:
         n = logits.shape[0]
         best = (n - 1) - torch.argmax(torch.flip(logits, dims=[0]), dim=0)
         return torch.where(logits.amax(dim=0) > 0, best + 1, 0).to(torch.int32)
+
+    def _slice_logits(self, d: int, box2d: torch.Tensor | None, pts: torch.Tensor | None, labs: torch.Tensor | None,
+                      prior: torch.Tensor | None) -> torch.Tensor:
+        """``(H, W)`` logits of slice ``d`` from an in-plane box and the points lying on that slice."""
+        on = None
+        if pts is not None:
+            on = torch.round(pts[:, 0]).long() == d
+            if not bool(on.any()):
+                on = None
+        if box2d is None and on is None:
+            return torch.full(self._shape[1:], _OUTSIDE, dtype=torch.float32)
+        self._embed_slice(d)
+        return self.backend.predict_logits(
+            boxes=None if box2d is None else box2d[None],
+            points=None if on is None else pts[on][:, 1:],
+            labels=None if on is None else labs[on],
+            mask_input=None if prior is None else prior[d],
+        )[0]
+
+    def _propagate(self, box: torch.Tensor | None, pts: torch.Tensor | None, labs: torch.Tensor | None,
+                   prior: torch.Tensor | None) -> torch.Tensor:
+        """``(D, H, W)`` logits of one object in a volume.
+
+        With a 3D box ``(i0, j0, k0, i1, j1, k1)``: the central slice ``(i0 + i1 - 1) // 2`` is
+        segmented from the box's in-plane part; each next slice towards ``i0`` and ``i1 - 1`` gets
+        the bounding box of the previous slice's mask, grown by a margin and kept inside the 3D box,
+        and propagation stops on a side once a slice comes out empty. Points correct the slices
+        they lie on (also outside the box's slice range). Without a box, only the slices holding
+        points are segmented. Slices not segmented get logit -100.
+        """
+        d_n, h, w = self._shape
+        out = torch.full((d_n, h, w), _OUTSIDE, dtype=torch.float32)
+        point_slices = set() if pts is None else {int(v) for v in torch.round(pts[:, 0]).long().tolist()}
+        if box is None:
+            for d in sorted(point_slices):
+                out[d] = self._slice_logits(d, None, pts, labs, prior)
+            return out
+        i0, j0, k0, i1, j1, k1 = (float(v) for v in box.tolist())
+        lo_d, hi_d = int(np.floor(i0)), int(np.ceil(i1))
+        centre = (lo_d + hi_d - 1) // 2
+        inplane = torch.tensor([j0, k0, j1, k1], dtype=torch.float64)
+        out[centre] = self._slice_logits(centre, inplane, pts, labs, prior)
+        done = {centre}
+        for step, stop in ((1, hi_d), (-1, lo_d - 1)):
+            prev = out[centre] > 0
+            d = centre + step
+            while d != stop and bool(prev.any()):
+                rows = torch.nonzero(prev.any(1)).flatten()
+                cols = torch.nonzero(prev.any(0)).flatten()
+                margin_r = max(2.0, 0.1 * float(rows[-1] - rows[0] + 1))
+                margin_c = max(2.0, 0.1 * float(cols[-1] - cols[0] + 1))
+                nb = torch.tensor([max(j0, float(rows[0]) - margin_r), max(k0, float(cols[0]) - margin_c),
+                                   min(j1, float(rows[-1]) + 1 + margin_r), min(k1, float(cols[-1]) + 1 + margin_c)],
+                                  dtype=torch.float64)
+                out[d] = self._slice_logits(d, nb, pts, labs, prior)
+                done.add(d)
+                prev = out[d] > 0
+                d += step
+        for d in sorted(point_slices - done):  # clicks on slices propagation did not reach
+            out[d] = self._slice_logits(d, None, pts, labs, prior)
+        return out
 
     def __repr__(self) -> str:
         return f"PromptableSegmenter(name={self.name!r}, backend={getattr(self.backend, 'name', '?')!r})"

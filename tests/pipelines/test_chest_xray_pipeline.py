@@ -235,3 +235,20 @@ def test_evaluate_run_scores_a_perfect_and_a_flawed_run(tiny_cxr, tmp_path) -> N
     rep = evaluate_run(run, tiny_cxr)
     assert rep["dice_lungs_min"] == 0.0 and rep["worst_lungs"][0] == [first, 0.0]
     assert main([str(run), str(tiny_cxr)]) == 0
+
+
+def test_model_init_fine_tunes_from_a_checkpoint(tiny_cxr, tiny_cxr_models, tmp_path, repo_root) -> None:
+    """``model.init`` starts training from given weights (with a vanishing lr the weights stay there)."""
+    from medcnn.engine import load_checkpoint, train
+
+    base = [f"data.source={tiny_cxr}", "train.epochs=1", "train.batch_size=4", "preprocess.square_size=64",
+            "data.val_fraction=0.25", "train.augment.names=[]", "model.kwargs.growth_rate=4", "model.kwargs.init_features=8",
+            "train.lr=1e-12", "train.warmup_epochs=0"]
+    train(repo_root / "configs" / "chest_xray.yaml", [*base, f"model.init={tiny_cxr_models[0]}"], tmp_path / "ft")
+    start = load_checkpoint(tiny_cxr_models[0])["state_dict"]
+    tuned = load_checkpoint(tmp_path / "ft" / "last.pt")["state_dict"]
+    weights = [k for k in start if k.endswith("conv.weight") or k.endswith("conv0.weight")]
+    assert weights and all(torch.allclose(start[k].float(), tuned[k].float(), atol=1e-6) for k in weights)
+    with pytest.raises(ConfigError, match="model.init"):
+        train(repo_root / "configs" / "chest_xray.yaml", [*base, "model.kwargs.growth_rate=8", f"model.init={tiny_cxr_models[0]}"],
+              tmp_path / "bad")

@@ -188,8 +188,8 @@ def test_set_image_validation(ckpt):
     seg = PromptableSegmenter.from_pretrained(ckpt)
     with pytest.raises(RuntimeError, match="set_image"):
         seg.predict(box=(0, 0, 5, 5))
-    with pytest.raises(NotImplementedError, match="3D"):
-        seg.set_image(torch.zeros(1, 4, 16, 16))
+    with pytest.raises(ValueError, match=r"\(C, D, H, W\)"):
+        seg.set_image(torch.zeros(1, 1, 4, 16, 16))
     with pytest.raises(ValueError, match="channels"):
         seg.set_image(torch.zeros(2, 16, 16))
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
@@ -199,6 +199,9 @@ def test_set_image_validation(ckpt):
     with pytest.raises(ValueError, match="NaN"):
         seg.set_image(bad)
     assert seg.image_shape is None
+    seg.set_image(torch.rand(1, 4, 16, 16))  # a volume: propagation tests in test_propagation_3d.py
+    assert seg.image_shape == (4, 16, 16)
+    assert seg.predict(box=(1, 2, 2, 3, 12, 12)).shape == (4, 16, 16)
 
 
 @pytest.mark.parametrize(
