@@ -1,0 +1,128 @@
+"""``medcnn prompt``: prompt a model on an image file and write the mask on the file's own grid.
+
+::
+
+    from medcnn.prompt.apply import prompt_file
+    info = prompt_file("ct.nii.gz", "liver.nii.gz", boxes=[(40, 60, 30, 120, 150, 70)], model="medsam_vit_b.pth")
+
+2D images (PNG/JPEG, a DICOM radiograph, a single slice) give a PNG with the input's rows x cols
+(0/255 for one object, labels 1..N for several boxes); volumes give a label map that overlays the
+input in 3D Slicer (``medcnn.save(..., like=img)``). Volumes are segmented slice by slice along
+``slice_axis`` (default: the axis with the coarsest spacing, i.e. the through-plane axis of an
+axial/coronal/sagittal stack; the last axis on a tie), by propagation from each box's central
+slice (:meth:`medcnn.prompt.PromptableSegmenter.predict`). Coordinates always index the loaded
+image's axes ``(i, j[, k])`` as :func:`medcnn.load` returns them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medcnn import qc
+from medcnn.errors import InputError
+from medcnn.io import geometry, load, save
+from medcnn.io.atomic import full_suffix
+
+logger = logging.getLogger(__name__)
+
+
+def _order(values: Sequence[float], perm: Sequence[int]) -> list[float]:
+    return [float(values[p]) for p in perm]
+
+
+def prompt_file(
+    image: str | Path,
+    out: str | Path,
+    *,
+    boxes: Sequence[Sequence[float]] | None = None,
+    points: Sequence[Sequence[float]] | None = None,
+    labels: Sequence[int] | None = None,
+    model: Any = None,
+    slice_axis: int | None = None,
+    qc_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Segment the object(s) the prompts point at and write the result next to nothing else.
+
+    Args:
+        image: an image file or DICOM series folder :func:`medcnn.load` reads.
+        out: mask file to write (``.png`` for 2D images; ``.nii.gz``/``.nrrd``/``.mha`` for volumes).
+        boxes: ``(i0, j0, i1, j1)`` (2D) or ``(i0, j0, k0, i1, j1, k1)`` (3D), max exclusive.
+        points: ``(i, j)`` / ``(i, j, k)`` clicks; ``labels`` 1 foreground, 0 background.
+        labels: per point (default all 1).
+        model: a :class:`~medcnn.prompt.PromptableSegmenter`, a checkpoint path or bundled name
+            (``None``: the bundled model).
+        slice_axis: volumes: the spatial axis (0, 1, 2) to propagate along (default: coarsest spacing).
+        qc_path: PNG to draw the result on (default: ``out`` with ``_qc.png``; ``""`` for none).
+
+    Returns:
+        ``{"out", "qc", "shape", "objects", "voxels", "volume_ml" (volumes) or "area_frac" (2D)}``.
+
+    Raises:
+        InputError: unreadable image, or a 2D output name for a volume (or the reverse).
+        ValueError: malformed or out-of-image prompts.
+    """
+    from medcnn.prompt.segmenter import PromptableSegmenter
+
+    image, out = Path(image), Path(out)
+    img = load(image)
+    sd = img.ndim - 1
+    if img.shape[0] not in (1, 3):
+        img = img[:1]
+        logger.warning("%s: %d channels; prompting on the first", image, img.shape[0])
+    is_png = out.name.lower().endswith((".png",))
+    if sd == 3 and is_png:
+        raise InputError(out, "a volume's mask needs a volume format (.nii.gz, .nrrd, .mha), not .png")
+    if sd == 2 and not is_png and not out.name.lower().endswith((".nii.gz", ".nii", ".nrrd", ".mha")):
+        raise InputError(out, "unknown output format; use .png (or .nii.gz) for a 2D image")
+    seg = model if isinstance(model, PromptableSegmenter) else PromptableSegmenter.from_pretrained(model)
+    data = img.as_tensor().float()
+    perm = list(range(sd))
+    if sd == 3:
+        spacing = geometry.voxel_spacing(img.affine.numpy(), 3)
+        axis = int(slice_axis) if slice_axis is not None else max(range(3), key=lambda a: (round(float(spacing[a]), 3), a))
+        if axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+        perm = [axis] + [a for a in range(3) if a != axis]
+        data = data.permute(0, *(1 + p for p in perm))
+    inv = list(np.argsort(perm))
+    bx = None
+    if boxes:
+        bx = [_order(b[:sd], perm) + _order(b[sd:], perm) if len(b) == 2 * sd else list(b) for b in boxes]
+    pts = None if not points else [_order(p, perm) if len(p) == sd else list(p) for p in points]
+    seg.set_image(data)
+    result = seg.predict(box=None if bx is None else (bx[0] if len(bx) == 1 else bx), points=pts, labels=labels)
+    lab = result.to(torch.uint8)
+    if sd == 3:
+        lab = lab.permute(*inv)
+    n_obj = len(bx) if bx else 1
+    info: dict[str, Any] = {"out": str(out), "shape": list(lab.shape), "objects": n_obj, "voxels": int((lab > 0).sum())}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if is_png:
+        from PIL import Image
+
+        from medcnn.io.atomic import atomic_path
+
+        arr = lab.numpy().astype(np.uint8)
+        with atomic_path(out) as tmp:
+            Image.fromarray(arr * 255 if n_obj == 1 else arr).save(tmp, format="PNG")
+        info["area_frac"] = round(float((arr > 0).mean()), 5)
+    else:
+        save(lab[None], out, like=img)
+        if sd == 3:
+            vox_ml = float(np.prod(geometry.voxel_spacing(img.affine.numpy(), 3))) / 1000.0
+            info["volume_ml"] = round(info["voxels"] * vox_ml, 3)
+    qc_out = Path(qc_path) if qc_path else out.parent / f"{out.name[: len(out.name) - len(full_suffix(out))]}_qc.png"
+    if qc_path != "":
+        labels_np = lab.numpy()
+        rgb = (qc.volume_montage(img[0], img.affine.numpy(), label=labels_np) if sd == 3
+               else qc.image_overlay(img, label=labels_np))
+        qc.save_png(rgb, qc_out)
+        info["qc"] = str(qc_out)
+    logger.info("%s: %d object(s), %d voxels -> %s", image, n_obj, info["voxels"], out)
+    return info
