@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -179,34 +180,136 @@ def _snap(x: float, tol: float = 1e-6) -> float:
     return float(r) if abs(x - r) < tol else float(x)
 
 
-def _resample_axis(
-    data: torch.Tensor, axis: int, n_out: int, a: float, b: float, mode: str
-) -> torch.Tensor:
-    """1D resampling of ``data`` along ``axis``: output index ``o`` reads input coordinate ``a*o+b``.
+#: input elements (slabs along the outermost axis) per chunk of the separable resampler, per torch
+#: thread. Measured on a 512x512x300 int16 CT to 1.5 mm with one thread: 8 slabs of 512x512 0.27 s,
+#: 32 slabs 0.63 s, unchunked 1.2 s (each chunk stays in cache through the passes). With 2 threads
+#: on 2 cores busy with other work every parallel op waits a scheduler slice, so fewer, larger chunks
+#: do better there (16 slabs 0.99 s, 4 slabs 3.5 s); hence the scaling with the thread count.
+_CHUNK_ELEMS = 1 << 21
 
-    Coordinates outside the input are clamped to the edge (replicate padding).
-    """
-    n_in = data.shape[axis]
+
+@dataclass
+class _AxisStep:
+    """1D resampling of one input axis: output index ``o`` reads input coordinate ``a*o+b``, clamped."""
+
+    n_in: int
+    n_out: int
+    kind: str  # "identity", "index" (pure gather: nearest, integer coordinates, flips), "linear"
+    lo: torch.Tensor | None = None  # gather indices (long)
+    hi: torch.Tensor | None = None  # second neighbour (linear)
+    w: torch.Tensor | None = None  # weight of ``hi`` (linear), compute dtype
+    #: innermost-axis shortcut through ATen's ``upsample_linear1d`` when the sampling is the
+    #: ``align_corners=False`` one (every respacing is): ``(flip_first, scale)``; ``None`` otherwise
+    interp: tuple[bool, float] | None = None
+
+
+def _axis_step(n_in: int, n_out: int, a: float, b: float, linear: bool, dtype: torch.dtype) -> _AxisStep:
     if a == 1.0 and b == 0.0 and n_out == n_in:
-        return data
-    if a == -1.0 and b == n_in - 1 and n_out == n_in:
-        return torch.flip(data, (axis,))
+        return _AxisStep(n_in, n_out, "identity")
     coords = torch.arange(n_out, dtype=torch.float64) * a + b
-    if mode == "nearest" or not torch.is_floating_point(data):
+    if not linear:
         idx = torch.floor(coords + 0.5).clamp_(0, n_in - 1).to(torch.long)
-        return data.index_select(axis, idx)
+        return _AxisStep(n_in, n_out, "index", lo=idx)
     coords = coords.clamp_(0, n_in - 1)
     lo = torch.floor(coords)
-    w = (coords - lo).to(data.dtype)
+    w = coords - lo
     lo_i = lo.to(torch.long)
+    if bool((w == 0).all()):  # integer coordinates (flips, integer shifts, exact subsampling)
+        return _AxisStep(n_in, n_out, "index", lo=lo_i)
+    interp = None
+    if a > 0 and abs(b - (0.5 * a - 0.5)) < 1e-6:
+        interp = (False, 1.0 / a)
+    elif a < 0 and abs((n_in - 1 - b) - (0.5 * -a - 0.5)) < 1e-6:  # the same on the flipped axis
+        interp = (True, -1.0 / a)
     hi_i = (lo_i + 1).clamp_(max=n_in - 1)
-    shape = [1] * data.ndim
-    shape[axis] = n_out
-    w = w.reshape(shape)
-    if bool((w == 0).all()):
-        return data.index_select(axis, lo_i)
-    out = data.index_select(axis, lo_i)
-    out.lerp_(data.index_select(axis, hi_i), w)
+    return _AxisStep(n_in, n_out, "linear", lo=lo_i, hi=hi_i, w=w.to(dtype), interp=interp)
+
+
+def _along(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(dim, idx)`` by advanced indexing: as fast single-threaded, and unlike
+    ``index_select`` it does not slow down 10-30x when OpenMP threads compete for busy cores
+    (0.13 s vs 2.4 s for 200 slabs of 512x512 with 2 threads on a loaded 2-core machine)."""
+    return t[(slice(None),) * dim + (idx,)]
+
+
+def _apply_step(t: torch.Tensor, dim: int, step: _AxisStep) -> torch.Tensor:
+    """Resample ``t`` (a fresh chunk in the compute dtype) along ``dim``."""
+    if step.kind == "identity":
+        return t
+    if step.kind == "index":
+        return _along(t, dim, step.lo)
+    if dim == t.ndim - 1 and step.interp is not None:
+        # ATen's fused 1D kernel: 0.07 s instead of 0.26 s (two gathers + lerp) for the last axis
+        # of a 512x512x300 CT respaced to 1.5 mm; a flip first where the axis is reversed (0.08 s)
+        flip, scale = step.interp
+        src = t.flip(-1) if flip else t
+        src3 = src if src.ndim == 3 else src.reshape(-1, 1, src.shape[-1])
+        out = torch.ops.aten.upsample_linear1d(src3, [step.n_out], False, scale)
+        return out.reshape(*t.shape[:-1], step.n_out)
+    out = _along(t, dim, step.lo)
+    shape = [1] * t.ndim
+    shape[dim] = step.n_out
+    return out.lerp_(_along(t, dim, step.hi), step.w.reshape(shape))
+
+
+def _outer_linear(x: torch.Tensor, step: _AxisStep, s: int, e: int, dtype: torch.dtype) -> torch.Tensor:
+    """Outputs ``s:e`` along ``x``'s first axis: a small banded matrix times the input slabs they read.
+
+    One conversion of the slab range and one matrix product instead of two gathers, two
+    conversions and a lerp (still used for strong downsampling): 0.10 s vs 0.16 s for a 512x512x300 int16 CT to 1.5 mm, and fewer
+    parallel regions (each one costs a scheduler slice when OpenMP threads share busy cores).
+    """
+    lo, hi, w = step.lo[s:e], step.hi[s:e], step.w[s:e]
+    l0 = int(torch.minimum(lo, hi).min())
+    l1 = int(torch.maximum(lo, hi).max()) + 1
+    if l1 - l0 > 2 * (e - s) + 2:  # strong downsampling: most slabs of the range are not read
+        part = _along(x, 0, lo).to(dtype)
+        return part.lerp_(_along(x, 0, hi).to(dtype), w.reshape(-1, *[1] * (x.ndim - 1)))
+    src = x[l0:l1].to(dtype)
+    band = torch.zeros((e - s, l1 - l0), dtype=dtype)
+    rows = torch.arange(e - s)
+    band.index_put_((rows, lo - l0), 1 - w, accumulate=True)
+    band.index_put_((rows, hi - l0), w, accumulate=True)
+    return (band @ src.reshape(l1 - l0, -1)).reshape(e - s, *x.shape[1:])
+
+
+def _resample_separable(
+    data: torch.Tensor, m: np.ndarray, src_axes: list[int], out_shape: Sequence[int], mode: str, dtype: torch.dtype
+) -> torch.Tensor:
+    """Axis-aligned resampling, one axis at a time, in chunks along the input's outermost axis.
+
+    The input may be any strided view (e.g. the Fortran-ordered voxels of a NIfTI file): axes
+    are visited in the input's memory order, so the first pass reads whole contiguous slabs and
+    the transposition to the output's C order happens once, on the (small) output, when each
+    chunk is written into it. Integer input is converted to ``dtype`` slab by slab, never whole.
+    """
+    d = data.ndim - 1
+    linear = mode == "linear" and dtype.is_floating_point
+    n_in = tuple(int(n) for n in data.shape[1:])
+    out_axis = {r: c for c, r in enumerate(src_axes)}  # input axis -> output axis reading it
+    steps = {
+        r: _axis_step(n_in[r], int(out_shape[c]), _snap(m[r, c]), _snap(m[r, 3]), linear, dtype)
+        for r, c in out_axis.items()
+    }
+    order = sorted(range(d), key=lambda r: -data.stride(1 + r))  # outermost input axis first
+    x = data.permute(0, *[1 + r for r in order])
+    out = torch.empty((data.shape[0], *(int(n) for n in out_shape)), dtype=dtype)
+    out_mem = out.permute(0, *[1 + out_axis[r] for r in order])  # the output, dims in x's order
+    first, rest = steps[order[0]], [steps[r] for r in order[1:]]
+    block = max(1, _CHUNK_ELEMS * torch.get_num_threads() // max(1, int(np.prod(x.shape[2:]))))
+    for ch in range(x.shape[0]):
+        xc = x[ch]
+        for s in range(0, first.n_out, block):
+            e = min(first.n_out, s + block)
+            if first.kind == "identity":
+                part = xc[s:e].to(dtype)
+            elif first.kind == "index":
+                part = _along(xc, 0, first.lo[s:e]).to(dtype)
+            else:
+                part = _outer_linear(xc, first, s, e, dtype)
+            for k, step in enumerate(rest, start=1):
+                part = _apply_step(part, k, step)
+            out_mem[ch, s:e].copy_(part)
     return out
 
 
@@ -215,19 +318,25 @@ def resample(
     out_to_in: np.ndarray,
     out_shape: Sequence[int],
     mode: str = "linear",
+    *,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Resample channel-first data onto another grid.
 
     Args:
-        data: ``(C, *spatial_in)`` tensor (any dtype; integer data is always sampled nearest).
+        data: ``(C, *spatial_in)`` tensor (any dtype and strides; integer data is sampled
+            nearest unless ``dtype`` is a floating type).
         out_to_in: ``(4, 4)`` matrix mapping an output voxel index to an input voxel index
             (``inv(A_in) @ A_out`` for two affines). For 2D data the top-left 2x2 block and the
             first two entries of the last column are used.
         out_shape: spatial shape of the output grid (same length as ``spatial_in``).
         mode: ``"linear"`` (bi/trilinear) or ``"nearest"``.
+        dtype: compute and return in this dtype (e.g. ``torch.float32`` for int16 voxels straight
+            from a file: converted chunk by chunk, and ``"linear"`` then applies to them);
+            ``None``: the dtype of ``data``.
 
     Returns:
-        ``(C, *out_shape)`` tensor, same dtype as ``data``. Points outside the input take the
+        ``(C, *out_shape)`` contiguous tensor of ``dtype``. Points outside the input take the
         value of the nearest edge voxel.
 
     Raises:
@@ -239,17 +348,15 @@ def resample(
     if len(out_shape) != d:
         raise ValueError(f"out_shape {tuple(out_shape)} does not match data with {d} spatial dims")
     m = np.asarray(out_to_in, dtype=np.float64)
+    dtype = data.dtype if dtype is None else dtype
     src_axes = _axis_aligned(m, d)
-    if src_axes is not None:
-        out = data
-        # output axis c reads input axis src_axes[c]: in = m[r, c] * out_c + m[r, 3]
-        for c, r in enumerate(src_axes):
-            out = _resample_axis(out, 1 + r, int(out_shape[c]), _snap(m[r, c]), _snap(m[r, 3]), mode)
-        perm = [0] + [1 + r for r in src_axes]
-        if perm != list(range(d + 1)):
-            out = out.permute(perm)
-        return out.contiguous()
-    return _resample_dense(data, m, out_shape, mode)
+    if src_axes is None:
+        return _resample_dense(data.to(dtype), m, out_shape, mode)
+    if src_axes == list(range(d)) and all(
+        _snap(m[r, r]) == 1.0 and _snap(m[r, 3]) == 0.0 and int(out_shape[r]) == data.shape[1 + r] for r in range(d)
+    ):
+        return data.to(dtype).contiguous()
+    return _resample_separable(data, m, src_axes, out_shape, mode, dtype)
 
 
 def _resample_dense(data: torch.Tensor, m: np.ndarray, out_shape: Sequence[int], mode: str) -> torch.Tensor:

@@ -242,3 +242,35 @@ def test_spatial_helpers() -> None:
     np.testing.assert_allclose(o, (1, 2, 3))
     np.testing.assert_allclose(s, (0.5, 0.7, 2.0))
     assert geometry.axcodes(aff) == "LPS"
+
+
+def test_gzip_checksum_mismatch_and_missing_trailer_are_refused(tmp_path: Path) -> None:
+    """A .nii.gz whose CRC does not match, or that lost its 8-byte trailer, is corrupt — never silently loaded."""
+    p = tmp_path / "a.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(4000, dtype=np.int16).reshape(20, 20, 10), np.eye(4)), p)
+    raw = bytearray(p.read_bytes())
+    bad_crc = tmp_path / "crc.nii.gz"
+    raw_crc = bytearray(raw)
+    raw_crc[-8] ^= 0xFF
+    bad_crc.write_bytes(bytes(raw_crc))
+    no_trailer = tmp_path / "trailer.nii.gz"
+    no_trailer.write_bytes(bytes(raw[:-8]))
+    for f in (bad_crc, no_trailer):
+        with pytest.raises(InputError, match="truncated or corrupt"):
+            medcnn.load(f)
+
+
+def test_scaled_big_endian_and_multimember_gzip_load_exactly(tmp_path: Path) -> None:
+    data = (np.arange(24 * 20 * 6).reshape(24, 20, 6) % 700).astype(">i2")
+    img = nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.0, 1.0]))
+    img.header.set_slope_inter(0.5, -100.0)
+    p = tmp_path / "be.nii"
+    nib.save(img, p)
+    expected = data.astype(np.float64) * 0.5 - 100.0
+    raw = p.read_bytes()
+    gz = tmp_path / "multi.nii.gz"
+    cut = len(raw) // 3
+    gz.write_bytes(gzip.compress(raw[:cut]) + gzip.compress(raw[cut:]))  # two gzip members, as some tools write
+    for f in (p, gz):
+        got = medcnn.load(f)[0].numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-4)
