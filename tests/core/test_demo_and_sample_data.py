@@ -29,7 +29,19 @@ def test_demo_processes_every_sample_case(sample_data: Path, tmp_path: Path) -> 
     assert all("wt_ml=" in r["result"] and "dice_WT=" in r["result"] for r in bt), bt
     for r in bt:
         assert (tmp_path / "demo" / "brain-tumor" / f"{r['case']}.nii.gz").is_file()
-    assert all(r["shape"].startswith("1x") for r in rows if r["task"] == "alzheimer")
+    # the bundled alzheimer model too: p(AD) and label per subject, the Grad-CAM map on the input grid
+    ad = [r for r in rows if r["task"] == "alzheimer"]
+    assert len(ad) == 4
+    assert all("p_ad=" in r["result"] and r["result"].split("label=")[-1] in ("AD", "CN") for r in ad), ad
+    for r in ad:
+        assert (tmp_path / "demo" / "alzheimer" / f"{r['case']}_saliency.nii.gz").is_file()
+    # and the two chest X-ray models: finding probabilities, lung fraction, lung Dice against the shipped masks
+    cxr = [r for r in rows if r["task"] == "chest-xray"]
+    assert len(cxr) == 4
+    assert all("Effusion=" in r["result"] and "lung_area_frac=" in r["result"] and "dice_lungs=" in r["result"]
+               for r in cxr), cxr
+    for r in cxr:
+        assert (tmp_path / "demo" / "chest-xray" / f"{r['case']}_lungs.png").is_file()
     assert (tmp_path / "demo" / "run.json").is_file()
 
 
