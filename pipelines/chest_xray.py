@@ -17,7 +17,9 @@ inversion applied by :func:`medcnn.load`). Outputs per case:
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,7 +278,12 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
     curves = {}
     if findings:
         p, y = np.asarray(probs), np.asarray(labels)
-        auc = multilabel_auroc(p, y, findings)
+        with warnings.catch_warnings():  # a small set may lack positives of a finding: reported as nan + a log line
+            warnings.simplefilter("ignore", RuntimeWarning)
+            auc = multilabel_auroc(p, y, findings)
+        undefined = [f for f, v in auc["per_finding"].items() if math.isnan(v)]
+        if undefined:
+            logger.warning("AUROC undefined (one class only among these cases) for: %s", ", ".join(undefined))
         rep["auroc"] = {k: round(v, 4) for k, v in auc["per_finding"].items()}
         rep["auroc_mean"] = round(auc["mean"], 4)
         for j, f in enumerate(findings):
