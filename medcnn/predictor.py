@@ -69,6 +69,13 @@ class Model:
         self.sha256 = sha256(path) if path is not None else ""
         self.device = device or torch.device("cpu")
 
+    def provenance(self) -> dict[str, Any]:
+        """What ``run.json`` records of this model: checkpoint path and sha256, network, preprocessing,
+        inference settings and the metrics stored at export."""
+        return {"path": str(self.path), "sha256": self.sha256, "network": self.config["model"],
+                "preprocess": self.config["preprocess"], "inference": self.config["inference"],
+                "metrics": self.config.get("metrics", {})}
+
     @property
     def task(self) -> str:
         return self.config["task"]

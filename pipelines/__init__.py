@@ -67,7 +67,4 @@ def load_models(pipeline: Any, refs: Sequence[str] | str | None = None, device: 
         raise ConfigError(f"the {pipeline.name} pipeline takes one --model, got {len(given)}")
     ref = given[0] if given else pipeline.model
     model = load_model(ref, device=device)
-    info = {"name": ref, "path": str(model.path), "sha256": model.sha256, "network": model.config["model"],
-            "preprocess": model.config["preprocess"], "inference": model.config["inference"],
-            "metrics": model.config.get("metrics", {})}
-    return model, info
+    return model, {"name": ref, **model.provenance()}

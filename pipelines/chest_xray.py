@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from medcnn import qc
 from medcnn.cases import Case, find_image_cases
 from medcnn.errors import InputError
 from medcnn.io import load
-from medcnn.io.atomic import atomic_path
+from medcnn.io.atomic import write_png_atomic
 from medcnn.io.readers import DICOM_SUFFIXES, IMAGE2D_SUFFIXES
 from medcnn.metrics.segmentation import cardiothoracic_ratio
 
@@ -60,9 +59,7 @@ class ChestXrayModels:
         out: dict[str, Any] = {}
         for role, m in (("findings", self.findings), ("lungs", self.lungs)):
             if m is not None:
-                out[role] = {"path": str(m.path), "sha256": m.sha256, "network": m.config["model"],
-                             "preprocess": m.config["preprocess"], "inference": m.config["inference"],
-                             "metrics": m.config.get("metrics", {})}
+                out[role] = m.provenance()
         return out
 
 
@@ -118,13 +115,6 @@ def clean_lungs(mask: np.ndarray) -> np.ndarray:
         keep = [k for k in keep if sizes[k - 1] >= 0.1 * sizes.max()]
         mask = np.isin(lab, keep)
     return ndimage.binary_fill_holes(mask)
-
-
-def _write_mask_png(mask: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
 
 
 def _caption(rgb: np.ndarray, text: str) -> np.ndarray:
@@ -200,8 +190,8 @@ class ChestXrayPipeline:
         height = max(p.shape[0] for p in panels)
         panels = [np.pad(p, ((0, height - p.shape[0]), (0, 4), (0, 0))) for p in panels]
         qc.save_png(np.concatenate(panels, axis=1), out_dir / "qc" / f"{case.id}.png")
-        _write_mask_png(heart, out_dir / f"{case.id}_heart.png")
-        _write_mask_png(lungs, out_dir / f"{case.id}_lungs.png")
+        write_png_atomic(out_dir / f"{case.id}_heart.png", np.where(heart, 255, 0).astype(np.uint8))
+        write_png_atomic(out_dir / f"{case.id}_lungs.png", np.where(lungs, 255, 0).astype(np.uint8))
         return row
 
 

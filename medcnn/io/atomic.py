@@ -12,6 +12,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TMP_MARK = ".medcnn-tmp-"
 
@@ -47,6 +51,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def write_png_atomic(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Write a 2D uint8 array (rows, cols) as a grey PNG atomically (masks: 0/255 or small labels)."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -27,7 +27,7 @@ import torch
 from medcnn import qc
 from medcnn.errors import InputError
 from medcnn.io import geometry, load, save
-from medcnn.io.atomic import full_suffix
+from medcnn.io.atomic import full_suffix, write_png_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +104,8 @@ def prompt_file(
     info: dict[str, Any] = {"out": str(out), "shape": list(lab.shape), "objects": n_obj, "voxels": int((lab > 0).sum())}
     out.parent.mkdir(parents=True, exist_ok=True)
     if is_png:
-        from PIL import Image
-
-        from medcnn.io.atomic import atomic_path
-
         arr = lab.numpy().astype(np.uint8)
-        with atomic_path(out) as tmp:
-            Image.fromarray(arr * 255 if n_obj == 1 else arr).save(tmp, format="PNG")
+        write_png_atomic(out, arr * 255 if n_obj == 1 else arr)
         info["area_frac"] = round(float((arr > 0).mean()), 5)
     else:
         save(lab[None], out, like=img)

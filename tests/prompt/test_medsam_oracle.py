@@ -62,15 +62,6 @@ def _import_segment_anything() -> types.ModuleType:
                 sys.modules[name] = previous
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and lose a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def sa() -> types.ModuleType:
     return _import_segment_anything()

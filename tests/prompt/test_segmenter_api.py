@@ -20,15 +20,6 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and lose a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny_state(seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = build_sam("vit_b", **TINY)

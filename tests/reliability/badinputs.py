@@ -57,13 +57,22 @@ def _good(folder: Path, name: str, seed: int = 0) -> Path:
     return write_nifti(folder / f"{name}.nii.gz", vol, aff)
 
 
+def _cut_in_half(build: Callable[[Path, str], Path]) -> Callable[[Path, str], Path]:
+    """A builder writing the first half of the file ``build`` makes (same name and suffix)."""
+
+    def cut(folder: Path, name: str) -> Path:
+        good = build(folder, f".{name}-full")
+        blob = good.read_bytes()
+        good.unlink()
+        p = folder / f"{name}{good.name[len(f'.{name}-full'):]}"
+        p.write_bytes(blob[: len(blob) // 2])
+        return p
+
+    return cut
+
+
 def _truncated(folder: Path, name: str) -> Path:
-    good = _good(folder, f".{name}-full")
-    blob = good.read_bytes()
-    good.unlink()
-    p = folder / f"{name}.nii.gz"
-    p.write_bytes(blob[: len(blob) // 2])
-    return p
+    return _cut_in_half(_good)(folder, name)
 
 
 def _write(suffix: str, data: bytes) -> Callable[[Path, str], Path]:
@@ -307,13 +316,7 @@ def _xray_png(folder: Path, name: str, seed: int = 0) -> Path:
     return p
 
 
-def _truncated_png(folder: Path, name: str) -> Path:
-    good = _xray_png(folder, f".{name}-full")
-    blob = good.read_bytes()
-    good.unlink()
-    p = folder / f"{name}.png"
-    p.write_bytes(blob[: len(blob) // 2])
-    return p
+_truncated_png = _cut_in_half(_xray_png)
 
 
 def _png_bomb(folder: Path, name: str) -> Path:
