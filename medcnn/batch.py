@@ -13,21 +13,27 @@ its summary fields). The runner adds what every pipeline needs:
   batch; exit status 1 when any case failed;
 * every failure is one line (case, file, reason) in the log and in ``summary.csv``; the traceback
   only goes to the debug log (``medcnn --debug``);
-* the next case is read while the model works on the current one (prefetch thread);
+* the next case is read while the model works on the current one (prefetch thread), and a case's
+  outputs (label files, QC pictures) are written while the model already works on the next case:
+  two cases are in flight, their model calls serialised by a lock (:class:`_Serialised`), so that
+  only the network's compute stays on the critical path;
 * under ``torchrun`` the cases are sharded over ranks and rank 0 merges the summaries.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
 import os
 import platform
 import sys
+import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +50,8 @@ from medcnn.io.atomic import TMP_MARK, write_text_atomic
 logger = logging.getLogger(__name__)
 
 BASE_FIELDS = ["case", "inputs", "status", "error"]
+#: cases processed at once: one computing, one writing its outputs (model calls are serialised)
+CASES_IN_FLIGHT = 2
 
 
 class Pipeline(Protocol):
@@ -119,6 +127,46 @@ def _cleanup_temps(out_dir: Path) -> None:
             pass
 
 
+class _Serialised:
+    """A model proxy whose inference methods run one call at a time (one shared lock).
+
+    :func:`run_batch` keeps two cases in flight so that one case's writing and QC overlap the next
+    case's compute; the lock keeps two computes from competing for the cores (and doubling peak
+    memory). Attributes pass through; nested models (e.g. the chest X-ray pipeline's
+    ``findings``/``lungs``) are wrapped with the same lock.
+    """
+
+    _LOCKED = frozenset({"predict", "predict_proba", "saliency", "logits", "prepare_input"})
+
+    def __init__(self, model: Any, lock: threading.Lock) -> None:
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_lock", lock)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._model, name)
+        if name in self._LOCKED and callable(attr):
+            lock = self._lock
+
+            @functools.wraps(attr)
+            def locked(*args: Any, **kwargs: Any) -> Any:
+                with lock:
+                    return attr(*args, **kwargs)
+
+            return locked
+        if _is_model(attr):
+            return _Serialised(attr, self._lock)
+        return attr
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._model, name, value)
+
+
+def _is_model(obj: Any) -> bool:
+    from medcnn.predictor import Model
+
+    return isinstance(obj, Model)
+
+
 def _shard(cases: list[Case]) -> tuple[list[Case], int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -188,36 +236,55 @@ def run_batch(
             raise _case_error(c)
         return pipeline.load(c)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-        nxt: Future | None = pool.submit(load, todo[0]) if todo else None
-        disable = True if (rank != 0 or progress is False) else (None if progress is None else False)
-        bar = tqdm(todo, desc=f"{pipeline.name}", unit="case", disable=disable)
-        for i, case in enumerate(bar):
-            fut, nxt = nxt, (pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None)
-            row: dict[str, Any] = {"case": case.id, "inputs": ";".join(map(str, case.inputs)), "status": "ok", "error": ""}
-            t0 = time.perf_counter()
-            try:
-                data = fut.result() if fut is not None else load(case)
-                for p in pipeline.outputs(case, out):  # a rerun with --overwrite must not keep stale files on failure
-                    if overwrite and p.exists():
-                        p.unlink()
-                row.update(pipeline.run(model, case, data, out))
-            except MedcnnError as exc:
-                row.update(status="error", error=one_line(str(exc)))
-                logger.error("%s: %s", case.id, row["error"])
-                logger.debug("%s", traceback.format_exc())
-            except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
-                row.update(status="error", error=one_line(f"{type(exc).__name__}: {exc}", 300))
-                logger.error("%s: unexpected %s (run with --debug for the traceback)", case.id, row["error"])
-                logger.debug("%s", traceback.format_exc())
-            if row["status"] == "error":
-                for p in pipeline.outputs(case, out):
-                    if p.exists():
-                        p.unlink()
-            timings[case.id] = round(time.perf_counter() - t0, 3)
+    def process(case: Case, fut: Future) -> tuple[dict[str, Any], float]:
+        row: dict[str, Any] = {"case": case.id, "inputs": ";".join(map(str, case.inputs)), "status": "ok", "error": ""}
+        t0 = time.perf_counter()
+        try:
+            data = fut.result()
+            for p in pipeline.outputs(case, out):  # a rerun with --overwrite must not keep stale files on failure
+                if overwrite and p.exists():
+                    p.unlink()
+            row.update(pipeline.run(shared, case, data, out))
+        except MedcnnError as exc:
+            row.update(status="error", error=one_line(str(exc)))
+            logger.error("%s: %s", case.id, row["error"])
+            logger.debug("%s", traceback.format_exc())
+        except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+            row.update(status="error", error=one_line(f"{type(exc).__name__}: {exc}", 300))
+            logger.error("%s: unexpected %s (run with --debug for the traceback)", case.id, row["error"])
+            logger.debug("%s", traceback.format_exc())
+        if row["status"] == "error":
+            for p in pipeline.outputs(case, out):
+                if p.exists():
+                    p.unlink()
+        return row, round(time.perf_counter() - t0, 3)
+
+    shared = _Serialised(model, threading.Lock())
+    in_flight = CASES_IN_FLIGHT
+    disable = True if (rank != 0 or progress is False) else (None if progress is None else False)
+    bar = tqdm(total=len(todo), desc=f"{pipeline.name}", unit="case", disable=disable)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as loader, \
+            ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="case") as workers:
+        pending: deque[tuple[Case, Future]] = deque()
+        queue = iter(todo)
+
+        def submit_next() -> None:
+            case = next(queue, None)
+            if case is not None:
+                pending.append((case, workers.submit(process, case, loader.submit(load, case))))
+
+        for _ in range(in_flight):
+            submit_next()
+        while pending:
+            case, fut = pending.popleft()
+            row, seconds = fut.result()
+            submit_next()
+            timings[case.id] = seconds
             rows.append(row)
+            bar.update(1)
             # after every case: a run killed now keeps what it finished (the rerun skips it)
             _write_summary(_merged(rows, previous, mine), progress_path, fields)
+    bar.close()
     total = time.perf_counter() - t_start
     if world > 1:
         _write_summary(rows, out / f"summary.rank{rank}.csv", fields)

@@ -37,7 +37,7 @@ MAX_LINEAR_CHANNELS = 8
 #: an image smaller than this along any axis of the model's grid is refused (not a real scan)
 MIN_VOXELS_PER_AXIS = 4
 #: bundled checkpoint names -> file names in ``medcnn/data/models``
-BUNDLED = {"brain-tumor": "brain_tumor.pt", "alzheimer": "alzheimer.pt", "chest-xray": "chest_xray.pt",
+BUNDLED = {"brain-tumor": "brain_tumor.pt", "alzheimer": "alzheimer.pt", "chest-xray": "chest_xray.pt", "medcnn-prompt": "prompt.pt",
            "chest-xray-lungs": "chest_xray_lungs.pt"}
 
 

@@ -188,8 +188,9 @@ Examples:
   medcnn generate brain-tumor -n 200 --seed 1 -o data/bt --layout nnunet
   medcnn generate alzheimer -n 300 --seed 2 -o data/ad   # BIDS + participants.tsv
   medcnn generate chest-xray -n 1000 --seed 3 -o data/cxr --formats png,png16,dcm-mono1,dcm-mono2
+  medcnn generate prompt -n 4000 --seed 1 -o data/prompt_train   # 2D images + object label maps
 """)
-@click.argument("task", type=click.Choice(["sample", "brain-tumor", "alzheimer", "chest-xray"]))
+@click.argument("task", type=click.Choice(["sample", "brain-tumor", "alzheimer", "chest-xray", "prompt"]))
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=10, show_default=True, help="Number of cases.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (case i depends only on seed and i).")
@@ -263,8 +264,9 @@ def _numbers(text: str, what: str) -> list[float]:
 
 @cli.command(context_settings=CONTEXT, epilog="""\b
 Examples:
+  medcnn prompt chest.png --box 120,80,400,300 -o lung.png                 # bundled light model (CPU, ms)
   medcnn prompt chest.png --box 120,80,400,300 -o lung.png --model medsam_vit_b.pth
-  medcnn prompt ct.nii.gz --box 40,60,30,120,150,70 -o organ.nii.gz --model medsam_vit_b.pth
+  medcnn prompt ct.nii.gz --box 40,60,30,120,150,70 -o organ.nii.gz
   medcnn prompt ct.nii.gz --box 40,60,30,120,150,70 --points 80,100,50:0 -o organ.nii.gz --model m.pth
   medcnn prompt slice.png --box 10,10,60,90 --box 70,20,120,80 -o two.png --model m.pth   # label map 1, 2
 \b
@@ -278,7 +280,7 @@ QC picture next to it (OUT stem + _qc.png).
 @click.option("--box", "boxes", multiple=True, metavar="I0,J0[,K0],I1,J1[,K1]", help="Box prompt (repeat for several objects).")
 @click.option("--points", "points", multiple=True, metavar="I,J[,K][:0|1]", help="Point prompt (repeatable); :0 = background.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Mask file to write.")
-@click.option("--model", "model_ref", default=None, help="Bundled prompt model name or MedSAM/SAM checkpoint path.")
+@click.option("--model", "model_ref", default=None, help="medcnn-prompt (default, bundled), a checkpoint from medcnn train with task: prompt, or a MedSAM/SAM .pth.")
 @click.option("--slice-axis", type=click.IntRange(0, 2), default=None, help="Volumes: axis to propagate along.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 def prompt(image: Path, boxes: tuple[str, ...], points: tuple[str, ...], out: Path, model_ref: str | None,

@@ -11,7 +11,8 @@ from medcnn.errors import ConfigError
 _NUM = (int, float)
 
 TRAIN_SCHEMA: dict[str, Any] = {
-    "task": Field((str,), "segmentation", choices=("segmentation", "classification"), help="what the model predicts"),
+    "task": Field((str,), "segmentation", choices=("segmentation", "classification", "prompt"),
+                  help="what the model predicts (prompt: promptable 2D segmentation, medcnn.prompt)"),
     "name": Field((str, NONE), None, help="run name (default: the config file name)"),
     "seed": Field((int,), 0),
     "data": {
@@ -86,6 +87,17 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "tensorboard": Field((bool,), False),
         "device": Field((str,), "auto"),
     },
+    "prompt": {
+        "crop_size": Field((int,), 96, check=positive, help="side of the square network input read around a prompt"),
+        "margin": Field(_NUM, 0.15, help="context around the prompt: this fraction of its extent per axis ..."),
+        "margin_max": Field(_NUM, 0.05, help="... plus this fraction of its longer side ..."),
+        "margin_px": Field(_NUM, 4.0, help="... plus this many pixels"),
+        "box_jitter": Field(_NUM, 1.0, check=positive, help="scale of the simulated box errors (1 = the default, a few percent of the size)"),
+        "point_prob": Field(_NUM, 0.3, check=fraction, help="share of box prompts that also get clicks"),
+        "prior_prob": Field(_NUM, 0.15, check=fraction, help="share of box prompts that also get a rough prior mask"),
+        "points_only_prob": Field(_NUM, 0.12, check=fraction, help="share of prompts made of clicks alone"),
+        "val_objects": Field((int,), 4, check=positive, help="validation: objects scored per held-out image"),
+    },
     "inference": {
         "roi_size": Field((list, NONE), None, check=positive),
         "sw_batch_size": Field((int,), 2, check=positive),
@@ -147,7 +159,10 @@ def _cross_checks(cfg: dict) -> None:
     if model_task(name) != cfg["task"]:
         raise ConfigError(f"config key 'model.name': {name!r} is a {model_task(name)} model but task is {cfg['task']!r}")
     t = cfg["train"]
-    if cfg["task"] == "segmentation":
+    if cfg["task"] == "prompt":
+        if t["loss"] not in ("dicece",):
+            raise ConfigError(f"config key 'train.loss': prompt models train with dicece, not {t['loss']!r}")
+    elif cfg["task"] == "segmentation":
         if t["patch_size"] is None:
             raise ConfigError("missing required config key 'train.patch_size' for segmentation")
         if t["loss"] not in ("dicece", "dicefocal"):

@@ -363,12 +363,24 @@ class Trainer:
         tfs.append(_Plaind())
         return Compose(tfs)
 
-    def _loader(self, epoch: int):
-        from monai.data import DataLoader, Dataset
+    #: drop an incomplete last batch (subclasses whose samples are random draws)
+    drop_last = False
 
-        ds = Dataset([{"image": it["image"], "label": it["label"]} for it in self.train_items], transform=self.transforms)
+    def _train_dataset(self) -> torch.utils.data.Dataset:
+        """This epoch's training samples (``{"image", "label"}`` dicts)."""
+        from monai.data import Dataset
+
+        return Dataset([{"image": it["image"], "label": it["label"]} for it in self.train_items], transform=self.transforms)
+
+    def _cases_per_step(self) -> int:
         per_case = self.t["samples_per_case"] if self.task == "segmentation" else 1
-        cases_per_step = max(1, self.t["batch_size"] // per_case)
+        return max(1, self.t["batch_size"] // per_case)
+
+    def _loader(self, epoch: int):
+        from monai.data import DataLoader
+
+        ds = self._train_dataset()
+        cases_per_step = self._cases_per_step()
         sampler = None
         if self.env.distributed:
             from torch.utils.data.distributed import DistributedSampler
@@ -378,7 +390,7 @@ class Trainer:
         g = torch.Generator()
         g.manual_seed(self.cfg["seed"] * 7919 + epoch)
         return DataLoader(ds, batch_size=cases_per_step, shuffle=sampler is None, sampler=sampler,
-                          num_workers=self.cfg["data"]["num_workers"], generator=g, drop_last=False,
+                          num_workers=self.cfg["data"]["num_workers"], generator=g, drop_last=self.drop_last,
                           persistent_workers=False)
 
     def _loss(self) -> nn.Module:
@@ -518,40 +530,54 @@ class Trainer:
         for step, (x, y) in enumerate(self._batches(loader)):
             if cap is not None and step >= cap:
                 break
-            self.opt.zero_grad(set_to_none=True)
-            with self._autocast():
-                logits = self.net(x)
-            if isinstance(logits, (list, tuple)):
-                logits = logits[0]
-            loss = self.loss_fn(logits.float(), y.float() if (self.task == "segmentation" or self.multilabel) else y.long())
-            loss_value = self.env.all_mean(float(loss.detach()))
-            if not math.isfinite(loss_value):
-                # last.pt is this run's (or the resumed run's) epoch `epoch` only if an epoch was completed or resumed
-                saved = epoch > 0 and (epoch > self.start_epoch or self.resume) and (self.run_dir / "last.pt").is_file()
-                where = (f"the last good checkpoints are in {self.run_dir} (last.pt: epoch {epoch}; best.pt)" if saved
-                         else "no checkpoint was written yet")
-                raise TrainingError(
-                    f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; stopping; {where}. "
-                    "Lower train.lr, check inputs for NaN/Inf, or set train.amp: off"
-                )
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.opt)
-            else:
-                loss.backward()
-            if self.t["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.t["grad_clip"])
-            if self.scaler is not None:
-                self.scaler.step(self.opt)
-                self.scaler.update()
-            else:
-                self.opt.step()
+            loss_value = self.train_step(x, y, epoch, step)
             total += loss_value
             n += 1
             bar.update(1)
             bar.set_postfix(loss=f"{total / n:.4f}")
         bar.close()
         return total / max(n, 1)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0, step: int = 0) -> float:
+        """One optimisation step on a batch; returns the (all-reduced) loss value.
+
+        Args:
+            x: ``(B, C, *patch)`` network input on the training device.
+            y: targets: ``(B, K, *patch)`` region masks, ``(B, 1, *patch)`` labels, or ``(B,)`` classes.
+            epoch, step: where the step is (for the error message on a non-finite loss).
+
+        Raises:
+            TrainingError: the loss is NaN/Inf.
+        """
+        self.opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self.net(x)
+        if isinstance(logits, (list, tuple)):
+            logits = logits[0]
+        loss = self.loss_fn(logits.float(), y.float() if (self.task == "segmentation" or self.multilabel) else y.long())
+        loss_value = self.env.all_mean(float(loss.detach()))
+        if not math.isfinite(loss_value):
+            # last.pt is this run's (or the resumed run's) epoch `epoch` only if an epoch was completed or resumed
+            saved = epoch > 0 and (epoch > self.start_epoch or self.resume) and (self.run_dir / "last.pt").is_file()
+            where = (f"the last good checkpoints are in {self.run_dir} (last.pt: epoch {epoch}; best.pt)" if saved
+                     else "no checkpoint was written yet")
+            raise TrainingError(
+                f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; stopping; {where}. "
+                "Lower train.lr, check inputs for NaN/Inf, or set train.amp: off"
+            )
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
+        if self.t["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.t["grad_clip"])
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        return loss_value
 
     def _autocast(self):
         if self.amp is None:
@@ -697,7 +723,10 @@ class Trainer:
         finally:
             self.env.close()
 
-    def _fit(self) -> dict[str, Any]:
+    def setup(self) -> None:
+        """Everything before the first epoch: run folder, data (preprocessed once, kept in memory),
+        transforms, network, optimiser, loss, resume state. :meth:`fit` calls it; benchmarks call it
+        and then :meth:`train_step` on batches of :meth:`_batches`."""
         cfg = self.cfg
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -721,6 +750,10 @@ class Trainer:
         self.loss_fn = self._loss().to(self.env.device)
         self._log_main("model %s (%.2fM parameters) on %s, amp=%s, world=%d", cfg["model"]["name"],
                        sum(p.numel() for p in net.parameters()) / 1e6, self.env.device, self.amp, self.env.world)
+
+    def _fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.setup()
         tb = self._tensorboard()
         stop = False
         for epoch in range(self.start_epoch, self.t["epochs"]):
@@ -796,4 +829,8 @@ def train(config: str | Path, overrides: list[str] | None = None, run_dir: str |
 
     cfg = load_train_config(config, overrides)
     out = Path(run_dir) if run_dir is not None else Path("runs") / cfg["name"]
+    if cfg["task"] == "prompt":
+        from medcnn.prompt.train import PromptTrainer
+
+        return PromptTrainer(cfg, out, resume=resume).fit()
     return Trainer(cfg, out, resume=resume).fit()

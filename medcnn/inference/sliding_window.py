@@ -38,6 +38,7 @@ from monai.data.utils import compute_importance_map
 from tqdm.auto import tqdm
 
 from medcnn.device import cpu_has_native_bf16
+from medcnn.inference.fast_conv import CpuConvMode, onednn_available
 
 __all__ = [
     "Precision",
@@ -336,35 +337,79 @@ class _Blender:
         for p, (b, k) in zip(pred, windows):
             out[(b, slice(None), *self._window_slices[k])].add_(p)
 
-    def _normaliser(self) -> torch.Tensor | None:
-        """What to divide the sums by, broadcastable to ``(*out_size)`` (``None``: nothing)."""
-        if self.strategy == "tile":
-            return None
+    def _axis_factors(self) -> list[torch.Tensor] | None:
+        """Per-axis factors whose outer product is the normaliser, or ``None`` when the weight
+        map is not separable (then :meth:`_divide` sums the windows' weights slab by slab).
+
+        Windows sit on a Cartesian grid, so for a separable weight ``w(x) = prod_a w_a(x_a)``
+        (constant weights, or a user's separable map) ``sum_windows w(x - s) = prod_a sum_{s_a} w_a(x_a - s_a)``:
+        no full-size map is accumulated window by window.
+        """
         nd = len(self.out_size)
         if self.strategy == "count":
-            total: torch.Tensor | None = None
-            for axis, (ivs, size) in enumerate(zip(self.intervals, self.out_size)):
-                counts = torch.zeros(size, dtype=torch.float32)
-                for a, b in ivs:
-                    counts[a:b] += 1
-                if bool((counts == 1).all()):
-                    continue  # this axis does not overlap: leave it out of the product
-                shape = [1] * nd
-                shape[axis] = size
-                counts = counts.view(shape)
-                total = counts if total is None else total * counts
-            return None if total is None else total.to(self.device)
-        w = self.weight.to(self.device) if self.weight is not None else 1.0
-        total = torch.zeros(self.out_size, dtype=torch.float32, device=self.device)
-        for sl in self._window_slices:
-            total[sl] += w
-        return total
+            lines = [torch.ones(b - a) for (a, b) in (ivs[0] for ivs in self.intervals)]
+            scale = 1.0
+        else:
+            w = self.weight.detach().to("cpu", torch.float64)
+            peak = float(w.max())
+            if peak <= 0:
+                return None
+            lines = [w.amax(dim=tuple(d for d in range(nd) if d != a)) for a in range(nd)]
+            approx = lines[0]
+            for line in lines[1:]:
+                approx = approx[..., None] * line
+            approx = approx / peak ** (nd - 1)
+            if not torch.allclose(approx, w, rtol=1e-5, atol=1e-7 * peak):
+                return None
+            scale = peak ** (nd - 1)
+        factors = []
+        for axis, (ivs, size, line) in enumerate(zip(self.intervals, self.out_size, lines)):
+            acc = torch.zeros(size, dtype=torch.float64)
+            for a, b in ivs:
+                acc[a:b] += line
+            if axis == 0:
+                acc = acc / scale
+            factors.append(acc)
+        return factors
+
+    def _divide(self) -> None:
+        """Divides the accumulated sums by the summed window weights, in place, slab by slab
+        along the first spatial axis: no full-size normaliser is ever allocated."""
+        if self.strategy == "tile":
+            return
+        out = self.out
+        nd = len(self.out_size)
+        factors = self._axis_factors()
+        if factors is not None:
+            inner = torch.ones((), dtype=torch.float64)
+            for f in factors[1:]:
+                inner = inner[..., None] * f
+            inner = inner.to(self.device, out.dtype)
+            first = factors[0].to(out.dtype)
+            if bool((first == 1).all()) and bool((inner == 1).all()):
+                return
+            step = max(1, (1 << 22) // max(1, inner.numel()))
+            for a in range(0, self.out_size[0], step):
+                b = min(a + step, self.out_size[0])
+                out[:, :, a:b].div_(first[a:b].to(self.device).view(-1, *([1] * (nd - 1))) * inner)
+            return
+        # not separable (e.g. MONAI's Gaussian, clamped at 1e-3 near the window edges): sum the
+        # weights of the windows that cross each slab
+        w = self.weight.to(self.device, out.dtype)
+        inner_numel = math.prod(self.out_size[1:])
+        step = max(1, (1 << 22) // max(1, inner_numel))
+        for a in range(0, self.out_size[0], step):
+            b = min(a + step, self.out_size[0])
+            total = torch.zeros((b - a, *self.out_size[1:]), dtype=out.dtype, device=self.device)
+            for sl in self._window_slices:
+                lo, hi = max(a, sl[0].start), min(b, sl[0].stop)
+                if lo < hi:
+                    total[(slice(lo - a, hi - a), *sl[1:])] += w[lo - sl[0].start : hi - sl[0].start]
+            out[:, :, a:b].div_(total)
 
     def finalize(self) -> torch.Tensor:
         """The blended output ``(B, C_out, *out_spatial)``, cropped back to the input grid."""
-        norm = self._normaliser()
-        if norm is not None:
-            self.out.div_(norm.to(self.out.dtype))
+        self._divide()
         if not self.plan.needs_padding:
             return self.out
         crop = []
@@ -458,9 +503,12 @@ def _predict(
     kwargs: dict[str, Any],
     device: torch.device,
     autocast_dtype: torch.dtype | None,
+    conv_mode: CpuConvMode | None = None,
 ) -> Any:
-    """One predictor call on a window batch, under inference mode and (optionally) autocast."""
-    with torch.inference_mode(), _autocast(device, autocast_dtype):
+    """One predictor call on a window batch, under inference mode, (optionally) autocast and
+    (optionally) the oneDNN convolution routing of :class:`CpuConvMode`."""
+    mode = conv_mode if conv_mode is not None else contextlib.nullcontext()
+    with torch.inference_mode(), _autocast(device, autocast_dtype), mode:
         if coords is not None:
             return predictor(batch, coords, **kwargs)
         return predictor(batch, **kwargs)
@@ -486,6 +534,7 @@ def sliding_window_inference(
     *,
     precision: Precision = "fp32",
     channels_last: bool | Literal["auto"] = "auto",
+    fast_cpu_conv: bool = True,
     with_coord: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, ...] | dict[Any, torch.Tensor]:
@@ -525,6 +574,10 @@ def sliding_window_inference(
             ``channels_last_3d`` memory format: ``True``, ``False``, or ``"auto"`` (only when
             ``predictor`` is a module whose weights are channels-last already; converting the
             input alone measured slower on CPU).
+        fast_cpu_conv: when the predictor runs on CPU in fp32, route its 3D convolutions to
+            oneDNN and its small stride-2 transposed convolutions to a sub-pixel form
+            (:class:`medcnn.inference.fast_conv.CpuConvMode`): same results to float rounding,
+            2-3x faster for a batch-1 MONAI U-Net on CPU. ``False`` leaves PyTorch's choice.
         with_coord: call ``predictor(window_batch, coords, **kwargs)`` where ``coords`` lists,
             per window, ``[slice(b, b+1), slice(None), *spatial slices]`` in padded coordinates
             (MONAI's convention).
@@ -616,6 +669,10 @@ def sliding_window_inference(
         sw_batch_size, mode, precision, autocast_dtype, memory_format, win_device, out_device,
     )
 
+    conv_mode = None
+    if fast_cpu_conv and win_device.type == "cpu" and autocast_dtype is None and onednn_available():
+        conv_mode = CpuConvMode()
+
     blenders: list[_Blender] = []
     structure: tuple[list[Any] | None, bool] | None = None
     starts = range(0, total, sw_batch_size)
@@ -625,7 +682,7 @@ def sliding_window_inference(
             batch = _gather_windows(x, windows, slices, buffer, staging)
             coords = [[slice(b, b + 1), slice(None), *slices[k]] for b, k in windows] if with_coord else None
             keys, single, preds = _flatten_output(
-                _predict(predictor, batch, coords, kwargs, win_device, autocast_dtype)
+                _predict(predictor, batch, coords, kwargs, win_device, autocast_dtype, conv_mode)
             )
             if structure is None:
                 structure = (keys, single)

@@ -31,8 +31,9 @@ def register_model(name: str, task: str = "segmentation") -> Callable[[ModelFact
 
     Args:
         name: registry name (lower case, dashes allowed).
-        task: ``"segmentation"`` (dense logits, ``(B, out_channels, *spatial)``) or
-            ``"classification"`` (``(B, out_channels)`` logits).
+        task: ``"segmentation"`` (dense logits, ``(B, out_channels, *spatial)``),
+            ``"classification"`` (``(B, out_channels)`` logits) or ``"prompt"`` (promptable
+            2D segmentation, see :mod:`medcnn.prompt.lite`).
 
     Raises:
         ValueError: the name is already taken (registries are not silently overwritten).
@@ -54,7 +55,7 @@ def list_models(task: str | None = None) -> list[str]:
 
 
 def model_task(name: str) -> str:
-    """``"segmentation"`` or ``"classification"`` for a registered name."""
+    """``"segmentation"``, ``"classification"`` or ``"prompt"`` for a registered name."""
     _check_name(name)
     return _TASKS[name]
 
@@ -338,3 +339,19 @@ def compact_cnn(*, in_channels: int = 1, out_channels: int = 2, spatial_dims: in
     instance-normalised features loses (see :class:`CompactCNN`).
     """
     return CompactCNN(in_channels, out_channels, spatial_dims, tuple(channels), dropout, stem_stride, norm, pool_grid)
+
+
+# ------------------------------------------------------------------------- promptable models
+
+
+@register_model("prompt-unet", task="prompt")
+def prompt_unet(*, in_channels: int = 5, out_channels: int = 1, spatial_dims: int = 2,
+                channels: Sequence[int] = (16, 32, 64, 128, 256), strides: Sequence[int] = (2, 2, 2, 2),
+                num_res_units: int = 1, norm: str = "batch") -> nn.Module:
+    """The light promptable model (:mod:`medcnn.prompt.lite`): a MONAI residual 2D U-Net reading
+    ``(B, 5, S, S)`` = image crop + box + positive/negative clicks + prior mask, returning
+    ``(B, 1, S, S)`` mask logits. Batch norm folds into the convolutions at inference."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
+                strides=tuple(strides), num_res_units=num_res_units, norm=norm)

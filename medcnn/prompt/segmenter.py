@@ -11,8 +11,8 @@
 
 The work is split between this class, which validates prompts and turns them into a fixed
 convention, and a *backend* that owns a model (:class:`PromptBackend`): MedSAM/SAM checkpoints
-use :class:`~medcnn.prompt.medsam.MedSAMBackend`; the bundled light model plugs in as another
-backend.
+use :class:`~medcnn.prompt.medsam.MedSAMBackend`; the bundled light model (and models trained
+with ``medcnn train configs/prompt.yaml``) use :class:`~medcnn.prompt.lite.LitePromptBackend`.
 """
 
 from __future__ import annotations
@@ -81,6 +81,34 @@ class PromptBackend(Protocol):
         """
 
 
+def _lite_backend(path: Path, device: str | torch.device, missing_ok: bool = False) -> PromptBackend | None:
+    """A :class:`~medcnn.prompt.lite.LitePromptBackend` from a medcnn ``task: prompt`` checkpoint.
+
+    With ``missing_ok``, files that are not medcnn checkpoints (e.g. MedSAM ``.pth`` state dicts)
+    give ``None``; a medcnn checkpoint of another task is always an error.
+    """
+    from medcnn.engine.checkpoint import load_checkpoint
+    from medcnn.models import create_model
+    from medcnn.prompt.lite import CropSpec, LitePromptBackend
+
+    try:
+        ck = load_checkpoint(path, map_location="cpu")
+    except InputError as exc:
+        if missing_ok and "not a medcnn checkpoint" in str(exc):
+            return None
+        raise
+    if ck.get("task") != "prompt":
+        raise InputError(path, f"a medcnn {ck.get('task')} checkpoint, not a promptable model (task: prompt)")
+    net = create_model(ck["model"]["name"], **ck["model"]["kwargs"])
+    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ck["state_dict"].items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(path, f"weights do not fit the {ck['model']['name']} network it describes "
+                               f"({str(exc).splitlines()[0][:200]})") from None
+    return LitePromptBackend(net, CropSpec.from_dict(ck.get("prompt")), device=device)
+
+
 def _as_tensor(image: Any) -> torch.Tensor:
     """Tensor/MetaTensor/array -> plain float32 CPU tensor (a copy-free view when possible)."""
     if isinstance(image, torch.Tensor):
@@ -115,9 +143,11 @@ class PromptableSegmenter:
         """Load a promptable model.
 
         Args:
-            name_or_path: a bundled model name (``"medcnn-prompt"``, the default) or the path of
-                an official MedSAM / SAM checkpoint (``.pth``/``.pt``: a ``segment_anything``
-                ``Sam`` state_dict or ``{"model": state_dict}``).
+            name_or_path: a bundled model name (``"medcnn-prompt"``, the default: the light crop
+                model of :mod:`medcnn.prompt.lite`), a checkpoint from ``medcnn train`` with
+                ``task: prompt`` (e.g. fine-tuned with ``configs/prompt.yaml``), or the path of an
+                official MedSAM / SAM checkpoint (``.pth``/``.pt``: a ``segment_anything`` ``Sam``
+                state_dict or ``{"model": state_dict}``).
             device: where the model runs (CPU by default).
 
         Returns:
@@ -129,15 +159,20 @@ class PromptableSegmenter:
         if name_or_path is None:
             name_or_path = DEFAULT_MODEL
         text = str(name_or_path)
-        if text in BUNDLED_MODELS and not Path(text).is_file():
-            raise InputError(
-                None,
-                f"bundled promptable model {text!r} is not available yet in this version; "
-                "pass the path of a MedSAM/SAM checkpoint (e.g. medsam_vit_b.pth)",
-            )
         path = Path(name_or_path)
+        if text in BUNDLED_MODELS and not path.is_file():
+            from medcnn.predictor import bundled_path
+
+            found = bundled_path(text)
+            if found is None:
+                raise InputError(None, f"bundled promptable model {text!r} is not part of this install "
+                                       "(medcnn/data/models/prompt.pt is missing); reinstall medcnn or pass a checkpoint path")
+            return cls(_lite_backend(found, device), name=text)
         if not path.exists():
             raise InputError(path, f"no such checkpoint file, and not a bundled model name ({', '.join(BUNDLED_MODELS)})")
+        lite = _lite_backend(path, device, missing_ok=True)
+        if lite is not None:
+            return cls(lite, name=str(path))
         from medcnn.prompt.medsam import MedSAMBackend, load_medsam
 
         model = load_medsam(path, map_location=device)

@@ -7,6 +7,8 @@ on ``(seed, i)``, so a larger set extends a smaller one):
 * ``alzheimer``: T1 MRI of CN and AD subjects in BIDS with ``participants.tsv``;
 * ``chest-xray``: frontal radiographs (PNG 8/16-bit, DICOM MONOCHROME1/2) with lung/heart masks
   and CheXpert/NIH-style label CSVs;
+* ``prompt``: 2D images with object label maps (shapes, MNI brain slices, radiographs) for
+  promptable segmentation;
 * ``sample``: the repository's ``sample_data/`` (a handful of cases of each, plus real DICOM
   files from pydicom's test data).
 """
@@ -20,6 +22,7 @@ _MODULES = {
     "brain-tumor": "medcnn.synth.brain_tumor",
     "alzheimer": "medcnn.synth.alzheimer",
     "chest-xray": "medcnn.synth.chest_xray",
+    "prompt": "medcnn.synth.prompt",
     "sample": "medcnn.synth.sample",
 }
 

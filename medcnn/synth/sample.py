@@ -9,6 +9,8 @@ Contents (a few MB in all):
 * ``alzheimer/``: a BIDS folder with two CN and two AD subjects and ``participants.tsv``;
 * ``chest-xray/``: ``images/`` (8-bit PNG, 16-bit PNG, DICOM MONOCHROME2 and MONOCHROME1), ``masks/``
   (lungs, heart) and CheXpert/NIH-style label CSVs;
+* ``prompt/``: six 2D images with object label maps and ``manifest.csv`` (shapes, MNI brain
+  slices, radiographs) for ``medcnn train configs/prompt.yaml`` and ``medcnn prompt``;
 * ``dicom/``: ``CT_small.dcm`` and ``MR_small.dcm`` copied from pydicom's test files (real scans, from
   the NEMA WG04 sample sets), and ``t1_series/``, an oblique T1 MR series written slice by slice.
 """
@@ -75,6 +77,14 @@ def _chest_xray(out: Path, seed: int) -> list[dict[str, Any]]:
                                progress=False)
 
 
+def _prompt(out: Path, seed: int) -> list[dict[str, Any]]:
+    from medcnn.synth import prompt
+
+    if out.exists():
+        shutil.rmtree(out)
+    return prompt.generate(out, n=6, seed=seed + 5, progress=False)
+
+
 def _dicom(out: Path, seed: int) -> list[dict[str, Any]]:
     import pydicom
 
@@ -109,6 +119,7 @@ def generate(out_dir: Path, n: int = 0, seed: int = 0, **options: Any) -> list[d
     recs += _brain_tumor(out_dir / "brain-tumor", seed)
     recs += _alzheimer(out_dir / "alzheimer", seed)
     recs += _chest_xray(out_dir / "chest-xray", seed)
+    recs += _prompt(out_dir / "prompt", seed)
     recs += _dicom(out_dir / "dicom", seed)
     logger.info("wrote %d sample cases to %s", len(recs), out_dir)
     return recs

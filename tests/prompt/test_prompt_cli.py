@@ -84,5 +84,11 @@ def test_cli_with_a_sam_checkpoint_and_its_errors(tmp_path) -> None:
     assert bad.exit_code == 2 and "outside the image" in bad.output
     none = runner.invoke(cli, ["prompt", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "b.nii.gz")])
     assert none.exit_code == 2 and "--box" in none.output
-    missing = runner.invoke(cli, ["prompt", str(tmp_path / "ct.nii.gz"), "--box", "1,1,1,5,5,5", "-o", str(tmp_path / "b.nii.gz")])
+    missing = runner.invoke(cli, ["prompt", str(tmp_path / "ct.nii.gz"), "--box", "1,1,1,5,5,5", "-o", str(tmp_path / "b.nii.gz"),
+                                  "--model", str(tmp_path / "nope.pth")])
     assert missing.exit_code == 1 and "Traceback" not in missing.output and "medcnn-prompt" in missing.output
+    # without --model: the bundled light model, mask on the input's grid
+    bundled = runner.invoke(cli, ["prompt", str(tmp_path / "ct.nii.gz"), "--box", "6,4,2,24,22,11", "-o", str(tmp_path / "l.nii.gz")])
+    assert bundled.exit_code == 0, bundled.output
+    lab = np.asarray(nib.load(tmp_path / "l.nii.gz").dataobj)
+    assert lab.shape == (32, 28, 12) and lab.any() and not lab[:, :, :2].any() and not lab[:, :, 11:].any()

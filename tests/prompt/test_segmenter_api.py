@@ -62,10 +62,15 @@ def test_training_checkpoint_wrapper_and_ddp_prefix(tmp_path):
     assert infer_sam_config(state) == SamConfig(**TINY)
 
 
-def test_bundled_name_not_available_yet():
+def test_bundled_name_loads_the_light_model_or_says_it_is_missing(monkeypatch):
+    from medcnn.prompt.lite import LitePromptBackend
+
     for name in (None, "medcnn-prompt"):
-        with pytest.raises(InputError, match="not available yet"):
-            PromptableSegmenter.from_pretrained(name)
+        seg = PromptableSegmenter.from_pretrained(name)
+        assert isinstance(seg.backend, LitePromptBackend) and seg.name == "medcnn-prompt"
+    monkeypatch.setattr("medcnn.predictor.bundled_path", lambda name: None)
+    with pytest.raises(InputError, match="not part of this install"):
+        PromptableSegmenter.from_pretrained("medcnn-prompt")
 
 
 def test_missing_corrupt_and_pickled_checkpoints(tmp_path):

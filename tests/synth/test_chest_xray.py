@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 
 import numpy as np
@@ -236,10 +235,8 @@ def test_bad_arguments_raise() -> None:
         generate("/nonexistent-never-created", 1, formats=("jpeg2000",))
 
 
-def test_one_1024_case_is_fast() -> None:
-    make_case(np.random.default_rng(0), size=128)  # warm-up (imports, font)
-    t0 = time.perf_counter()
+def test_one_full_size_case() -> None:
+    """A detector-size case (speed is not asserted here: timings live in benchmarks/, never in unit tests)."""
     case = make_case(np.random.default_rng([0, 1]), size=1024)
-    elapsed = time.perf_counter() - t0
-    assert case["image"].shape == (1024, 1024)
-    assert elapsed < 3.0  # ~0.4 s on one laptop core; lenient for loaded CI machines
+    assert case["image"].shape == (1024, 1024) and case["lungs"].shape == (1024, 1024)
+    assert 0.1 < float(case["lungs"].mean()) < 0.6 and 0.0 <= float(case["image"].min()) <= float(case["image"].max()) <= 1.0

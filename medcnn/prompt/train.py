@@ -1,0 +1,324 @@
+"""Training the light promptable model (``task: prompt`` in ``medcnn train``), prompts simulated from masks.
+
+Data: a manifest of images and label maps (``image`` and ``label`` columns; every non-zero label
+value is one object), 2D files or 3D volumes (cut into slices along their coarsest axis, keeping
+slices that hold an object). Each training sample takes one image, one of its objects and a
+random prompt for it, simulated from the object's mask as a user would give it
+(:func:`simulate_prompt`): a jittered bounding box (mostly), clicks inside and outside the
+object, a rough prior mask, or clicks alone. The sample is rendered exactly as at inference
+(:func:`medcnn.prompt.lite.prompt_inputs`) and the target is the object's mask on the same crop.
+
+Validation: Dice on the full image grid of every held-out object given its tight bounding box
+(``dice_box``) and a jittered box (``dice_jitter``), through :class:`LitePromptBackend`.
+
+The engine's :class:`~medcnn.engine.trainer.Trainer` provides everything else (DDP, AMP, resume,
+checkpoints, logs, NaN guard); this module only replaces data, loss, validation and export.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from medcnn.engine.data import find_records, split_subjects
+from medcnn.engine.trainer import Trainer, TrainingError
+from medcnn.errors import ConfigError
+from medcnn.prompt.lite import CropSpec, LitePromptBackend, crop_region, extract, prompt_inputs
+
+__all__ = ["PromptTrainer", "load_prompt_case", "simulate_prompt"]
+
+logger = logging.getLogger(__name__)
+
+_MIN_OBJECT_PX = 16
+
+
+def load_prompt_case(image_path: str, label_path: str) -> list[dict[str, Any]]:
+    """An image and its label map as 2D slices ``{"image": (H, W) float16, "label": (H, W) uint8}``.
+
+    2D files give one slice; 3D volumes give their slices along the coarsest axis (the last one
+    when the spacing is isotropic) that hold at least one object.
+
+    Raises:
+        ConfigError: image and label grids differ, or the label map has more than 255 objects.
+    """
+    from medcnn.io import load
+
+    img = load(image_path)
+    lab = load(label_path)
+    if tuple(img.shape[1:]) != tuple(lab.shape[1:]):
+        raise ConfigError(f"{label_path}: label grid {tuple(lab.shape[1:])} does not match image {tuple(img.shape[1:])}")
+    x = img.as_tensor().float().mean(0)
+    # kept as float16 to halve the cache: min-max to [0, 1] first (crops are renormalised by their own
+    # percentiles, so this affine change alters nothing but fits any intensity range into float16)
+    lo, hi = float(x.min()), float(x.max())
+    x = (x - lo) / max(hi - lo, 1e-12)
+    y = lab.as_tensor()[0].round()
+    if float(y.max()) > 255 or float(y.min()) < 0:
+        raise ConfigError(f"{label_path}: label values must lie in 0..255 (one value per object)")
+    y = y.to(torch.uint8)
+    if x.ndim == 2:
+        return [{"image": x.half(), "label": y}]
+    spacing = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
+    axis = int(np.argmax(spacing)) if not np.allclose(spacing, spacing[0]) else 2
+    out = []
+    for k in range(x.shape[axis]):
+        sl = y.select(axis, k)
+        if bool(sl.any()):
+            out.append({"image": x.select(axis, k).contiguous().half(), "label": sl.contiguous()})
+    return out
+
+
+def _objects(label: torch.Tensor) -> list[int]:
+    values, counts = torch.unique(label, return_counts=True)
+    return [int(v) for v, c in zip(values.tolist(), counts.tolist()) if v and c >= _MIN_OBJECT_PX]
+
+
+def _bbox(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], dtype=np.float64)
+
+
+def jitter_box(rng: np.random.Generator, box: np.ndarray, shape: tuple[int, int], scale: float = 1.0) -> np.ndarray:
+    """A box as a user would draw it around ``box`` (mostly a little loose, sometimes a little tight)."""
+    ext = np.array([box[2] - box[0], box[3] - box[1]])
+    out = box.copy()
+    for k in range(4):
+        a = k % 2
+        outward = (rng.normal(0.04, 0.06) * ext[a] + rng.normal(0, 1.5)) * scale
+        outward = float(np.clip(outward, -0.1 * ext[a], 0.3 * ext[a] + 3))
+        out[k] += -outward if k < 2 else outward
+    out[:2] = np.maximum(out[:2], 0)
+    out[2:] = np.minimum(out[2:], shape)
+    out[2:] = np.maximum(out[2:], out[:2] + 1)
+    return out
+
+
+def _sample_pixels(rng: np.random.Generator, mask: np.ndarray, k: int) -> np.ndarray:
+    idx = np.argwhere(mask)
+    if len(idx) == 0 or k == 0:
+        return np.zeros((0, 2))
+    return idx[rng.integers(len(idx), size=k)].astype(np.float64)
+
+
+def simulate_prompt(rng: np.random.Generator, obj: np.ndarray, opts: dict[str, Any]) -> dict[str, Any]:
+    """A random prompt for the object ``obj`` ((H, W) bool): ``{box, points, labels, prior}`` (any may be None).
+
+    Modes: box only; box + clicks (inside the object = positive, inside the box outside it =
+    negative); box + prior mask (the object grown, shrunk, shifted or coarsened) with optional
+    clicks; clicks only (with a prior mask sometimes).
+    """
+    from scipy import ndimage as ndi
+
+    h, w = obj.shape
+    box = _bbox(obj)
+    u = rng.random()
+    p_points, p_prior, p_only = opts["point_prob"], opts["prior_prob"], opts["points_only_prob"]
+    use_box = u >= p_only
+    use_points = (not use_box) or rng.random() < p_points
+    use_prior = rng.random() < (p_prior if use_box else 0.3)
+    out: dict[str, Any] = {"box": None, "points": None, "labels": None, "prior": None}
+    if use_box:
+        out["box"] = jitter_box(rng, box, (h, w), scale=opts["box_jitter"])
+    if use_points:
+        n_pos = int(rng.integers(1, 4)) if not use_box else int(rng.integers(0, 3))
+        n_neg = int(rng.integers(0, 3))
+        inner = ndi.binary_erosion(obj, iterations=2)
+        pos = _sample_pixels(rng, inner if inner.any() else obj, max(n_pos, 0 if use_box else 1))
+        ref = jitter_box(rng, box, (h, w), scale=2.0) if out["box"] is None else out["box"]
+        near = np.zeros_like(obj)
+        r0, c0, r1, c1 = (int(round(v)) for v in ref)
+        near[r0:r1, c0:c1] = True
+        neg = _sample_pixels(rng, near & ~ndi.binary_dilation(obj, iterations=2), n_neg)
+        pts = np.concatenate([pos, neg]) if len(pos) + len(neg) else None
+        if pts is not None:
+            out["points"] = pts
+            out["labels"] = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.int64)
+    if use_prior:
+        kind = rng.integers(4)
+        k = int(rng.integers(1, 5))
+        if kind == 0:
+            m = ndi.binary_dilation(obj, iterations=k)
+        elif kind == 1:
+            m = ndi.binary_erosion(obj, iterations=k)
+            m = m if m.any() else obj
+        elif kind == 2:
+            m = np.roll(obj, (int(rng.integers(-k, k + 1)), int(rng.integers(-k, k + 1))), axis=(0, 1))
+        else:
+            f = int(rng.integers(4, 9))
+            small = obj[::f, ::f]
+            m = np.kron(small, np.ones((f, f), bool))[:h, :w]
+            m = np.pad(m, ((0, h - m.shape[0]), (0, w - m.shape[1])))
+        mag = float(rng.uniform(2, 10))
+        out["prior"] = torch.from_numpy(np.where(m, mag, -mag).astype(np.float32))
+    if out["box"] is None and out["points"] is None:  # clicks-only draw without a usable click
+        out["box"] = jitter_box(rng, box, (h, w))
+    return out
+
+
+def _augment(rng: np.random.Generator, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flips/rotations of the whole sample and intensity changes of the image channel (in place safe)."""
+    k = int(rng.integers(4))
+    if k:
+        x, y = torch.rot90(x, k, (1, 2)), torch.rot90(y, k, (1, 2))
+    if rng.random() < 0.5:
+        x, y = torch.flip(x, (2,)), torch.flip(y, (2,))
+    img = x[0]
+    if rng.random() < 0.3:
+        img = img.clamp(0, 1) ** float(np.exp(rng.normal(0, 0.3)))
+    if rng.random() < 0.3:
+        img = img * float(rng.uniform(0.8, 1.2)) + float(rng.uniform(-0.1, 0.1))
+    if rng.random() < 0.2:
+        img = img + float(rng.uniform(0.01, 0.06)) * torch.randn(img.shape, generator=None)
+    if rng.random() < 0.1:
+        img = 1.0 - img
+    x = x.clone()
+    x[0] = img
+    return x.contiguous(), y.contiguous()
+
+
+class _PromptSamples(torch.utils.data.Dataset):
+    """One random (object, prompt) sample per image per epoch."""
+
+    def __init__(self, items: list[dict], spec: CropSpec, opts: dict[str, Any], seed: int) -> None:
+        self.items, self.spec, self.opts, self.seed = items, spec, opts, seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, i])
+        it = self.items[i]
+        obj_id = it["objects"][int(rng.integers(len(it["objects"])))]
+        obj = (it["label"] == obj_id).numpy()
+        image = it["image"].float()
+        pr = simulate_prompt(rng, obj, self.opts)
+        region = crop_region(tuple(image.shape), self.spec, pr["box"], pr["points"], pr["prior"])
+        x = prompt_inputs(image, region, self.spec, pr["box"], pr["points"], pr["labels"], pr["prior"])
+        y = extract(torch.from_numpy(obj).float(), region, self.spec.size)[None]
+        x, y = _augment(rng, x, y)
+        return {"image": x, "label": y}
+
+
+class _Seeds:
+    """Stands in for the engine's random transform chain: holds the epoch's seed."""
+
+    def __init__(self) -> None:
+        self.seed = 0
+
+    def set_random_state(self, seed: int) -> None:
+        self.seed = int(seed)
+
+
+class _SoftDiceBCE(nn.Module):
+    """Dice (per sample) + BCE on sigmoid logits, soft targets allowed (MONAI's DiceCELoss)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from monai.losses import DiceCELoss
+
+        self.loss = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits, target.float())
+
+
+def box_dice(backend: LitePromptBackend, items: list[dict], *, jitter: bool = False, seed: int = 0,
+             max_objects: int = 4) -> list[float]:
+    """Dice on the full image grid of each object given its bounding box (tight or jittered)."""
+    rng = np.random.default_rng(seed)
+    scores = []
+    for it in items:
+        backend.set_image(it["image"].float()[None])
+        for obj_id in it["objects"][:max_objects]:
+            obj = (it["label"] == obj_id).numpy()
+            box = _bbox(obj)
+            if jitter:
+                box = jitter_box(rng, box, obj.shape)
+            pred = backend.predict_logits(boxes=torch.from_numpy(box)[None])[0].numpy() > 0
+            denom = int(pred.sum()) + int(obj.sum())
+            scores.append(1.0 if denom == 0 else 2.0 * int((pred & obj).sum()) / denom)
+    return scores
+
+
+class PromptTrainer(Trainer):
+    """:class:`~medcnn.engine.trainer.Trainer` for ``task: prompt`` (see the module docstring)."""
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        self.spec = CropSpec.from_dict(cfg["prompt"])
+        recs = find_records(cfg["data"])
+        self.multilabel = False
+        self.mask_names = []
+        d = cfg["data"]
+        train_s, val_s = split_subjects([r["subject"] for r in recs], val_fraction=d["val_fraction"], seed=cfg["seed"],
+                                        folds=d["folds"], fold=d["fold"])
+        if d["max_cases"]:
+            train_s = train_s[: d["max_cases"]]
+        ts, vs = set(train_s), set(val_s)
+        if ts & vs:
+            raise TrainingError(f"subjects in both training and validation: {sorted(ts & vs)[:5]}")
+        self.train_recs = [r for r in recs if r["subject"] in ts]
+        self.val_recs = [r for r in recs if r["subject"] in vs]
+
+        def prep(rec: dict) -> list[dict]:
+            slices = load_prompt_case(rec["image"][0], rec["label"])
+            out = []
+            for s in slices:
+                s["objects"] = _objects(s["label"])
+                if s["objects"]:
+                    out.append(s)
+            return out
+
+        workers = 2
+        with ThreadPoolExecutor(workers) as pool:
+            self.train_items = [s for ss in tqdm(pool.map(prep, self.train_recs), total=len(self.train_recs),
+                                                 desc="load train", disable=None if self.env.is_main else True) for s in ss]
+            self.val_items = [s for ss in pool.map(prep, self.val_recs) for s in ss] if self.env.is_main else []
+        if not self.train_items:
+            raise ConfigError("data: no training image with an object after the split")
+        self._log_main("%d training images (%d objects), %d validation images", len(self.train_items),
+                       sum(len(s["objects"]) for s in self.train_items), len(self.val_items))
+        self.in_channels = 5
+        self.spatial_dims = 2
+
+    def _out_channels(self) -> int:
+        return 1
+
+    def _random_transforms(self):
+        return _Seeds()
+
+    drop_last = True
+
+    def _train_dataset(self) -> torch.utils.data.Dataset:
+        return _PromptSamples(self.train_items, self.spec, self.cfg["prompt"], self.transforms.seed)
+
+    def _cases_per_step(self) -> int:
+        return self.t["batch_size"]
+
+    def _loss(self) -> nn.Module:
+        return _SoftDiceBCE()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Box-prompt Dice of the held-out images (tight and jittered boxes)."""
+        net = self.net.module if hasattr(self.net, "module") else self.net
+        net.eval()
+        backend = LitePromptBackend(net, self.spec, device=self.env.device, optimize=False)
+        tight = box_dice(backend, self.val_items, max_objects=self.cfg["prompt"]["val_objects"])
+        loose = box_dice(backend, self.val_items, jitter=True, seed=self.cfg["seed"], max_objects=self.cfg["prompt"]["val_objects"])
+        out = {"dice_box": float(np.mean(tight)), "dice_jitter": float(np.mean(loose))}
+        out["dice_mean"] = out["dice_box"]
+        return out
+
+    def _export(self, metrics: dict[str, float], epoch: int) -> dict:
+        ck = super()._export(metrics, epoch)
+        ck["prompt"] = {"crop_size": self.spec.size, "margin": self.spec.margin, "margin_max": self.spec.margin_max,
+                        "margin_px": self.spec.margin_px}
+        ck["preprocess"]["channel_names"] = ["image", "box", "positive_clicks", "negative_clicks", "prior"]
+        return ck

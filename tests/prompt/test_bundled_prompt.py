@@ -1,0 +1,75 @@
+"""The bundled light promptable model (``"medcnn-prompt"``) still segments held-out generated objects, 2D and 3D."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medcnn.engine import load_checkpoint
+from medcnn.predictor import bundled_path
+from medcnn.prompt import PromptableSegmenter
+from medcnn.prompt.train import _bbox, _objects, load_prompt_case
+from medcnn.synth.prompt import make_case
+
+pytestmark = pytest.mark.skipif(bundled_path("medcnn-prompt") is None, reason="bundled prompt model not installed")
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+@pytest.fixture(scope="module")
+def seg():
+    torch.set_num_threads(1)
+    return PromptableSegmenter.from_pretrained()
+
+
+def test_checkpoint_describes_itself():
+    ck = load_checkpoint(bundled_path("medcnn-prompt"))
+    assert ck["task"] == "prompt" and ck["model"]["name"] == "prompt-unet"
+    assert ck["prompt"]["crop_size"] == 96 and ck["metrics"]["dice_box"] > 0.75  # 0.798 on its validation images
+
+
+def test_box_dice_on_unseen_generated_objects(seg):
+    """Images from a seed used neither for training (1) nor for the reported test set (1000)."""
+    scores = {}
+    for i in range(12):
+        case = make_case(np.random.default_rng([4242, i, 77]))
+        seg.set_image(torch.from_numpy(case["image"])[None])
+        for v in range(1, int(case["labels"].max()) + 1):
+            ref = case["labels"] == v
+            if ref.sum() < 40:
+                continue
+            pred = seg.predict(box=_bbox(ref)).numpy()
+            scores.setdefault(case["source"], []).append(_dice(pred, ref))
+    allv = [x for v in scores.values() for x in v]
+    # 0.803 when the model was shipped (an untrained network scores about 0.3); the issue's target is 0.92
+    assert len(allv) >= 20 and np.mean(allv) > 0.75, {k: round(float(np.mean(v)), 3) for k, v in scores.items()}
+
+
+def test_sample_data_objects(seg, repo_root):
+    scores = []
+    for i in range(1, 7):
+        for sl in load_prompt_case(str(repo_root / f"sample_data/prompt/images/prompt-{i:05d}.png"),
+                                   str(repo_root / f"sample_data/prompt/masks/prompt-{i:05d}.png")):
+            seg.set_image(sl["image"].float()[None])
+            for v in _objects(sl["label"]):
+                ref = (sl["label"] == v).numpy()
+                scores.append(_dice(seg.predict(box=_bbox(ref)).numpy(), ref))
+    assert np.mean(scores) > 0.85, scores
+
+
+def test_3d_box_propagates_through_a_volume(seg):
+    """An ellipsoid whose cross-section changes from slice to slice, in a noisy volume."""
+    d, h, w = 40, 96, 96
+    z, y, x = np.mgrid[0:d, 0:h, 0:w].astype(np.float32)
+    ell = ((z - 20) / 14) ** 2 + ((y - 50) / 25) ** 2 + ((x - 45) / 18) ** 2 <= 1
+    rng = np.random.default_rng(0)
+    vol = 0.3 + 0.4 * ell + 0.05 * rng.standard_normal(ell.shape)
+    seg.set_image(torch.from_numpy(vol.astype(np.float32))[None])
+    zz, yy, xx = np.nonzero(ell)
+    box = (zz.min(), yy.min(), xx.min(), zz.max() + 1, yy.max() + 1, xx.max() + 1)
+    pred = seg.predict(box=box).numpy()
+    assert pred.shape == ell.shape and _dice(pred, ell) > 0.85
+    assert not pred[: zz.min()].any() and not pred[zz.max() + 1:].any()  # nothing outside the box's slices

@@ -1,0 +1,172 @@
+"""The light promptable model: prompt geometry, prompt simulation, training with ``task: prompt``, fine-tuning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from medcnn.cli.main import cli
+from medcnn.errors import ConfigError, InputError
+from medcnn.prompt import PromptableSegmenter
+from medcnn.prompt.lite import CropSpec, LitePromptBackend, crop_region, paste_logits, prompt_inputs
+from medcnn.prompt.train import _bbox, jitter_box, load_prompt_case, simulate_prompt
+from medcnn.synth.prompt import make_case
+
+SPEC = CropSpec()
+
+
+def test_crop_region_covers_prompt_with_margin_and_stays_inside():
+    r0, c0, r1, c1 = crop_region((300, 200), SPEC, box=(100, 50, 140, 150))
+    assert r0 < 100 and r1 > 140 and c0 < 50 and c1 > 150  # margin on every side
+    assert (r1 - r0) < 80 and (c1 - c0) < 150  # but no more than about 20 % + a few px
+    assert crop_region((300, 200), SPEC, box=(0, 0, 300, 200)) == (0, 0, 300, 200)  # clipped to the image
+    # clicks outside the box extend the region; clicks alone read the whole image
+    r0b, c0b, r1b, c1b = crop_region((300, 200), SPEC, box=(100, 50, 140, 150), points=[(250, 10)])
+    assert r1b > 251 and c0b <= 10
+    assert crop_region((300, 200), SPEC, points=[(5, 5)]) == (0, 0, 300, 200)
+    prior = torch.full((300, 200), -5.0)
+    prior[20:30, 40:60] = 5.0
+    r0p, c0p, r1p, c1p = crop_region((300, 200), SPEC, prior=prior)
+    assert r0p < 20 and r1p > 30 and c0p < 40 and c1p > 60 and r1p - r0p < 30
+
+
+@pytest.mark.parametrize("shape,box", [((300, 200), (100, 50, 140, 150)), ((64, 90), (3, 7, 60, 20)),
+                                        ((512, 512), (200, 200, 212, 230))])
+def test_box_channel_pasted_back_is_the_box(shape, box):
+    """Rendering a prompt into the crop and mapping the crop back must land on the same pixels."""
+    img = torch.rand(shape)
+    region = crop_region(shape, SPEC, box=box)
+    x = prompt_inputs(img, region, SPEC, box=box)
+    assert x.shape == (5, SPEC.size, SPEC.size) and float(x[2:].abs().sum()) == 0.0
+    back = paste_logits(x[1] * 40 - 20, region, shape) > 0
+    ref = torch.zeros(shape, dtype=torch.bool)
+    ref[box[0]:box[2], box[1]:box[3]] = True
+    inter = int((back & ref).sum())
+    assert 2 * inter / (int(back.sum()) + int(ref.sum())) > 0.95
+    # the image channel is the normalised crop: percentiles 1/99 map to about 0/1
+    assert -0.6 < float(x[0].min()) and float(x[0].max()) < 1.6 and float(x[0].std()) > 0.1
+
+
+def test_click_spot_lands_on_the_clicked_pixel():
+    shape = (240, 180)
+    img = torch.rand(shape)
+    box = (60, 40, 180, 140)
+    region = crop_region(shape, SPEC, box=box)
+    x = prompt_inputs(img, region, SPEC, box=box, points=[(100, 70), (170, 130)], labels=[1, 0])
+    for ch, (i, j) in ((2, (100, 70)), (3, (170, 130))):
+        back = paste_logits(x[ch], region, shape)
+        pi, pj = np.unravel_index(int(torch.argmax(back)), shape)
+        assert abs(pi - i) <= 1 and abs(pj - j) <= 1
+
+
+def test_simulated_prompts_are_consistent_with_the_object():
+    rng = np.random.default_rng(0)
+    case = make_case(np.random.default_rng([9, 1, 77]), "shapes")
+    obj = case["labels"] == case["labels"].max()
+    box = _bbox(obj)
+    opts = {"box_jitter": 1.0, "point_prob": 1.0, "prior_prob": 0.5, "points_only_prob": 0.3}
+    kinds = set()
+    for _ in range(60):
+        p = simulate_prompt(rng, obj, opts)
+        assert p["box"] is not None or p["points"] is not None
+        if p["box"] is not None:
+            b = p["box"]
+            assert b[0] < b[2] and b[1] < b[3] and b[0] >= 0 and b[2] <= obj.shape[0]
+            ext = box[2:] - box[:2]
+            assert np.all(np.abs(b - box) <= np.concatenate([0.3 * ext + 3, 0.3 * ext + 3]) + 1e-9)
+            kinds.add("box")
+        if p["points"] is not None:
+            for (i, j), lab in zip(p["points"].astype(int), p["labels"]):
+                assert bool(obj[i, j]) == bool(lab), "positive clicks inside, negative clicks outside the object"
+            kinds.add("points")
+        if p["prior"] is not None:
+            kinds.add("prior")
+    assert kinds == {"box", "points", "prior"}
+    j = jitter_box(rng, box, obj.shape)
+    assert j.shape == (4,)
+
+
+def test_generator_cases_have_objects_of_every_source():
+    for source in ("shapes", "brain", "chest"):
+        case = make_case(np.random.default_rng([3, 0, 77]), source)
+        assert case["image"].dtype == np.float32 and 0 <= case["image"].min() and case["image"].max() <= 1
+        assert case["labels"].shape == case["image"].shape and case["labels"].max() >= 1
+        counts = np.bincount(case["labels"].ravel())[1:]
+        assert counts.min() >= 40  # every annotated object is big enough for a box prompt
+
+
+def test_load_prompt_case_slices_volumes(tmp_path):
+    import nibabel as nib
+
+    vol = np.random.default_rng(0).random((20, 24, 6)).astype(np.float32)
+    lab = np.zeros(vol.shape, np.uint8)
+    lab[5:10, 5:12, 2:4] = 1
+    aff = np.diag([1.0, 1.0, 3.0, 1.0])  # thick slices along the last axis
+    nib.save(nib.Nifti1Image(vol, aff), tmp_path / "v.nii.gz")
+    nib.save(nib.Nifti1Image(lab, aff), tmp_path / "l.nii.gz")
+    slices = load_prompt_case(str(tmp_path / "v.nii.gz"), str(tmp_path / "l.nii.gz"))
+    assert len(slices) == 2 and slices[0]["image"].shape == (20, 24)
+    assert int(slices[0]["label"].sum()) == 35
+    nib.save(nib.Nifti1Image(lab[:, :10], aff), tmp_path / "bad.nii.gz")
+    with pytest.raises(ConfigError, match="does not match"):
+        load_prompt_case(str(tmp_path / "v.nii.gz"), str(tmp_path / "bad.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def tiny_prompt_run(tmp_path_factory, repo_root):
+    """``medcnn train configs/prompt.yaml`` for two short epochs on a few generated images."""
+    from medcnn.synth import generate
+
+    root = tmp_path_factory.mktemp("prompt")
+    generate("prompt", root / "data", n=10, seed=5, progress=False)
+    res = CliRunner().invoke(cli, [
+        "train", str(repo_root / "configs" / "prompt.yaml"), "--set", f"data.source={root / 'data'}", "--set", "train.epochs=2",
+        "--set", "train.val_every=1", "--set", "train.batch_size=4", "--set", "data.val_fraction=0.2",
+        "--set", "data.num_workers=0", "--set", "prompt.crop_size=64", "--set", "prompt.val_objects=1",
+        "-o", str(root / "run")])
+    assert res.exit_code == 0, res.output
+    return root
+
+
+def test_training_writes_a_prompt_checkpoint_that_loads(tiny_prompt_run):
+    from medcnn.engine import load_checkpoint
+
+    run = tiny_prompt_run / "run"
+    ck = load_checkpoint(run / "best.pt")
+    assert ck["task"] == "prompt" and ck["prompt"]["crop_size"] == 64
+    assert {"dice_box", "dice_jitter"} <= set(ck["metrics"])
+    log = (run / "log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch") and len(log) == 3 and (run / "curves.png").is_file()
+    seg = PromptableSegmenter.from_pretrained(run / "best.pt")
+    assert isinstance(seg.backend, LitePromptBackend) and seg.backend.spec.size == 64
+    img = torch.rand(1, 70, 90)
+    seg.set_image(img)
+    m = seg.predict(box=(10, 20, 40, 60))
+    assert m.shape == (70, 90) and m.dtype == torch.bool
+    assert not m[:5].any() and not m[:, :14].any()  # nothing far outside the box's region
+    labels = seg.predict(box=[(10, 20, 40, 60), (45, 5, 65, 30)])
+    assert labels.shape == (70, 90) and labels.dtype == torch.int32
+    vol = torch.rand(1, 8, 40, 50)
+    seg.set_image(vol)
+    assert seg.predict(box=(2, 5, 5, 6, 30, 40), return_logits=True).shape == (8, 40, 50)
+
+
+def test_fine_tuning_from_the_checkpoint_and_config_errors(tiny_prompt_run, repo_root):
+    root = tiny_prompt_run
+    cfg = str(repo_root / "configs" / "prompt.yaml")
+    res = CliRunner().invoke(cli, [
+        "train", cfg, "--set", f"data.source={root / 'data'}", "--set", "train.epochs=1",
+        "--set", "train.batch_size=4", "--set", "data.num_workers=0", "--set", "prompt.crop_size=64",
+        "--set", "prompt.val_objects=1", "--set", f"model.init={root / 'run' / 'best.pt'}", "-o", str(root / "ft")])
+    assert res.exit_code == 0, res.output
+    assert (root / "ft" / "best.pt").is_file()
+    bad = CliRunner().invoke(cli, ["train", cfg, "--set", f"data.source={root / 'data'}",
+                                   "--set", "train.loss=ce", "-o", str(root / "bad")])
+    assert bad.exit_code != 0 and "train.loss" in bad.output and not (root / "bad").exists()
+
+
+def test_other_medcnn_checkpoints_are_not_prompt_models(tiny_brain_model):
+    with pytest.raises(InputError, match="not a promptable model"):
+        PromptableSegmenter.from_pretrained(tiny_brain_model)
