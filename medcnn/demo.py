@@ -1,6 +1,7 @@
 """``medcnn demo``: run over ``sample_data/`` and write a summary table and QC pictures.
 
-Each task folder of ``sample_data/`` is discovered with the same case rules as ``medcnn predict``;
+Each task folder of ``sample_data/`` is discovered with the same case rules as ``medcnn predict``
+(``prompt/`` goes through the bundled promptable model, one box per reference object);
 every case is loaded with its geometry and drawn (with its reference label where one ships), and
 one row per case goes to ``summary.csv``. A case that fails is reported in its row and on stderr;
 the others still run.
@@ -123,6 +124,46 @@ def _run_pipeline(task: str, folder: Path, out_dir: Path) -> list[dict] | None:
     return rows
 
 
+def _run_prompt(folder: Path, out_dir: Path) -> list[dict] | None:
+    """The bundled promptable model on ``sample_data/prompt``: one box per object (the bounding box of its
+    reference mask), the label map and a QC picture per image, box-prompt Dice against the reference."""
+    import numpy as np
+
+    from medcnn.engine.data import records_from_manifest
+    from medcnn.predictor import bundled_path
+    from medcnn.prompt import PromptableSegmenter
+    from medcnn.prompt.apply import prompt_file
+
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file() or bundled_path("medcnn-prompt") is None:
+        return None
+    seg = PromptableSegmenter.from_pretrained()
+    rows = []
+    for rec in records_from_manifest(manifest, None, "label", "subject"):
+        row = {"task": "prompt", "case": rec["case"], "inputs": rec["image"][0], "status": "ok", "error": ""}
+        try:
+            ref = load(rec["label"], mode="nearest")[0].numpy().round().astype(np.int64)
+            objs = [v for v in np.unique(ref) if v > 0]
+            boxes = []
+            for v in objs:
+                r, c = np.nonzero(ref == v)
+                boxes.append((int(r.min()), int(c.min()), int(r.max()) + 1, int(c.max()) + 1))
+            out = out_dir / "prompt" / f"{rec['case']}_mask.png"
+            info = prompt_file(rec["image"][0], out, boxes=boxes, model=seg, qc_path=out_dir / "qc" / f"prompt_{rec['case']}.png")
+            pred = np.asarray(load(out)[0].numpy()).round().astype(np.int64)
+            if len(objs) == 1:
+                pred = (pred > 0).astype(np.int64)
+            dice = [2.0 * float(((pred == k + 1) & (ref == v)).sum()) / max(1.0, float((pred == k + 1).sum() + (ref == v).sum()))
+                    for k, v in enumerate(objs)]
+            row.update(result=f"objects={len(objs)} dice_box={np.mean(dice):.3f}", shape="x".join(map(str, info["shape"])),
+                       qc=f"qc/prompt_{rec['case']}.png")
+        except MedcnnError as exc:
+            row.update(status="error", error=str(exc))
+            logger.error("prompt/%s: %s", rec["case"], exc)
+        rows.append(row)
+    return rows
+
+
 def _reference_scores(pred_path: Path, ref_path: Path) -> str:
     """``dice_WT=... dice_TC=... dice_ET=...`` of a predicted label map against its reference."""
     from medcnn.validation import region_dice
@@ -187,6 +228,8 @@ def run_demo(data_dir: str | Path, out_dir: str | Path) -> list[dict]:
         if pipe_rows is not None:
             rows.extend(pipe_rows)
             todo = [(name, c) for name, c in todo if name != task]
+    prompt_rows = _run_prompt(data_dir / "prompt", out_dir) if (data_dir / "prompt").is_dir() else None
+    rows.extend(prompt_rows or [])
     for task, case in tqdm(todo, desc="demo", unit="case", disable=None):
         try:
             rows.append(_process(task, case, qc_dir))

@@ -18,7 +18,7 @@ def test_demo_processes_every_sample_case(sample_data: Path, tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(tmp_path / "demo" / "summary.csv")))
     tasks = {r["task"] for r in rows}
-    assert tasks == {"brain-tumor", "alzheimer", "chest-xray", "dicom"}
+    assert tasks == {"brain-tumor", "alzheimer", "chest-xray", "dicom", "prompt"}
     assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
     assert len(rows) >= 12
     for r in rows:
@@ -42,6 +42,12 @@ def test_demo_processes_every_sample_case(sample_data: Path, tmp_path: Path) -> 
                for r in cxr), cxr
     for r in cxr:
         assert (tmp_path / "demo" / "chest-xray" / f"{r['case']}_lungs.png").is_file()
+    # the bundled promptable model: one box per reference object, label map and box-prompt Dice per image
+    pr = [r for r in rows if r["task"] == "prompt"]
+    assert len(pr) == 6
+    for r in pr:
+        assert (tmp_path / "demo" / "prompt" / f"{r['case']}_mask.png").is_file()
+        assert float(r["result"].split("dice_box=")[1]) > 0.6, r  # 0.71-0.93 with the shipped model
     assert (tmp_path / "demo" / "run.json").is_file()
 
 
