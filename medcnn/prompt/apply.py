@@ -119,5 +119,5 @@ def prompt_file(
                else qc.image_overlay(img, label=labels_np))
         qc.save_png(rgb, qc_out)
         info["qc"] = str(qc_out)
-    logger.info("%s: %d object(s), %d voxels -> %s", image, n_obj, info["voxels"], out)
+    logger.debug("%s: %d object(s), %d voxels -> %s", image, n_obj, info["voxels"], out)
     return info
