@@ -396,6 +396,7 @@ def crossval(config: Path, folds: int, overrides: tuple[str, ...], out_dir: Path
 @cli.command(context_settings=CONTEXT, epilog="""\b
 Examples:
   medcnn export runs/bt/best.pt -o medcnn/data/models/brain_tumor.pt --check brain-tumor sample_data/brain-tumor
+  medcnn export runs/bt/best.pt -o bt_tta.pt --set inference.tta=true --set inference.overlap=0.5
 \b
 --check runs the exported model through the pipeline on the given cases and records the Dice per case in
 the checkpoint (tests re-run it to prove the shipped model still scores what it says).
@@ -404,11 +405,18 @@ the checkpoint (tests re-run it to prove the shipped model still scores what it 
 @click.option("-o", "--output", "dest", type=click.Path(path_type=Path), required=True, help="Exported checkpoint.")
 @click.option("--full-precision", is_flag=True, help="Keep float32 weights (default stores fp16, half the size).")
 @click.option("--check", nargs=2, default=None, metavar="PIPELINE CASES", help="Score the export on labelled cases.")
-def export(checkpoint: Path, dest: Path, full_precision: bool, check: tuple[str, str] | None) -> None:
+@click.option("--set", "overrides", multiple=True, metavar="inference.KEY=VALUE",
+              help="Change an inference setting of the export (tta, overlap, mode, min_component_ml, ...).")
+def export(checkpoint: Path, dest: Path, full_precision: bool, check: tuple[str, str] | None,
+           overrides: tuple[str, ...]) -> None:
     """Export a trained CHECKPOINT as a compact inference checkpoint (what ships as a bundled model)."""
     from medcnn.engine.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
+    from medcnn.engine.config import parse_overrides
 
-    export_checkpoint(checkpoint, dest, half=not full_precision)
+    over = parse_overrides(list(overrides))
+    if set(over) - {"inference"}:
+        raise click.UsageError(f"--set: only inference.* settings can change at export, not {sorted(set(over) - {'inference'})}")
+    export_checkpoint(checkpoint, dest, half=not full_precision, inference=over.get("inference"))
     if check:
         from medcnn.predictor import load_model
         from medcnn.validation import score_cases

@@ -82,7 +82,8 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True) -> dict[str, Any]:
+def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True,
+                      inference: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write a compact inference checkpoint: no optimizer/resume state, float weights stored as fp16.
 
     fp16 storage halves the file; :func:`medcnn.predictor.load_model` casts the weights back to
@@ -93,11 +94,23 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True) ->
         src: a ``best.pt``/``last.pt`` from ``medcnn train``.
         dst: output path.
         half: store floating-point tensors as float16.
+        inference: inference settings to change in the export (e.g. ``{"tta": True}``), checked against
+            the ``inference`` section of the training schema.
 
     Returns:
         The exported checkpoint dict.
+
+    Raises:
+        ConfigError: an unknown inference key or a value of the wrong type.
     """
     ck = load_checkpoint(src)
+    if inference:
+        from medcnn.engine.config import validate
+        from medcnn.engine.schema import TRAIN_SCHEMA
+
+        merged = {**dict(ck.get("inference", {})), **inference}
+        known = {k: v for k, v in merged.items() if k in TRAIN_SCHEMA["inference"] or k in inference}
+        ck["inference"] = {**merged, **validate(known, TRAIN_SCHEMA["inference"], prefix="inference.")}
     ck.pop("resume", None)
     training = dict(ck.get("training", {}))
     training.pop("config", None)

@@ -1,0 +1,30 @@
+"""``medcnn export --set inference.KEY=VALUE``: inference settings change in the exported checkpoint only."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from medcnn.cli.main import cli
+from medcnn.engine import load_checkpoint
+
+
+def test_export_sets_inference_settings(tiny_brain_model, tmp_path):
+    before = load_checkpoint(tiny_brain_model)["inference"]
+    out = tmp_path / "tta.pt"
+    res = CliRunner().invoke(cli, ["export", str(tiny_brain_model), "-o", str(out), "--set", "inference.tta=true",
+                                   "--set", "inference.overlap=0.5"])
+    assert res.exit_code == 0, res.output
+    after = load_checkpoint(out)["inference"]
+    assert after["tta"] is True and after["overlap"] == 0.5
+    assert after["roi_size"] == before["roi_size"] and after["mode"] == before["mode"]
+    assert load_checkpoint(tiny_brain_model)["inference"] == before  # the source is untouched
+
+
+def test_export_refuses_unknown_or_non_inference_settings(tiny_brain_model, tmp_path):
+    bad = CliRunner().invoke(cli, ["export", str(tiny_brain_model), "-o", str(tmp_path / "a.pt"), "--set", "inference.ttta=true"])
+    assert bad.exit_code != 0 and "inference.ttta" in bad.output and "did you mean 'inference.tta'" in bad.output
+    wrong = CliRunner().invoke(cli, ["export", str(tiny_brain_model), "-o", str(tmp_path / "b.pt"), "--set", "inference.overlap=lots"])
+    assert wrong.exit_code != 0 and "inference.overlap" in wrong.output
+    other = CliRunner().invoke(cli, ["export", str(tiny_brain_model), "-o", str(tmp_path / "c.pt"), "--set", "train.lr=1"])
+    assert other.exit_code == 2 and "only inference" in other.output
+    assert not (tmp_path / "a.pt").exists() and not (tmp_path / "c.pt").exists()
