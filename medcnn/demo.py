@@ -9,8 +9,6 @@ the others still run.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import platform
@@ -26,6 +24,8 @@ from medcnn._version import __version__
 from medcnn.cases import Case, find_brain_tumor_cases, find_image_cases
 from medcnn.errors import InputError, MedcnnError
 from medcnn.io import geometry, load, write_text_atomic
+from medcnn.io.atomic import write_csv_atomic
+from medcnn.metrics.segmentation import dice_score
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ def _run_prompt(folder: Path, out_dir: Path) -> list[dict] | None:
     from medcnn.predictor import bundled_path
     from medcnn.prompt import PromptableSegmenter
     from medcnn.prompt.apply import prompt_file
+    from medcnn.prompt.train import object_bbox
 
     manifest = folder / "manifest.csv"
     if not manifest.is_file() or bundled_path("medcnn-prompt") is None:
@@ -144,17 +145,13 @@ def _run_prompt(folder: Path, out_dir: Path) -> list[dict] | None:
         try:
             ref = load(rec["label"], mode="nearest")[0].numpy().round().astype(np.int64)
             objs = [v for v in np.unique(ref) if v > 0]
-            boxes = []
-            for v in objs:
-                r, c = np.nonzero(ref == v)
-                boxes.append((int(r.min()), int(c.min()), int(r.max()) + 1, int(c.max()) + 1))
+            boxes = [tuple(object_bbox(ref == v)) for v in objs]
             out = out_dir / "prompt" / f"{rec['case']}_mask.png"
             info = prompt_file(rec["image"][0], out, boxes=boxes, model=seg, qc_path=out_dir / "qc" / f"prompt_{rec['case']}.png")
             pred = np.asarray(load(out)[0].numpy()).round().astype(np.int64)
             if len(objs) == 1:
                 pred = (pred > 0).astype(np.int64)
-            dice = [2.0 * float(((pred == k + 1) & (ref == v)).sum()) / max(1.0, float((pred == k + 1).sum() + (ref == v).sum()))
-                    for k, v in enumerate(objs)]
+            dice = [dice_score(pred == k + 1, ref == v) for k, v in enumerate(objs)]
             row.update(result=f"objects={len(objs)} dice_box={np.mean(dice):.3f}", shape="x".join(map(str, info["shape"])),
                        qc=f"qc/prompt_{rec['case']}.png")
         except MedcnnError as exc:
@@ -174,19 +171,7 @@ def _reference_scores(pred_path: Path, ref_path: Path) -> str:
 
 def _mask_dice(pred_path: Path, ref_path: Path) -> str:
     """``dice_lungs=...`` of a predicted 0/255 mask against its reference mask."""
-    pred = load(pred_path)[0].numpy() > 0
-    ref = load(ref_path)[0].numpy() > 0
-    denom = int(pred.sum()) + int(ref.sum())
-    return f"dice_lungs={1.0 if denom == 0 else 2.0 * int((pred & ref).sum()) / denom:.3f}"
-
-
-def _write_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r.get(k, "") for k in fields})
-    write_text_atomic(path, buf.getvalue())
+    return f"dice_lungs={dice_score(load(pred_path)[0].numpy() > 0, load(ref_path)[0].numpy() > 0):.3f}"
 
 
 def run_demo(data_dir: str | Path, out_dir: str | Path) -> list[dict]:
@@ -238,7 +223,7 @@ def run_demo(data_dir: str | Path, out_dir: str | Path) -> list[dict]:
             row.update(status="error", error=str(exc))
             rows.append(row)
             logger.error("%s/%s: %s", task, case.id, exc)
-    _write_csv(rows, out_dir / "summary.csv", SUMMARY_FIELDS)
+    write_csv_atomic(out_dir / "summary.csv", SUMMARY_FIELDS, rows)
     run = {
         "medcnn_version": __version__,
         "command": "demo",

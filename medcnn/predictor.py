@@ -51,6 +51,21 @@ def bundled_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def network_from_checkpoint(ck: dict[str, Any], path: str | Path) -> nn.Module:
+    """The network a medcnn checkpoint describes, with its weights (fp16 bundles cast back to float32).
+
+    Raises:
+        InputError: the weights do not fit the network (naming ``path``).
+    """
+    net = create_model(ck["model"]["name"], **ck["model"]["kwargs"])
+    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ck["state_dict"].items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(path, f"weights do not fit the {ck['model']['name']} network it describes ({str(exc)[:200]})") from None
+    return net
+
+
 class Model:
     """A trained medcnn model.
 
@@ -337,12 +352,7 @@ def load_model(name_or_path: str | Path = "brain-tumor", device: str | torch.dev
             avail = [n for n in BUNDLED if bundled_path(n) is not None]
             raise InputError(name_or_path, f"no such checkpoint file or bundled model; bundled: {', '.join(avail) or 'none'}")
     ck = load_checkpoint(path, map_location="cpu")
-    net = create_model(ck["model"]["name"], **ck["model"]["kwargs"])
-    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ck["state_dict"].items()}  # fp16 bundles
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise InputError(path, f"weights do not fit the {ck['model']['name']} network it describes ({str(exc)[:200]})") from None
+    net = network_from_checkpoint(ck, path)
     config = {k: ck[k] for k in ("task", "model", "preprocess", "inference", "labels", "metrics") if k in ck}
     config["training"] = {k: v for k, v in ck.get("training", {}).items() if k != "history"}
     dev = resolve_device(device)

@@ -108,9 +108,10 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True,
         from medcnn.engine.config import validate
         from medcnn.engine.schema import TRAIN_SCHEMA
 
-        merged = {**dict(ck.get("inference", {})), **inference}
-        known = {k: v for k, v in merged.items() if k in TRAIN_SCHEMA["inference"] or k in inference}
-        ck["inference"] = {**merged, **validate(known, TRAIN_SCHEMA["inference"], prefix="inference.")}
+        schema = TRAIN_SCHEMA["inference"]
+        current = dict(ck.get("inference", {}))
+        stored = {k: v for k, v in current.items() if k in schema}
+        ck["inference"] = {**current, **validate({**stored, **inference}, schema, prefix="inference.")}
     ck.pop("resume", None)
     training = dict(ck.get("training", {}))
     training.pop("config", None)

@@ -40,6 +40,7 @@ from medcnn.device import cpu_has_native_bf16, resolve_device
 from medcnn.engine.data import find_records, split_subjects
 from medcnn.errors import ConfigError, MedcnnError
 from medcnn.io.atomic import write_text_atomic
+from medcnn.metrics.segmentation import dice_score
 from medcnn.models import create_model, model_arguments
 from medcnn.preprocessing import crop, load_for_model, prepare, square_resize
 
@@ -252,19 +253,7 @@ class Trainer:
             classes = cfg["data"]["classes"] or sorted({r["label"] for r in recs})
             cfg["data"]["classes"] = list(classes)
             strata = [r["label"] for r in recs]
-        subjects = [r["subject"] for r in recs]
-        d = cfg["data"]
-        train_s, val_s = split_subjects(subjects, val_fraction=d["val_fraction"], seed=cfg["seed"], folds=d["folds"],
-                                        fold=d["fold"], strata=strata)
-        if d["max_cases"]:
-            train_s = train_s[: d["max_cases"]]
-        ts, vs = set(train_s), set(val_s)
-        self.train_recs = [r for r in recs if r["subject"] in ts]
-        self.val_recs = [r for r in recs if r["subject"] in vs]
-        if ts & vs:  # cannot happen by construction; guards against future edits
-            raise TrainingError(f"subjects in both training and validation: {sorted(ts & vs)[:5]}")
-        self._log_main("%d cases: %d training (%d subjects), %d validation (%d subjects)", len(recs), len(self.train_recs),
-                       len(ts), len(self.val_recs), len(vs))
+        self._split_records(recs, strata)
         spec = cfg["preprocess"]
         if self.task == "classification":
             classes = cfg["data"]["classes"]
@@ -280,6 +269,21 @@ class Trainer:
             raise ConfigError("data: no training case after the split")
         self.in_channels = int(self.train_items[0]["image"].shape[0])
         self.spatial_dims = self.train_items[0]["image"].ndim - 1
+
+    def _split_records(self, recs: list[dict], strata: list | None = None) -> None:
+        """Set ``train_recs``/``val_recs``: the configured split over subjects (never cutting one)."""
+        d = self.cfg["data"]
+        train_s, val_s = split_subjects([r["subject"] for r in recs], val_fraction=d["val_fraction"], seed=self.cfg["seed"],
+                                        folds=d["folds"], fold=d["fold"], strata=strata)
+        if d["max_cases"]:
+            train_s = train_s[: d["max_cases"]]
+        ts, vs = set(train_s), set(val_s)
+        self.train_recs = [r for r in recs if r["subject"] in ts]
+        self.val_recs = [r for r in recs if r["subject"] in vs]
+        if ts & vs:  # cannot happen by construction; guards against future edits
+            raise TrainingError(f"subjects in both training and validation: {sorted(ts & vs)[:5]}")
+        self._log_main("%d cases: %d training (%d subjects), %d validation (%d subjects)", len(recs), len(self.train_recs),
+                       len(ts), len(self.val_recs), len(vs))
 
     def _out_channels(self) -> int:
         if self.task == "classification":
@@ -617,10 +621,7 @@ class Trainer:
                 pred_masks = torch.stack([torch.isin(lab, torch.as_tensor(v)) for v in regions.values()])
             ref = it["label"][0].to(torch.int64)
             for i, (name, vals) in enumerate(regions.items()):
-                p = pred_masks[i]
-                r = torch.isin(ref, torch.as_tensor(vals))
-                denom = int(p.sum()) + int(r.sum())
-                scores[name].append(1.0 if denom == 0 else 2.0 * int((p & r).sum()) / denom)
+                scores[name].append(dice_score(pred_masks[i], torch.isin(ref, torch.as_tensor(vals))))
         out = {f"dice_{k}": float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
         out["dice_mean"] = float(np.nanmean(list(out.values()))) if out else float("nan")
         return out
@@ -638,8 +639,7 @@ class Trainer:
             pred = logits.float()[0].cpu() > 0
             ref = it["label"].bool()
             for i, name in enumerate(self.mask_names):
-                denom = int(pred[i].sum()) + int(ref[i].sum())
-                scores[name].append(1.0 if denom == 0 else 2.0 * int((pred[i] & ref[i]).sum()) / denom)
+                scores[name].append(dice_score(pred[i], ref[i]))
         out = {f"dice_{k}": float(np.mean(v)) for k, v in scores.items()}
         out["dice_mean"] = float(np.mean(list(out.values())))
         return out

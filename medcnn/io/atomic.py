@@ -8,11 +8,13 @@ format-sniffing writers (nibabel, SimpleITK, Pillow) pick the right format.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,11 +56,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_png_atomic(path: str | os.PathLike[str], array: np.ndarray) -> None:
-    """Write a 2D uint8 array (rows, cols) as a grey PNG atomically (masks: 0/255 or small labels)."""
+    """Write a 2D uint8 or uint16 array (rows, cols) as a grey PNG atomically (masks, 8/16-bit images)."""
     from PIL import Image
 
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
+
+
+def write_csv_atomic(path: str | os.PathLike[str], columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write rows (dicts keyed by column; other keys ignored, missing ones empty) as CSV atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

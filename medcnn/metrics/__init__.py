@@ -28,6 +28,7 @@ from medcnn.metrics.evaluate import evaluate_folders, find_reference, pair_cases
 from medcnn.metrics.segmentation import (
     BRATS_HD95_PENALTY_MM,
     BRATS_REGIONS,
+    dice_score,
     normalize_regions,
     region_masks,
     region_volumes_ml,
@@ -40,6 +41,7 @@ __all__ = [
     "balanced_accuracy",
     "binary_report",
     "confusion_matrix",
+    "dice_score",
     "evaluate_folders",
     "expected_calibration_error",
     "find_reference",

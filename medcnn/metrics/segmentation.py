@@ -263,6 +263,13 @@ def segmentation_metrics(
     return out
 
 
+def dice_score(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> float:
+    """Dice of two binary masks of one shape; two empty masks score 1 (BraTS convention)."""
+    p, r = (m.bool() if isinstance(m, torch.Tensor) else np.asarray(m, dtype=bool) for m in (pred, ref))
+    denom = int(p.sum()) + int(r.sum())
+    return 1.0 if denom == 0 else 2.0 * int((p & r).sum()) / denom
+
+
 def cardiothoracic_ratio(lungs: np.ndarray, heart: np.ndarray) -> float:
     """Cardiothoracic ratio from masks: heart width / widest span of the lungs (columns).
 

@@ -31,16 +31,12 @@ from scipy import ndimage as ndi
 
 from medcnn.engine.data import find_records
 from medcnn.prompt.segmenter import PromptableSegmenter
-from medcnn.prompt.train import _bbox, _objects, jitter_box, load_prompt_case
+from medcnn.metrics.segmentation import dice_score
+from medcnn.prompt.train import jitter_box, load_prompt_case, object_bbox, object_ids
 
 logger = logging.getLogger(__name__)
 
 MODES = ("box", "box_jitter", "click", "box_refine")
-
-
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    denom = int(pred.sum()) + int(ref.sum())
-    return 1.0 if denom == 0 else 2.0 * int((pred & ref).sum()) / denom
 
 
 def _interior(mask: np.ndarray) -> tuple[int, int]:
@@ -78,9 +74,9 @@ def evaluate(data: str | Path, model: str | None = None, *, max_objects: int | N
     for rec in tqdm(recs, desc="prompt evaluation", unit="image"):
         for sl in load_prompt_case(rec["image"][0], rec["label"]):
             seg.set_image(sl["image"].float()[None])
-            for obj_id in _objects(sl["label"])[:max_objects]:
+            for obj_id in object_ids(sl["label"])[:max_objects]:
                 ref = (sl["label"] == obj_id).numpy()
-                box = _bbox(ref)
+                box = object_bbox(ref)
                 loose = jitter_box(rng, box, ref.shape)
                 out = {"box": seg.predict(box=box).numpy(), "box_jitter": None}
                 logits = seg.predict(box=loose, return_logits=True)
@@ -91,7 +87,7 @@ def evaluate(data: str | Path, model: str | None = None, *, max_objects: int | N
                     box=loose, points=[fix[0]], labels=[fix[1]], mask_input=logits).numpy()
                 for mode in MODES:
                     rows.append({"case": rec["case"], "source": sources.get(rec["case"], ""), "object": obj_id,
-                                 "area_px": int(ref.sum()), "mode": mode, "dice": _dice(out[mode], ref)})
+                                 "area_px": int(ref.sum()), "mode": mode, "dice": dice_score(out[mode], ref)})
     return rows
 
 

@@ -88,7 +88,7 @@ def _lite_backend(path: Path, device: str | torch.device, missing_ok: bool = Fal
     give ``None``; a medcnn checkpoint of another task is always an error.
     """
     from medcnn.engine.checkpoint import load_checkpoint
-    from medcnn.models import create_model
+    from medcnn.predictor import network_from_checkpoint
     from medcnn.prompt.lite import CropSpec, LitePromptBackend
 
     try:
@@ -99,14 +99,7 @@ def _lite_backend(path: Path, device: str | torch.device, missing_ok: bool = Fal
         raise
     if ck.get("task") != "prompt":
         raise InputError(path, f"a medcnn {ck.get('task')} checkpoint, not a promptable model (task: prompt)")
-    net = create_model(ck["model"]["name"], **ck["model"]["kwargs"])
-    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ck["state_dict"].items()}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise InputError(path, f"weights do not fit the {ck['model']['name']} network it describes "
-                               f"({str(exc).splitlines()[0][:200]})") from None
-    return LitePromptBackend(net, CropSpec.from_dict(ck.get("prompt")), device=device)
+    return LitePromptBackend(network_from_checkpoint(ck, path), CropSpec.from_dict(ck.get("prompt")), device=device)
 
 
 def _as_tensor(image: Any) -> torch.Tensor:

@@ -26,12 +26,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from medcnn.engine.data import find_records, split_subjects
-from medcnn.engine.trainer import Trainer, TrainingError
+from medcnn.engine.data import find_records
+from medcnn.engine.trainer import Trainer
 from medcnn.errors import ConfigError
+from medcnn.metrics.segmentation import dice_score
 from medcnn.prompt.lite import CropSpec, LitePromptBackend, crop_region, extract, prompt_inputs
 
-__all__ = ["PromptTrainer", "load_prompt_case", "simulate_prompt"]
+__all__ = ["PromptTrainer", "jitter_box", "load_prompt_case", "object_bbox", "object_ids", "simulate_prompt"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +75,14 @@ def load_prompt_case(image_path: str, label_path: str) -> list[dict[str, Any]]:
     return out
 
 
-def _objects(label: torch.Tensor) -> list[int]:
+def object_ids(label: torch.Tensor) -> list[int]:
+    """Label values of a label map's objects (non-zero, at least 16 pixels)."""
     values, counts = torch.unique(label, return_counts=True)
     return [int(v) for v, c in zip(values.tolist(), counts.tolist()) if v and c >= _MIN_OBJECT_PX]
 
 
-def _bbox(mask: np.ndarray) -> np.ndarray:
+def object_bbox(mask: np.ndarray) -> np.ndarray:
+    """``(i0, j0, i1, j1)`` float64 bounding box of a 2D mask, max exclusive."""
     rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
     return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], dtype=np.float64)
 
@@ -116,7 +119,7 @@ def simulate_prompt(rng: np.random.Generator, obj: np.ndarray, opts: dict[str, A
     from scipy import ndimage as ndi
 
     h, w = obj.shape
-    box = _bbox(obj)
+    box = object_bbox(obj)
     u = rng.random()
     p_points, p_prior, p_only = opts["point_prob"], opts["prior_prob"], opts["points_only_prob"]
     use_box = u >= p_only
@@ -237,12 +240,11 @@ def box_dice(backend: LitePromptBackend, items: list[dict], *, jitter: bool = Fa
         backend.set_image(it["image"].float()[None])
         for obj_id in it["objects"][:max_objects]:
             obj = (it["label"] == obj_id).numpy()
-            box = _bbox(obj)
+            box = object_bbox(obj)
             if jitter:
                 box = jitter_box(rng, box, obj.shape)
             pred = backend.predict_logits(boxes=torch.from_numpy(box)[None])[0].numpy() > 0
-            denom = int(pred.sum()) + int(obj.sum())
-            scores.append(1.0 if denom == 0 else 2.0 * int((pred & obj).sum()) / denom)
+            scores.append(dice_score(pred, obj))
     return scores
 
 
@@ -252,25 +254,15 @@ class PromptTrainer(Trainer):
     def _build_data(self) -> None:
         cfg = self.cfg
         self.spec = CropSpec.from_dict(cfg["prompt"])
-        recs = find_records(cfg["data"])
         self.multilabel = False
         self.mask_names = []
-        d = cfg["data"]
-        train_s, val_s = split_subjects([r["subject"] for r in recs], val_fraction=d["val_fraction"], seed=cfg["seed"],
-                                        folds=d["folds"], fold=d["fold"])
-        if d["max_cases"]:
-            train_s = train_s[: d["max_cases"]]
-        ts, vs = set(train_s), set(val_s)
-        if ts & vs:
-            raise TrainingError(f"subjects in both training and validation: {sorted(ts & vs)[:5]}")
-        self.train_recs = [r for r in recs if r["subject"] in ts]
-        self.val_recs = [r for r in recs if r["subject"] in vs]
+        self._split_records(find_records(cfg["data"]))
 
         def prep(rec: dict) -> list[dict]:
             slices = load_prompt_case(rec["image"][0], rec["label"])
             out = []
             for s in slices:
-                s["objects"] = _objects(s["label"])
+                s["objects"] = object_ids(s["label"])
                 if s["objects"]:
                     out.append(s)
             return out

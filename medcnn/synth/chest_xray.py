@@ -40,11 +40,9 @@ shared by a patient's studies), :func:`dicom_encoding` (stored values + VOI attr
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -57,6 +55,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 from scipy.interpolate import CubicSpline
 
+from medcnn.io.atomic import write_csv_atomic, write_png_atomic
 from medcnn.metrics.segmentation import cardiothoracic_ratio  # noqa: F401  (re-exported: generator API)
 
 logger = logging.getLogger(__name__)
@@ -1845,33 +1844,6 @@ def apply_tone(signal: np.ndarray, window: tuple[float, float], tone: Mapping[st
 # writing a dataset
 
 
-def _atomic_png(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 or uint16 2D array as PNG via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write rows (dicts keyed by column) as CSV via a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _normalise_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
     if isinstance(formats, str):
         formats = (formats,)
@@ -1984,7 +1956,7 @@ def _case_job(args: tuple[Path, int, int, tuple[str, ...], Any, dict[str, Any], 
             pix = np.rint(case["image"] * 255.0).astype(np.uint8)
         else:
             pix = np.rint(case["image"] * 65535.0).astype(np.uint16)
-        _atomic_png(out_dir / rel_img, pix)
+        write_png_atomic(out_dir / rel_img, pix)
     else:
         rel_img = Path("images") / f"{case_id}.dcm"
         photometric = "MONOCHROME1" if fmt == "dcm-mono1" else "MONOCHROME2"
@@ -2003,8 +1975,8 @@ def _case_job(args: tuple[Path, int, int, tuple[str, ...], Any, dict[str, Any], 
         )
     rel_lungs = Path("masks") / f"{case_id}_lungs.png"
     rel_heart = Path("masks") / f"{case_id}_heart.png"
-    _atomic_png(out_dir / rel_lungs, (case["lungs"] * 255).astype(np.uint8))
-    _atomic_png(out_dir / rel_heart, (case["heart"] * 255).astype(np.uint8))
+    write_png_atomic(out_dir / rel_lungs, (case["lungs"] * 255).astype(np.uint8))
+    write_png_atomic(out_dir / rel_heart, (case["heart"] * 255).astype(np.uint8))
 
     lab_rng = np.random.default_rng([seed, index, 3])
     chexpert: dict[str, Any] = {}
@@ -2128,9 +2100,9 @@ def generate(
         man_rows.append({k: v for k, v in row.items() if not k.startswith("_")})
     man_cols = ["case", "subject", "study", "image", "lungs", "heart", "format", "rows", "cols",
                 "pixel_spacing_mm", "view", "sex", "age", "ctr", *FINDINGS]
-    _atomic_csv(out / "labels.csv", [*CHEXPERT_COLUMNS, *FINDINGS], chex_rows)
-    _atomic_csv(out / "nih_labels.csv", NIH_COLUMNS, nih_rows)
-    _atomic_csv(out / "manifest.csv", man_cols, man_rows)
+    write_csv_atomic(out / "labels.csv", [*CHEXPERT_COLUMNS, *FINDINGS], chex_rows)
+    write_csv_atomic(out / "nih_labels.csv", NIH_COLUMNS, nih_rows)
+    write_csv_atomic(out / "manifest.csv", man_cols, man_rows)
     logger.info("wrote %d synthetic chest radiographs (%d patients) to %s", len(rows),
                 len({r["subject"] for r in rows}), out)
     return man_rows

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from medcnn.io.atomic import write_csv_atomic, write_png_atomic
+
 logger = logging.getLogger(__name__)
 
 SOURCES = ("shapes", "brain", "chest")
@@ -302,8 +304,6 @@ def make_case(rng: np.random.Generator, source: str | None = None) -> dict[str, 
 
 
 def _job(args: tuple[Path, int, int]) -> dict[str, Any]:
-    from medcnn.synth.chest_xray import _atomic_png
-
     out, seed, i = args
     name = f"prompt-{i + 1:05d}"
     row = {"case": name, "subject": name, "image": f"images/{name}.png", "label": f"masks/{name}.png"}
@@ -315,8 +315,8 @@ def _job(args: tuple[Path, int, int]) -> dict[str, Any]:
         with Image.open(lab_path) as im:
             return {**row, "source": source, "objects": int(np.asarray(im).max())}
     case = make_case(np.random.default_rng([seed, i, 77]))
-    _atomic_png(img_path, np.round(case["image"] * 65535).astype(np.uint16))
-    _atomic_png(lab_path, case["labels"])
+    write_png_atomic(img_path, np.round(case["image"] * 65535).astype(np.uint16))
+    write_png_atomic(lab_path, case["labels"])
     return {**row, "source": case["source"], "objects": int(case["labels"].max())}
 
 
@@ -338,8 +338,6 @@ def generate(out_dir: str | os.PathLike[str], n: int, seed: int = 0, *, workers:
 
     from tqdm.auto import tqdm
 
-    from medcnn.synth.chest_xray import _atomic_csv
-
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     out = Path(out_dir)
@@ -356,6 +354,6 @@ def generate(out_dir: str | os.PathLike[str], n: int, seed: int = 0, *, workers:
                 for r in pool.map(_job, jobs, chunksize=8):
                     rows.append(r)
                     bar.update(1)
-    _atomic_csv(out / "manifest.csv", ["case", "subject", "image", "label", "source", "objects"], rows)
+    write_csv_atomic(out / "manifest.csv", ["case", "subject", "image", "label", "source", "objects"], rows)
     logger.info("wrote %d prompt images (%d objects) to %s", len(rows), sum(r["objects"] for r in rows), out)
     return rows

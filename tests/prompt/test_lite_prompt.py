@@ -11,7 +11,7 @@ from medcnn.cli.main import cli
 from medcnn.errors import ConfigError, InputError
 from medcnn.prompt import PromptableSegmenter
 from medcnn.prompt.lite import CropSpec, LitePromptBackend, crop_region, paste_logits, prompt_inputs
-from medcnn.prompt.train import _bbox, jitter_box, load_prompt_case, simulate_prompt
+from medcnn.prompt.train import object_bbox, jitter_box, load_prompt_case, simulate_prompt
 from medcnn.synth.prompt import make_case
 
 SPEC = CropSpec()
@@ -65,7 +65,7 @@ def test_simulated_prompts_are_consistent_with_the_object():
     rng = np.random.default_rng(0)
     case = make_case(np.random.default_rng([9, 1, 77]), "shapes")
     obj = case["labels"] == case["labels"].max()
-    box = _bbox(obj)
+    box = object_bbox(obj)
     opts = {"box_jitter": 1.0, "point_prob": 1.0, "prior_prob": 0.5, "points_only_prob": 0.3}
     kinds = set()
     for _ in range(60):
