@@ -320,13 +320,19 @@ class Model:
         return probs.argmax(0).to(torch.int64)
 
     def _postprocess(self, labels: torch.Tensor, affine: np.ndarray) -> torch.Tensor:
-        from medcnn.inference.postprocess import remove_small_components
+        """Small-component removal (``inference.min_component_ml``), then whole regions below
+        ``inference.region_min_ml`` fall back to their enclosing label (BraTS: a tiny ET -> NCR)."""
+        from medcnn.inference.postprocess import relabel_small_regions, remove_small_components
 
-        min_ml = self.config["inference"].get("min_component_ml")
+        inference = self.config["inference"]
+        spacing = tuple(geometry.voxel_spacing(affine, labels.ndim))
+        min_ml = inference.get("min_component_ml")
         if min_ml:
-            spacing = geometry.voxel_spacing(affine, labels.ndim)
-            fg = remove_small_components(labels.numpy() > 0, min_ml=float(min_ml), spacing=tuple(spacing))
+            fg = remove_small_components(labels.numpy() > 0, min_ml=float(min_ml), spacing=spacing)
             labels = labels * torch.as_tensor(fg, dtype=labels.dtype)
+        region_min = inference.get("region_min_ml") or {}
+        if region_min:
+            labels = relabel_small_regions(labels, region_min, self.config["labels"]["regions"], spacing)
         return labels
 
 

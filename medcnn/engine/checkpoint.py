@@ -112,6 +112,15 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True,
         current = dict(ck.get("inference", {}))
         stored = {k: v for k, v in current.items() if k in schema}
         ck["inference"] = {**current, **validate({**stored, **inference}, schema, prefix="inference.")}
+        if ck["inference"].get("region_min_ml"):
+            from medcnn.errors import ConfigError
+            from medcnn.inference.postprocess import region_fallback_label
+
+            for region in ck["inference"]["region_min_ml"]:
+                try:
+                    region_fallback_label(region, (ck.get("labels") or {}).get("regions") or {})
+                except ValueError as exc:
+                    raise ConfigError(f"inference.region_min_ml.{region}: {exc}") from None
     ck.pop("resume", None)
     training = dict(ck.get("training", {}))
     training.pop("config", None)

@@ -105,6 +105,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "mode": Field((str,), "gaussian", choices=("gaussian", "constant")),
         "tta": Field((bool,), False),
         "min_component_ml": Field(_NUM + (NONE,), None),
+        "region_min_ml": {"*": Field(_NUM, check=lambda v: None if v >= 0 else "must be >= 0")},
         "fill_holes": Field((bool,), False, help="fill holes each predicted region encloses (region models)"),
         "threshold": Field(_NUM + (NONE,), None, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]",
                            help="binary decision threshold (classification)"),
@@ -172,6 +173,13 @@ def _cross_checks(cfg: dict) -> None:
                 raise ConfigError(f"config key 'labels.regions.{region}': expected a list of positive label values")
         if cfg["inference"]["roi_size"] is None:
             cfg["inference"]["roi_size"] = list(t["patch_size"])
+        from medcnn.inference.postprocess import region_fallback_label
+
+        for region in cfg["inference"]["region_min_ml"]:
+            try:
+                region_fallback_label(region, cfg["labels"]["regions"])
+            except ValueError as exc:
+                raise ConfigError(f"config key 'inference.region_min_ml.{region}': {exc}") from None
     else:
         if t["loss"] in ("dicece", "dicefocal"):
             t["loss"] = "ce"

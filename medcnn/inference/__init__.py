@@ -12,6 +12,7 @@ from medcnn.inference.postprocess import (
     keep_largest_component,
     labels_to_regions,
     regions_to_labels,
+    relabel_small_regions,
     remove_small_components,
 )
 from medcnn.inference.sliding_window import (
@@ -31,6 +32,7 @@ __all__ = [
     "labels_to_regions",
     "mirror_predictor",
     "regions_to_labels",
+    "relabel_small_regions",
     "remove_small_components",
     "resolve_precision",
     "sliding_window_inference",

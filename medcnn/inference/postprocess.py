@@ -16,7 +16,7 @@ into a label map and :func:`labels_to_regions` goes back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -30,6 +30,7 @@ __all__ = [
     "keep_largest_component",
     "labels_to_regions",
     "regions_to_labels",
+    "relabel_small_regions",
     "remove_small_components",
 ]
 
@@ -139,6 +140,72 @@ def remove_small_components(
     kept = keep[labels]
     out = kept if arr.dtype == bool else np.where(kept, arr, np.zeros((), dtype=arr.dtype))
     return _like(out, mask)  # type: ignore[return-value]
+
+
+def region_fallback_label(region: str, regions: Mapping[str, Sequence[int]]) -> int:
+    """The label a too-small ``region`` falls back to: the label of its closest enclosing region
+    that is not in ``region`` (BraTS: ET -> NCR, since TC = {NCR, ET}); 0 for an outermost region.
+
+    Args:
+        region: a key of ``regions``.
+        regions: region name -> the label values it groups, e.g. ``{"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}``.
+
+    Returns:
+        The fallback label value.
+
+    Raises:
+        ValueError: unknown region, or the enclosing region leaves more than one candidate label.
+    """
+    if region not in regions:
+        raise ValueError(f"unknown region {region!r}; regions: {', '.join(regions)}")
+    inner = set(regions[region])
+    parents = [(len(v), name) for name, v in regions.items() if name != region and inner < set(v)]
+    if not parents:
+        return 0
+    _, parent = min(parents)
+    rest = sorted(set(regions[parent]) - inner)
+    if len(rest) != 1:
+        raise ValueError(
+            f"region {region!r} lies in {parent!r}, which adds labels {rest}: no single label to fall back to"
+        )
+    return int(rest[0])
+
+
+def relabel_small_regions(
+    labels: ArrayT,
+    min_ml: Mapping[str, float],
+    regions: Mapping[str, Sequence[int]],
+    spacing: Sequence[float],
+) -> ArrayT:
+    """Relabels a whole region that is smaller in total than a volume threshold.
+
+    nnU-Net's BraTS post-processing: a predicted enhancing tumour of a few voxels is almost always a
+    false positive (non-enhancing tumours have none, and an empty ET scores 0 against an empty
+    reference), so when the total ET volume is below the threshold its voxels become necrotic core
+    (they stay in TC and WT). In general each region ``R`` in ``min_ml`` falls back to
+    :func:`region_fallback_label`. Regions are handled innermost first.
+
+    Args:
+        labels: ``(*spatial)`` integer label map, numpy or torch.
+        min_ml: region name -> smallest total volume in mL it may have (e.g. ``{"ET": 0.3}``).
+        regions: region name -> label values (the checkpoint's ``labels.regions``).
+        spacing: mm per voxel along each spatial axis.
+
+    Returns:
+        The label map, same kind, dtype and shape as ``labels``.
+
+    Raises:
+        ValueError: unknown region or one without a single fallback label.
+    """
+    arr = _to_numpy(labels).copy()
+    voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
+    for region in sorted(min_ml, key=lambda r: len(regions.get(r, ()))):
+        fallback = region_fallback_label(region, regions)
+        inside = np.isin(arr, np.asarray(list(regions[region])))
+        volume = float(inside.sum()) * voxel_ml
+        if 0.0 < volume < float(min_ml[region]):
+            arr[inside] = fallback
+    return _like(arr, labels)  # type: ignore[return-value]
 
 
 def keep_largest_component(mask: ArrayT, connectivity: int | None = None) -> ArrayT:

@@ -28,3 +28,24 @@ def test_export_refuses_unknown_or_non_inference_settings(tiny_brain_model, tmp_
     other = CliRunner().invoke(cli, ["export", str(tiny_brain_model), "-o", str(tmp_path / "c.pt"), "--set", "train.lr=1"])
     assert other.exit_code == 2 and "only inference" in other.output
     assert not (tmp_path / "a.pt").exists() and not (tmp_path / "c.pt").exists()
+
+
+def test_export_region_min_ml_checked_and_applied(tiny_brain_model, tmp_path):
+    import numpy as np
+    import torch
+
+    from medcnn.predictor import load_model
+
+    out = tmp_path / "et.pt"
+    res = CliRunner().invoke(cli, ["export", str(tiny_brain_model), "-o", str(out), "--set", "inference.region_min_ml.ET=0.3"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(out)["inference"]["region_min_ml"] == {"ET": 0.3}
+    bad = CliRunner().invoke(cli, ["export", str(tiny_brain_model), "-o", str(tmp_path / "x.pt"),
+                                   "--set", "inference.region_min_ml.EX=0.3"])
+    assert bad.exit_code != 0 and "region_min_ml.EX" in bad.output and "unknown region" in bad.output
+    model = load_model(out)
+    labels = np.zeros((10, 10, 10), dtype=np.int64)
+    labels[2:6, 2:6, 2:6] = 1
+    labels[3:5, 3:5, 3:5] = 3  # 8 voxels of 8 mm^3: 0.064 mL, below 0.3 (the tumour, 0.51 mL, passes min_component_ml)
+    post = model._postprocess(torch.as_tensor(labels), np.diag([2.0, 2.0, 2.0, 1.0]))
+    assert not (post == 3).any() and int((post == 1).sum()) == int((labels > 0).sum())

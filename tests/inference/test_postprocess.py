@@ -211,3 +211,42 @@ def test_nested_region_errors():
         labels_to_regions(np.zeros((3, 3), dtype=bool))
     with pytest.raises(ValueError):
         remove_small_components([[1, 0]], 1)  # plain lists are not accepted
+
+
+BRATS_REGIONS = {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+
+
+def test_region_fallback_labels():
+    from medcnn.inference.postprocess import region_fallback_label
+
+    assert region_fallback_label("ET", BRATS_REGIONS) == 1  # ET lies in TC = {NCR, ET}: falls back to NCR
+    assert region_fallback_label("TC", BRATS_REGIONS) == 2  # TC lies in WT: the rest of WT is ED
+    assert region_fallback_label("WT", BRATS_REGIONS) == 0  # outermost: background
+    with pytest.raises(ValueError, match="unknown region"):
+        region_fallback_label("XX", BRATS_REGIONS)
+    with pytest.raises(ValueError, match="no single label"):
+        region_fallback_label("ET", {"WT": [1, 2, 3], "ET": [3]})  # WT adds 1 and 2
+
+
+def test_relabel_small_regions_acts_on_the_total_volume():
+    from medcnn.inference import relabel_small_regions
+
+    labels = np.zeros((20, 20, 20), dtype=np.uint8)
+    labels[2:12, 2:12, 2:12] = 2  # ED
+    labels[4:8, 4:8, 4:8] = 1  # NCR
+    labels[5:7, 5:7, 5:7] = 3  # ET: 8 voxels of 8 mm^3 = 0.064 mL
+    spacing = (2.0, 2.0, 2.0)
+    out = relabel_small_regions(labels, {"ET": 0.1}, BRATS_REGIONS, spacing)
+    assert not (out == 3).any()
+    assert (out[labels == 3] == 1).all()  # ET became NCR: TC and WT unchanged
+    assert np.array_equal(out[labels != 3], labels[labels != 3])
+    kept = relabel_small_regions(labels, {"ET": 0.06}, BRATS_REGIONS, spacing)  # 0.064 mL >= 0.06: kept
+    assert np.array_equal(kept, labels)
+    # two ET islands of 8 voxels each: 0.128 mL in total, above 0.1 although each alone is below
+    two = labels.copy()
+    two[9:11, 9:11, 9:11] = 3
+    assert np.array_equal(relabel_small_regions(two, {"ET": 0.1}, BRATS_REGIONS, spacing), two)
+    # torch in, torch out; the whole tumour below its threshold goes to background
+    t = torch.as_tensor(labels)
+    gone = relabel_small_regions(t, {"WT": 100.0}, BRATS_REGIONS, spacing)
+    assert isinstance(gone, torch.Tensor) and int(gone.count_nonzero()) == 0
