@@ -154,6 +154,7 @@ def _methods(
         ("ours   same, fp32, no fast conv", ov,
          lambda: sliding_window_inference(x, roi, sw, net, ov, mode, precision="fp32", fast_cpu_conv=False)),
         ("ours   defaults (0.25, constant)", 0.25, lambda: sliding_window_inference(x, roi, sw, net)),
+        ("ours   0.25, gaussian", 0.25, lambda: sliding_window_inference(x, roi, sw, net, 0.25, "gaussian")),
     ]
     auto_dtype = resolve_precision("auto", x.device)
     if auto_dtype is not None:

@@ -127,7 +127,7 @@ class Model:
 
         inf = self.config["inference"]
         net = self.network
-        predictor = mirror_predictor(net, axes=None) if inf.get("tta") else net
+        predictor = mirror_predictor(net, axes=inf.get("tta_axes")) if inf.get("tta") else net
         out = sliding_window_inference(x[None].to(self.device), list(inf["roi_size"]), int(inf["sw_batch_size"]), predictor,
                                        overlap=float(inf["overlap"]), mode=inf["mode"], progress=progress,
                                        precision=inf.get("precision", "auto"))
@@ -241,9 +241,13 @@ class Model:
             TypeError: a segmentation model.
             InputError: wrong number of channels, an all-zero image, NaN/Inf.
         """
+        from medcnn.inference import mirror_predictor
+
         self._require_classifier("predict_proba")
         x, _, _ = self.prepare_input(img)
-        logits = self.network(x[None].to(self.device))
+        inf = self.config["inference"]
+        net = mirror_predictor(self.network, axes=inf.get("tta_axes")) if inf.get("tta") else self.network
+        logits = net(x[None].to(self.device))
         if isinstance(logits, (list, tuple)):
             logits = logits[0]
         return self._class_probabilities(logits[0]).cpu()

@@ -107,3 +107,18 @@ def test_saliency_of_an_ad_case_lies_on_the_brain(model: Model, subjects: dict) 
 
     depth = ndimage.distance_transform_edt(head)
     assert np.median(depth[hot & head]) > np.median(depth[head])
+
+
+def test_classification_tta_averages_the_mirrored_logits(model: Model, subjects: dict) -> None:
+    """``inference.tta`` with ``tta_axes: [0]`` = the softmax of the mean logits of the image and its left-right mirror."""
+    path, _ = next(iter(subjects.values()))
+    img = medcnn.load(path)
+    x, _, _ = model.prepare_input(img)
+    with torch.no_grad():
+        plain = model.network(x[None])
+        mirrored = model.network(torch.flip(x[None], (2,)))
+    tta = Model(model.network, {**model.config, "inference": {**model.config["inference"], "tta": True, "tta_axes": [0]}},
+                model.path, model.device)
+    expected = torch.softmax((plain + mirrored)[0] / 2, dim=-1)
+    assert torch.allclose(tta.predict_proba(img), expected, atol=1e-5)
+    assert not torch.allclose(plain, mirrored, atol=1e-4)  # the mirror changes the logits: the check can fail
