@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,15 +121,20 @@ class Model:
             raise InputError(getattr(img, "meta", {}).get("filename_or_obj"),
                              f"model expects {want} channel(s) ({', '.join(names)}), got {img.shape[0]}")
 
+    def _predictor(self) -> Callable[[torch.Tensor], Any]:
+        """The network, wrapped in mirror TTA over ``inference.tta_axes`` when ``inference.tta`` is on."""
+        from medcnn.inference import mirror_predictor
+
+        inf = self.config["inference"]
+        return mirror_predictor(self.network, axes=inf.get("tta_axes")) if inf.get("tta") else self.network
+
     @torch.no_grad()
     def logits(self, x: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """Network output for one preprocessed image ``x (C, *spatial)`` -> ``(K, *spatial)`` float32 (sliding window)."""
-        from medcnn.inference import mirror_predictor, sliding_window_inference
+        from medcnn.inference import sliding_window_inference
 
         inf = self.config["inference"]
-        net = self.network
-        predictor = mirror_predictor(net, axes=inf.get("tta_axes")) if inf.get("tta") else net
-        out = sliding_window_inference(x[None].to(self.device), list(inf["roi_size"]), int(inf["sw_batch_size"]), predictor,
+        out = sliding_window_inference(x[None].to(self.device), list(inf["roi_size"]), int(inf["sw_batch_size"]), self._predictor(),
                                        overlap=float(inf["overlap"]), mode=inf["mode"], progress=progress,
                                        precision=inf.get("precision", "auto"))
         return out[0].float().cpu()
@@ -241,13 +247,9 @@ class Model:
             TypeError: a segmentation model.
             InputError: wrong number of channels, an all-zero image, NaN/Inf.
         """
-        from medcnn.inference import mirror_predictor
-
         self._require_classifier("predict_proba")
         x, _, _ = self.prepare_input(img)
-        inf = self.config["inference"]
-        net = mirror_predictor(self.network, axes=inf.get("tta_axes")) if inf.get("tta") else self.network
-        logits = net(x[None].to(self.device))
+        logits = self._predictor()(x[None].to(self.device))
         if isinstance(logits, (list, tuple)):
             logits = logits[0]
         return self._class_probabilities(logits[0]).cpu()

@@ -106,21 +106,13 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True,
     ck = load_checkpoint(src)
     if inference:
         from medcnn.engine.config import validate
-        from medcnn.engine.schema import TRAIN_SCHEMA
+        from medcnn.engine.schema import TRAIN_SCHEMA, check_region_min_ml
 
         schema = TRAIN_SCHEMA["inference"]
         current = dict(ck.get("inference", {}))
         stored = {k: v for k, v in current.items() if k in schema}
         ck["inference"] = {**current, **validate({**stored, **inference}, schema, prefix="inference.")}
-        if ck["inference"].get("region_min_ml"):
-            from medcnn.errors import ConfigError
-            from medcnn.inference.postprocess import region_fallback_label
-
-            for region in ck["inference"]["region_min_ml"]:
-                try:
-                    region_fallback_label(region, (ck.get("labels") or {}).get("regions") or {})
-                except ValueError as exc:
-                    raise ConfigError(f"inference.region_min_ml.{region}: {exc}") from None
+        check_region_min_ml(ck["inference"], (ck.get("labels") or {}).get("regions") or {})
     ck.pop("resume", None)
     training = dict(ck.get("training", {}))
     training.pop("config", None)

@@ -154,6 +154,21 @@ def _cwd_paths(over: dict, schema: dict) -> dict:
     return out
 
 
+def check_region_min_ml(inference: dict, regions: dict) -> None:
+    """Every region named in ``inference.region_min_ml`` exists in ``regions`` and has one label to fall back to.
+
+    Raises:
+        ConfigError: naming the key, e.g. ``inference.region_min_ml.EX: unknown region``.
+    """
+    from medcnn.inference.postprocess import region_fallback_label
+
+    for region in inference.get("region_min_ml") or {}:
+        try:
+            region_fallback_label(region, regions)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'inference.region_min_ml.{region}': {exc}") from None
+
+
 def _cross_checks(cfg: dict) -> None:
     from medcnn.models import list_models, model_task
 
@@ -176,13 +191,7 @@ def _cross_checks(cfg: dict) -> None:
                 raise ConfigError(f"config key 'labels.regions.{region}': expected a list of positive label values")
         if cfg["inference"]["roi_size"] is None:
             cfg["inference"]["roi_size"] = list(t["patch_size"])
-        from medcnn.inference.postprocess import region_fallback_label
-
-        for region in cfg["inference"]["region_min_ml"]:
-            try:
-                region_fallback_label(region, cfg["labels"]["regions"])
-            except ValueError as exc:
-                raise ConfigError(f"config key 'inference.region_min_ml.{region}': {exc}") from None
+        check_region_min_ml(cfg["inference"], cfg["labels"]["regions"])
     else:
         if t["loss"] in ("dicece", "dicefocal"):
             t["loss"] = "ce"

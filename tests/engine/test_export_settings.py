@@ -49,3 +49,17 @@ def test_export_region_min_ml_checked_and_applied(tiny_brain_model, tmp_path):
     labels[3:5, 3:5, 3:5] = 3  # 8 voxels of 8 mm^3: 0.064 mL, below 0.3 (the tumour, 0.51 mL, passes min_component_ml)
     post = model._postprocess(torch.as_tensor(labels), np.diag([2.0, 2.0, 2.0, 1.0]))
     assert not (post == 3).any() and int((post == 1).sum()) == int((labels > 0).sum())
+
+
+def test_training_config_checks_region_min_ml(repo_root):
+    import pytest
+
+    from medcnn.engine.schema import load_train_config
+    from medcnn.errors import ConfigError
+
+    cfg = load_train_config(repo_root / "configs" / "brain_tumor.yaml", ["inference.region_min_ml.ET=0.3"])
+    assert cfg["inference"]["region_min_ml"] == {"ET": 0.3}
+    with pytest.raises(ConfigError, match=r"inference\.region_min_ml\.EX.*unknown region"):
+        load_train_config(repo_root / "configs" / "brain_tumor.yaml", ["inference.region_min_ml.EX=0.3"])
+    with pytest.raises(ConfigError, match=r"inference\.region_min_ml\.ET"):
+        load_train_config(repo_root / "configs" / "brain_tumor.yaml", ["inference.region_min_ml.ET=-1"])
