@@ -300,7 +300,46 @@ def find_records(data_cfg: dict) -> list[dict]:
         recs = records_from_brats(src)
     if not recs:
         raise ConfigError(f"data.source: no training cases found in {src}")
+    if data_cfg.get("finding_masks"):
+        if fmt not in ("chexpert", "nih"):
+            raise ConfigError(f"config key 'data.finding_masks': only for chexpert / nih label CSVs, not data.format {fmt}")
+        attach_finding_masks(recs, src.parent, data_cfg["finding_masks"], data_cfg["classes"])
     return recs
+
+
+def attach_finding_masks(recs: list[dict], base: Path, pattern: str, classes: Sequence[str]) -> None:
+    """Add ``rec["finding_masks"]``: per finding, the mask file of a present finding, or None.
+
+    Args:
+        recs: multi-label records (``label`` a list of 0/1/NaN per finding).
+        base: folder the pattern is relative to (the label CSV's).
+        pattern: e.g. ``masks/{case}_{finding}.png``; ``{case}`` is the image file's stem.
+        classes: finding names, in label order.
+
+    Raises:
+        ConfigError: the pattern has an unknown placeholder, or no mask file exists at all.
+    """
+    found = 0
+    for rec in recs:
+        stem = Path(rec["image"][0]).name.split(".")[0]
+        paths: list[str | None] = []
+        for name, value in zip(classes, rec["label"]):
+            path = None
+            if value == 1.0:
+                try:
+                    candidate = base / pattern.format(case=stem, finding=name)
+                except (KeyError, IndexError) as exc:
+                    raise ConfigError(f"config key 'data.finding_masks': unknown placeholder {exc} in {pattern!r}; "
+                                      "use {case} and {finding}") from None
+                if candidate.is_file():
+                    path = str(candidate)
+                    found += 1
+            paths.append(path)
+        rec["finding_masks"] = paths
+    if not found:
+        example = base / pattern.format(case=Path(recs[0]["image"][0]).name.split(".")[0], finding=classes[0])
+        raise ConfigError(f"config key 'data.finding_masks': no mask file matches {pattern!r} under {base} (e.g. {example}); "
+                          "set data.finding_masks: null to train on the labels alone")
 
 
 def split_subjects(

@@ -24,6 +24,11 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "uncertainty": Field((str,), "ignore", choices=("ignore", "zeros", "ones"),
                              help="chexpert: what an uncertain (-1) label means; ignore = left out of loss and metrics"),
         "masks": Field((list, NONE), None, help="segmentation manifest: binary mask columns, one output channel each"),
+        "finding_masks": Field((str, NONE), None,
+                               help="chexpert / nih: where each present finding's mask is, relative to the label CSV's folder, "
+                                    "with {case} (the image file's stem) and {finding}, e.g. masks/{case}_{finding}.png "
+                                    "(what medcnn generate chest-xray writes); trains the map head of "
+                                    "model.kwargs.finding_maps: true"),
         "channels": Field((list, NONE), None, help="manifest columns holding the input channels, in order"),
         "label": Field((str,), "label", help="manifest column of the label map / class label"),
         "subject": Field((str,), "subject", help="manifest column identifying the subject (splits never cut a subject)"),
@@ -75,6 +80,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "grad_clip": Field(_NUM + (NONE,), 12.0),
         "amp": Field((str,), "auto", choices=("auto", "bf16", "fp16", "off")),
         "channels_last": Field((bool,), False),
+        "map_loss_weight": Field(_NUM, 1.0, help="weight of the finding-map loss (data.finding_masks) next to the label loss"),
         "augment": {
             "names": Field((list,), ["spatial", "intensity", "noise"]),
             "strength": Field(_NUM, 0.5),
@@ -199,6 +205,15 @@ def _cross_checks(cfg: dict) -> None:
     if sp is not None and len(sp) not in (2, 3):
         raise ConfigError(f"config key 'preprocess.spacing': expected 2 or 3 values, got {sp}")
     data = cfg["data"]
+    if data["finding_masks"] is not None:
+        if cfg["task"] != "classification":
+            raise ConfigError("config key 'data.finding_masks': only for multi-label classification (chexpert / nih data)")
+        if "{finding}" not in data["finding_masks"]:
+            raise ConfigError(f"config key 'data.finding_masks': {data['finding_masks']!r} needs a {{finding}} placeholder, "
+                              "e.g. masks/{case}_{finding}.png")
+        if not cfg["model"]["kwargs"].get("finding_maps"):
+            raise ConfigError("config key 'data.finding_masks': the masks train a finding-map head; "
+                              "set model.kwargs.finding_maps: true (densenet121)")
     if data["folds"] is not None and not 0 <= data["fold"] < data["folds"]:
         raise ConfigError(f"config key 'data.fold': {data['fold']} not in [0, {data['folds']})")
     unknown_aug = set(t["augment"]["names"]) - {"spatial", "intensity", "noise", "mri_artifacts", "resolution"}

@@ -23,7 +23,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -184,26 +184,49 @@ def _prepare_seg_case(rec: dict, spec: dict) -> dict:
         where = rec["label"][0] if several else rec["label"]
         raise ConfigError(f"{where}: label grid {tuple(lab.shape[1:])} does not match image {tuple(img.shape[1:])}")
     x, info = prepare(img, spec)
-    y = crop(lab.as_tensor(), info["box"])
-    y = (y > 0).to(torch.uint8) if several else y.round().to(torch.uint8)
-    if info.get("square"):
-        size = int(spec["square_size"])
-        if several:
-            y, _ = square_resize(y, size, label=True)
-        else:  # an integer label map: resize each label's mask, keep the most covered label per pixel
-            values = torch.unique(y)
-            onehot = torch.stack([(y[0] == v) for v in values]).to(torch.float32)
-            cover = square_resize(onehot, size)[0]
-            y = values[cover.argmax(0)][None].to(torch.uint8)
+    if several:
+        return {"image": x, "label": _masks_like_input(lab, info, spec), "case": rec["case"]}
+    y = crop(lab.as_tensor(), info["box"]).round().to(torch.uint8)
+    if info.get("square"):  # an integer label map: resize each label's mask, keep the most covered label per pixel
+        values = torch.unique(y)
+        onehot = torch.stack([(y[0] == v) for v in values]).to(torch.float32)
+        cover = square_resize(onehot, int(spec["square_size"]))[0]
+        y = values[cover.argmax(0)][None].to(torch.uint8)
     return {"image": x, "label": y, "case": rec["case"]}
 
 
-def _prepare_cls_case(rec: dict, spec: dict, classes: list[str]) -> dict:
+def _masks_like_input(masks: torch.Tensor, info: dict, spec: dict) -> torch.Tensor:
+    """Binary masks ``(R, *grid)`` on the model grid -> ``(R, *input)`` uint8, cropped and resized as
+    :func:`prepare` did to the image (``info``)."""
+    y = (crop(masks.as_tensor() if hasattr(masks, "as_tensor") else masks, info["box"]) > 0).to(torch.uint8)
+    if info.get("square"):
+        y, _ = square_resize(y, int(spec["square_size"]), label=True)
+    return y
+
+
+def _prepare_cls_case(rec: dict, spec: dict, classes: list[str], map_classes: Sequence[int] = ()) -> dict:
+    """Network input and target of a classification case; with ``map_classes`` (multi-label data with
+    ``data.finding_masks``) also ``finding_mask`` ``(K, *input)`` uint8 and ``map_known`` ``(K,)``: 1 where
+    that finding's map target is known (absent: all zero; present: its mask), 0 where it is not."""
     img = load_for_model(rec["image"], spec)
-    x, _ = prepare(img, spec)
+    x, info = prepare(img, spec)
     label = rec["label"]
     if isinstance(label, list):  # multi-label: 0/1 per finding, NaN = unknown (left out of loss and metrics)
-        return {"image": x, "label": torch.tensor(label, dtype=torch.float32), "case": rec["case"]}
+        out = {"image": x, "label": torch.tensor(label, dtype=torch.float32), "case": rec["case"]}
+        if map_classes:
+            known = torch.zeros(len(label), dtype=torch.float32)
+            fmask = torch.zeros((len(label), *x.shape[1:]), dtype=torch.uint8)
+            present = [i for i in map_classes if label[i] == 1.0 and rec["finding_masks"][i]]
+            for i in map_classes:
+                known[i] = 1.0 if (label[i] == 0.0 or i in present) else 0.0
+            if present:
+                masks = load_for_model([rec["finding_masks"][i] for i in present], spec, mode="nearest")
+                if tuple(masks.shape[1:]) != tuple(img.shape[1:]):
+                    raise ConfigError(f"{rec['finding_masks'][present[0]]}: mask grid {tuple(masks.shape[1:])} does not "
+                                      f"match image {tuple(img.shape[1:])}")
+                fmask[present] = _masks_like_input(masks, info, spec)
+            out["finding_mask"], out["map_known"] = fmask, known
+        return out
     if label not in classes:
         raise ConfigError(f"case {rec['case']}: label {label!r} not in data.classes {classes}")
     return {"image": x, "label": torch.tensor(classes.index(label), dtype=torch.long), "case": rec["case"]}
@@ -255,9 +278,13 @@ class Trainer:
             strata = [r["label"] for r in recs]
         self._split_records(recs, strata)
         spec = cfg["preprocess"]
+        # findings whose map head is trained: those with at least one mask file (data.finding_masks)
+        self.map_classes = sorted({i for r in recs for i, p in enumerate(r.get("finding_masks") or []) if p})
+        if self.map_classes:
+            self._log_main("finding maps trained for %s", ", ".join(cfg["data"]["classes"][i] for i in self.map_classes))
         if self.task == "classification":
             classes = cfg["data"]["classes"]
-            prep = lambda r: _prepare_cls_case(r, spec, classes)  # noqa: E731
+            prep = lambda r: _prepare_cls_case(r, spec, classes, self.map_classes)  # noqa: E731
         else:
             prep = lambda r: _prepare_seg_case(r, spec)  # noqa: E731
         workers = max(1, min(4, os.cpu_count() or 1))
@@ -334,6 +361,11 @@ class Trainer:
             raise ConfigError(f"config key 'model.init': {path} holds a {ck['model']['name']} network, "
                               f"the config builds {self.cfg['model']['name']}")
         state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ck["state_dict"].items()}
+        # parts the network adds to a checkpoint's (e.g. a new finding-map head) may start fresh
+        optional = tuple(getattr(net, "init_optional_prefixes", ()))
+        for k, v in net.state_dict().items():
+            if k.startswith(optional) and k not in state:
+                state[k] = v
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -358,7 +390,7 @@ class Trainer:
             ]
             label_keys: tuple[str, ...] | None = ("label",)
         else:
-            label_keys = None
+            label_keys = ("finding_mask",) if self.map_classes else None
         if aug["names"]:
             tfs.append(augmentation_preset(list(aug["names"]), keys="image", label_keys=label_keys, strength=aug["strength"],
                                            prob=aug["prob"], spatial_dims=self.spatial_dims, options=aug["options"] or None))
@@ -374,7 +406,8 @@ class Trainer:
         """This epoch's training samples (``{"image", "label"}`` dicts)."""
         from monai.data import Dataset
 
-        return Dataset([{"image": it["image"], "label": it["label"]} for it in self.train_items], transform=self.transforms)
+        keys = ("image", "label", "finding_mask", "map_known")
+        return Dataset([{k: it[k] for k in keys if k in it} for it in self.train_items], transform=self.transforms)
 
     def _cases_per_step(self) -> int:
         per_case = self.t["samples_per_case"] if self.task == "segmentation" else 1
@@ -514,13 +547,16 @@ class Trainer:
 
     # -- loops -------------------------------------------------------------------------------
 
-    def _batches(self, loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, loader) -> Iterator[tuple[torch.Tensor, Any]]:
+        """``(x, y)`` per batch on the device; ``y`` is ``(labels, finding masks, map_known)`` when finding maps train."""
         dev = self.env.device
         for batch in loader:
             x = batch["image"].to(dev, non_blocking=True)
             y = batch["label"].to(dev, non_blocking=True)
             if self.t["channels_last"] and x.ndim in (4, 5):
                 x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+            if "finding_mask" in batch:
+                y = (y, batch["finding_mask"].to(dev, non_blocking=True), batch["map_known"].to(dev, non_blocking=True))
             yield x, y
 
     def _train_epoch(self, epoch: int) -> float:
@@ -547,18 +583,29 @@ class Trainer:
 
         Args:
             x: ``(B, C, *patch)`` network input on the training device.
-            y: targets: ``(B, K, *patch)`` region masks, ``(B, 1, *patch)`` labels, or ``(B,)`` classes.
+            y: targets: ``(B, K, *patch)`` region masks, ``(B, 1, *patch)`` labels, or ``(B,)`` classes;
+                or ``(labels (B, K), finding masks (B, K, *input), map_known (B, K))`` to train finding maps.
             epoch, step: where the step is (for the error message on a non-finite loss).
 
         Raises:
             TrainingError: the loss is NaN/Inf.
         """
         self.opt.zero_grad(set_to_none=True)
+        maps_target = None
+        if isinstance(y, (tuple, list)):
+            y, *maps_target = y
         with self._autocast():
-            logits = self.net(x)
-        if isinstance(logits, (list, tuple)):
-            logits = logits[0]
+            out = self.net(x, return_maps=True) if maps_target else self.net(x)
+        maps = None
+        if maps_target:
+            logits, maps = out
+        else:
+            logits = out[0] if isinstance(out, (list, tuple)) else out
         loss = self.loss_fn(logits.float(), y.float() if (self.task == "segmentation" or self.multilabel) else y.long())
+        if maps is not None:
+            from medcnn.models.maps import finding_map_loss
+
+            loss = loss + self.t["map_loss_weight"] * finding_map_loss(maps.float(), *maps_target)
         loss_value = self.env.all_mean(float(loss.detach()))
         if not math.isfinite(loss_value):
             # last.pt is this run's (or the resumed run's) epoch `epoch` only if an epoch was completed or resumed

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 #: Grad-CAM layer of known architectures (class name -> module name; a callable picks it from the net)
 _KNOWN_LAYERS = {
     "DenseNet121": "class_layers.relu",  # MONAI DenseNet: final norm + ReLU, right before global pooling
+    "DenseNetWithMaps": "class_layers.relu",  # medcnn.models.maps: the same layer feeds its map head
     "DenseNet": "class_layers.relu",
     "DenseNet169": "class_layers.relu",
     "DenseNet201": "class_layers.relu",

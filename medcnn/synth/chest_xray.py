@@ -1934,6 +1934,16 @@ def dicom_encoding(case: Mapping[str, Any], rng: np.random.Generator, photometri
     return out
 
 
+#: where :func:`generate` writes a present finding's mask, relative to the output folder; the
+#: same pattern (``{case}`` = the image's file stem) serves as ``data.finding_masks`` in configs.
+FINDING_MASK_PATTERN = "masks/{case}_{finding}.png"
+
+
+def finding_mask_path(case_id: str, finding: str) -> Path:
+    """Relative path of one finding's mask in a generated dataset (``FINDING_MASK_PATTERN``)."""
+    return Path(FINDING_MASK_PATTERN.format(case=case_id, finding=finding))
+
+
 def _case_job(args: tuple[Path, int, int, tuple[str, ...], Any, dict[str, Any], float, float, float]) -> dict[str, Any]:
     """Generate and write one case (runs in worker processes too)."""
     from medcnn.synth.dicom_write import write_xray_dicom
@@ -1977,6 +1987,8 @@ def _case_job(args: tuple[Path, int, int, tuple[str, ...], Any, dict[str, Any], 
     rel_heart = Path("masks") / f"{case_id}_heart.png"
     write_png_atomic(out_dir / rel_lungs, (case["lungs"] * 255).astype(np.uint8))
     write_png_atomic(out_dir / rel_heart, (case["heart"] * 255).astype(np.uint8))
+    for name, fmask in case["finding_masks"].items():  # where each present finding is (pixel supervision)
+        write_png_atomic(out_dir / finding_mask_path(case_id, name), (fmask * 255).astype(np.uint8))
 
     lab_rng = np.random.default_rng([seed, index, 3])
     chexpert: dict[str, Any] = {}
@@ -2020,6 +2032,10 @@ def generate(
         images/cxr-00001.png | .dcm   the radiograph (format per case, cycling ``formats``)
         masks/cxr-00001_lungs.png     0/255, same rows x cols as the image's pixel array
         masks/cxr-00001_heart.png
+        masks/cxr-00001_Nodule.png    one per present finding with a visible extent (Effusion,
+                                      Consolidation, Nodule, Pneumothorax; not Cardiomegaly):
+                                      0/255 on the image's pixel grid (``data.finding_masks``
+                                      of a training config reads them: ``FINDING_MASK_PATTERN``)
         labels.csv                    CheXpert style: Path, Patient, Sex, Age, Frontal/Lateral,
                                       AP/PA, then one column per finding (1.0/0.0, -1.0
                                       uncertain, blank unmentioned)

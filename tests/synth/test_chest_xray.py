@@ -171,6 +171,12 @@ def test_generate_files_and_tables(tmp_path: Path) -> None:
         for key in ("lungs", "heart"):
             mask = np.asarray(Image.open(tmp_path / row[key]))
             assert mask.shape == shape and set(np.unique(mask)) <= {0, 255}
+        for name in FINDINGS:  # a mask per present finding with an extent (the pixel supervision of training)
+            fmask = tmp_path / "masks" / f"{row['case']}_{name}.png"
+            assert fmask.is_file() == (bool(row[name]) and name != "Cardiomegaly"), (row["case"], name)
+            if fmask.is_file():
+                m = np.asarray(Image.open(fmask))
+                assert m.shape == shape and set(np.unique(m)) <= {0, 255}
 
     with open(tmp_path / "labels.csv", newline="") as fh:
         reader = csv.DictReader(fh)

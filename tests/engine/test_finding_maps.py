@@ -1,0 +1,141 @@
+"""Finding maps: a DenseNet-121 head scoring each cell per finding, trained from the findings' masks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from medcnn.errors import ConfigError
+from medcnn.models import create_model
+from medcnn.models.maps import DenseNetWithMaps, finding_map_loss, lse_pool
+
+FINDINGS = ["Cardiomegaly", "Effusion", "Consolidation", "Nodule", "Pneumothorax"]
+SMALL = dict(spatial_dims=2, in_channels=1, out_channels=5, growth_rate=4, init_features=8)
+TINY = ["train.epochs=1", "train.batch_size=4", "preprocess.square_size=64", "data.val_fraction=0.25",
+        "train.augment.names=[]", "model.kwargs.growth_rate=4", "model.kwargs.init_features=8"]
+
+
+def test_lse_pool_between_mean_and_max() -> None:
+    maps = torch.tensor([[[[0.0, 1.0], [2.0, 5.0]]]])
+    assert torch.allclose(lse_pool(torch.full((1, 1, 3, 3), 1.5), 5.0), torch.tensor([[1.5]]))
+    soft, sharp = lse_pool(maps, 0.01), lse_pool(maps, 100.0)
+    assert abs(float(soft) - 2.0) < 0.05  # the mean
+    assert abs(float(sharp) - (5.0 - math.log(4) / 100.0)) < 1e-4  # the maximum, less log(n)/r
+
+
+def test_zero_head_gives_the_plain_densenet_logits() -> None:
+    """A plain DenseNet-121 checkpoint loads into the map model (head missing) with identical outputs."""
+    torch.manual_seed(0)
+    plain = create_model("densenet121", **SMALL).eval()
+    maps_net = create_model("densenet121", **SMALL, finding_maps=True).eval()
+    assert isinstance(maps_net, DenseNetWithMaps)
+    missing = maps_net.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["map_head.bias", "map_head.weight"]
+    x = torch.randn(2, 1, 96, 96)
+    with torch.no_grad():
+        logits, maps = maps_net(x, return_maps=True)
+        assert torch.allclose(logits, plain(x), atol=1e-6)
+    assert logits.shape == (2, 5) and maps.shape == (2, 5, 3, 3)  # stride 32
+    with torch.no_grad():  # a non-zero map now moves the logit by its pooled value
+        maps_net.map_head.bias.fill_(2.0)
+        assert torch.allclose(maps_net(x), plain(x) + 2.0, atol=1e-5)
+
+
+def test_map_loss_targets_the_cells_a_finding_touches_and_skips_unknown_pairs() -> None:
+    maps = torch.zeros(2, 3, 4, 4)
+    masks = torch.zeros(2, 3, 32, 32)
+    masks[0, 1, 9, 17] = 1  # one pixel -> cell (1, 2) of the 4x4 map
+    known = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    maps_good = maps.clone()
+    maps_good[:, :] = -8.0
+    maps_good[0, 1, 1, 2] = 8.0
+    good = finding_map_loss(maps_good, masks, known)
+    assert float(good) < 1e-3
+    maps_bad = maps_good.clone()
+    maps_bad[0, 1, 1, 2] = -8.0  # the finding's cell scored absent
+    assert float(finding_map_loss(maps_bad, masks, known)) > 0.1
+    # pairs marked unknown do not count, whatever the map says there
+    maps_unknown = maps_good.clone()
+    maps_unknown[0, 2] = 50.0
+    maps_unknown[1, 1:] = 50.0
+    assert torch.isclose(finding_map_loss(maps_unknown, masks, known), good)
+    assert float(finding_map_loss(maps, masks, torch.zeros(2, 3))) == 0.0
+
+
+def _setup(tiny_cxr: Path, repo_root: Path, run: Path, overrides: list[str]):
+    from medcnn.engine.schema import load_train_config
+    from medcnn.engine.trainer import Trainer
+
+    cfg = load_train_config(repo_root / "configs" / "chest_xray.yaml", [f"data.source={tiny_cxr}", *TINY, *overrides])
+    trainer = Trainer(cfg, run)
+    trainer.setup()
+    return trainer
+
+
+def test_training_reads_masks_and_trains_the_map_head(tiny_cxr, repo_root, tmp_path) -> None:
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    trainer = _setup(tiny_cxr, repo_root, tmp_path / "run", [])
+    assert trainer.map_classes and 0 not in trainer.map_classes  # Cardiomegaly has no mask
+    with open(tiny_cxr / "labels.csv", newline="") as fh:
+        rows = {Path(r["Path"]).stem: r for r in csv.DictReader(fh)}
+    checked = 0
+    for it in trainer.train_items + trainer.val_items:
+        row = rows[it["case"]]
+        assert it["map_known"][0] == 0  # Cardiomegaly: no map target
+        for i in trainer.map_classes:
+            name = FINDINGS[i]
+            assert row[name] in ("0.0", "1.0")  # the fixture writes no uncertain or blank labels
+            assert it["map_known"][i] == 1
+            if row[name] == "0.0":
+                assert not it["finding_mask"][i].any()
+                continue
+            drawn = np.asarray(Image.open(tiny_cxr / "masks" / f"{it['case']}_{name}.png")) > 0
+            if drawn.mean() > 0.01:
+                assert it["finding_mask"][i].any()
+                checked += 1
+            if not drawn.any():
+                assert not it["finding_mask"][i].any()
+    assert checked > 0
+    x, y = next(trainer._batches(trainer._loader(0)))
+    assert isinstance(y, tuple) and y[1].shape[2:] == x.shape[2:]
+    before = trainer.net.map_head.weight.detach().clone()
+    loss = trainer.train_step(x, y)
+    assert math.isfinite(loss)
+    assert not torch.equal(before, trainer.net.map_head.weight.detach())
+
+
+def test_finding_mask_config_errors(tiny_cxr, repo_root, tmp_path) -> None:
+    from medcnn.engine import train
+
+    cfg = repo_root / "configs" / "chest_xray.yaml"
+    base = [f"data.source={tiny_cxr}", *TINY]
+    with pytest.raises(ConfigError, match="finding_maps"):
+        train(cfg, [*base, "model.kwargs.finding_maps=false"], tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"\{finding\}"):
+        train(cfg, [*base, "data.finding_masks=masks/{case}.png"], tmp_path / "b")
+    with pytest.raises(ConfigError, match="no mask file matches"):
+        train(cfg, [*base, "data.finding_masks=elsewhere/{case}_{finding}.png"], tmp_path / "c")
+
+
+def test_model_init_from_a_plain_densenet_keeps_its_weights(tiny_cxr, repo_root, tmp_path) -> None:
+    """Fine-tuning a label-only checkpoint with finding masks: the map head starts fresh, the rest is loaded."""
+    from medcnn.engine import load_checkpoint, train
+
+    cfg = repo_root / "configs" / "chest_xray.yaml"
+    base = [f"data.source={tiny_cxr}", *TINY]
+    train(cfg, [*base, "model.kwargs.finding_maps=false", "data.finding_masks=null"], tmp_path / "plain")
+    plain = tmp_path / "plain" / "last.pt"
+    train(cfg, [*base, f"model.init={plain}", "train.lr=1e-12", "train.warmup_epochs=0"], tmp_path / "maps")
+    start = load_checkpoint(plain)["state_dict"]
+    tuned = load_checkpoint(tmp_path / "maps" / "last.pt")
+    assert tuned["model"]["kwargs"]["finding_maps"] is True
+    weights = [k for k in start if k.endswith("conv0.weight") or k.endswith("out.weight")]
+    assert weights and all(torch.allclose(start[k].float(), tuned["state_dict"][k].float(), atol=1e-6) for k in weights)
+    assert "map_head.weight" in tuned["state_dict"] and "map_head.weight" not in start
