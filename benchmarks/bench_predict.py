@@ -19,6 +19,7 @@ Examples::
 
     medcnn generate brain-tumor -n 6 --seed 5 -o /tmp/bt_train
     OMP_NUM_THREADS=1 python benchmarks/bench_predict.py --cases /tmp/bt_train --threads 1
+    OMP_NUM_THREADS=1 python benchmarks/bench_predict.py --cases /tmp/bt_train --threads 1 --no-tta
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--cli", action="store_true", help="also time the medcnn predict command once")
+    parser.add_argument("--no-tta", action="store_true",
+                        help="switch the model's mirror TTA off (about 5x less compute per case, so the reading, "
+                             "writing and QC weigh more)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
 
     pipe = get_pipeline("brain-tumor")
     model = load_model("brain-tumor")
+    if args.no_tta:
+        model.config["inference"]["tta"] = False
     cases = pipe.discover([args.cases])
     images = [pipe.load(c) for c in cases]
     print(f"machine: {platform.machine()} | {os.cpu_count()} CPUs | torch {torch.__version__} threads {torch.get_num_threads()}")
-    print(f"{len(cases)} cases from {args.cases}, e.g. {tuple(images[0].shape)} | bundled brain-tumor model")
+    print(f"{len(cases)} cases from {args.cases}, e.g. {tuple(images[0].shape)} | bundled brain-tumor model, "
+          f"TTA {'on' if model.config['inference'].get('tta') else 'off'}")
 
     def compute() -> None:
         for img in images:
