@@ -830,7 +830,11 @@ class Trainer:
                 if improved:
                     save_checkpoint(self._export({k: v for k, v in row.items() if k not in ("lr", "seconds")}, epoch + 1),
                                     self.run_dir / "best.pt")
-                elif not self.val_items and epoch + 1 == self.t["epochs"]:
+                elif self.best_epoch < 0 and (epoch + 1 == self.t["epochs"] or stop):
+                    # no validation case, or none that gave a score (e.g. each finding of a tiny validation split
+                    # has one class only, so no AUROC): best.pt is the last epoch
+                    if self.val_items:
+                        logger.warning("no validation gave a finite selection metric; best.pt is the last epoch")
                     save_checkpoint(self._export(row, epoch + 1), self.run_dir / "best.pt")
                 self._save_last(epoch)
                 self._write_logs()

@@ -72,3 +72,22 @@ def test_ddp_two_cpu_processes(tiny_brats: Path, repo_root: Path, tmp_path: Path
     ck = load_checkpoint(tmp_path / "ddp" / "best.pt")
     assert not any(k.startswith("module.") for k in ck["state_dict"]), "DDP wrapper prefix leaked into the checkpoint"
     assert res.stdout.count("best ") == 1, "only rank 0 reports"
+
+
+def test_best_checkpoint_exists_when_no_validation_can_be_scored(tiny_cxr: Path, repo_root: Path, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A validation split too small for any AUROC (one radiograph: every finding has one class) still leaves a
+    best.pt (the last epoch), so ``medcnn export RUN/best.pt`` works on small datasets."""
+    import logging
+
+    # val_fraction 0.1 of 8 radiographs: one patient, too few for any AUROC
+    with caplog.at_level(logging.WARNING, logger="medcnn.engine.trainer"):
+        res = train(repo_root / "configs" / "chest_xray.yaml",
+                    [f"data.source={tiny_cxr}", "train.epochs=2", "train.batch_size=4", "preprocess.square_size=64",
+                     "data.val_fraction=0.1", "train.augment.names=[]", "model.kwargs.growth_rate=4",
+                     "model.kwargs.init_features=8"], tmp_path / "run")
+    history = res["history"]
+    assert all(h["auroc_mean"] != h["auroc_mean"] for h in history)  # NaN: nothing could be scored
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["training"]["epoch"] == 2
+    assert "no validation gave a finite selection metric" in caplog.text
