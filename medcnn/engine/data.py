@@ -319,25 +319,20 @@ def attach_finding_masks(recs: list[dict], base: Path, pattern: str, classes: Se
     Raises:
         ConfigError: the pattern has an unknown placeholder, or no mask file exists at all.
     """
+    def where(rec: dict, finding: str) -> Path:
+        try:
+            return base / pattern.format(case=Path(rec["image"][0]).name.split(".")[0], finding=finding)
+        except (KeyError, IndexError) as exc:
+            raise ConfigError(f"config key 'data.finding_masks': unknown placeholder {exc} in {pattern!r}; "
+                              "use {case} and {finding}") from None
+
     found = 0
     for rec in recs:
-        stem = Path(rec["image"][0]).name.split(".")[0]
-        paths: list[str | None] = []
-        for name, value in zip(classes, rec["label"]):
-            path = None
-            if value == 1.0:
-                try:
-                    candidate = base / pattern.format(case=stem, finding=name)
-                except (KeyError, IndexError) as exc:
-                    raise ConfigError(f"config key 'data.finding_masks': unknown placeholder {exc} in {pattern!r}; "
-                                      "use {case} and {finding}") from None
-                if candidate.is_file():
-                    path = str(candidate)
-                    found += 1
-            paths.append(path)
-        rec["finding_masks"] = paths
+        present = [where(rec, name) if value == 1.0 else None for name, value in zip(classes, rec["label"])]
+        rec["finding_masks"] = [str(p) if p is not None and p.is_file() else None for p in present]
+        found += sum(p is not None for p in rec["finding_masks"])
     if not found:
-        example = base / pattern.format(case=Path(recs[0]["image"][0]).name.split(".")[0], finding=classes[0])
+        example = where(recs[0], classes[0])
         raise ConfigError(f"config key 'data.finding_masks': no mask file matches {pattern!r} under {base} (e.g. {example}); "
                           "set data.finding_masks: null to train on the labels alone")
 

@@ -180,9 +180,7 @@ def _prepare_seg_case(rec: dict, spec: dict) -> dict:
     img = load_for_model(rec["image"], spec)
     several = isinstance(rec["label"], list)
     lab = load_for_model(rec["label"] if several else [rec["label"]], spec, mode="nearest")
-    if tuple(lab.shape[1:]) != tuple(img.shape[1:]):
-        where = rec["label"][0] if several else rec["label"]
-        raise ConfigError(f"{where}: label grid {tuple(lab.shape[1:])} does not match image {tuple(img.shape[1:])}")
+    _check_same_grid(lab, img, rec["label"][0] if several else rec["label"], "label")
     x, info = prepare(img, spec)
     if several:
         return {"image": x, "label": _masks_like_input(lab, info, spec), "case": rec["case"]}
@@ -193,6 +191,12 @@ def _prepare_seg_case(rec: dict, spec: dict) -> dict:
         cover = square_resize(onehot, int(spec["square_size"]))[0]
         y = values[cover.argmax(0)][None].to(torch.uint8)
     return {"image": x, "label": y, "case": rec["case"]}
+
+
+def _check_same_grid(target: torch.Tensor, img: torch.Tensor, where: str, what: str) -> None:
+    """Raise ConfigError (naming the file ``where``) when a target ``(R, *grid)`` is not on the image's grid."""
+    if tuple(target.shape[1:]) != tuple(img.shape[1:]):
+        raise ConfigError(f"{where}: {what} grid {tuple(target.shape[1:])} does not match image {tuple(img.shape[1:])}")
 
 
 def _masks_like_input(masks: torch.Tensor, info: dict, spec: dict) -> torch.Tensor:
@@ -221,9 +225,7 @@ def _prepare_cls_case(rec: dict, spec: dict, classes: list[str], map_classes: Se
                 known[i] = 1.0 if (label[i] == 0.0 or i in present) else 0.0
             if present:
                 masks = load_for_model([rec["finding_masks"][i] for i in present], spec, mode="nearest")
-                if tuple(masks.shape[1:]) != tuple(img.shape[1:]):
-                    raise ConfigError(f"{rec['finding_masks'][present[0]]}: mask grid {tuple(masks.shape[1:])} does not "
-                                      f"match image {tuple(img.shape[1:])}")
+                _check_same_grid(masks, img, rec["finding_masks"][present[0]], "mask")
                 fmask[present] = _masks_like_input(masks, info, spec)
             out["finding_mask"], out["map_known"] = fmask, known
         return out

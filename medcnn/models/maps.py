@@ -15,6 +15,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from monai.networks.layers.factories import Conv
 from monai.networks.nets import DenseNet121
 from torch import nn
 
@@ -54,10 +55,8 @@ class DenseNetWithMaps(DenseNet121):
 
     def __init__(self, *, lse_r: float = 5.0, **kwargs) -> None:
         super().__init__(**kwargs)
-        dims = int(kwargs.get("spatial_dims", 3))
-        conv = (nn.Conv2d, nn.Conv3d)[dims - 2] if dims in (2, 3) else nn.Conv1d
         out = self.class_layers.out
-        self.map_head = conv(out.in_features, out.out_features, kernel_size=1)
+        self.map_head = Conv[Conv.CONV, int(kwargs.get("spatial_dims", 3))](out.in_features, out.out_features, kernel_size=1)
         nn.init.zeros_(self.map_head.weight)
         nn.init.zeros_(self.map_head.bias)
         self.lse_r = float(lse_r)
