@@ -6,7 +6,8 @@ model stayed at chance for nodules, consolidation and pneumothorax). When the tr
 masks of the findings (``data.finding_masks``; ``medcnn generate chest-xray`` writes them), a 1x1
 convolution on the last feature map gives one logit per cell and finding, supervised by those
 masks, and its log-sum-exp pooling is added to the global classifier's logit, so the localised
-evidence reaches the image-level probability directly.
+evidence reaches the image-level probability directly. ``map_stride`` 16 or 8 puts the map on a
+finer grid (a head on an earlier dense block) for findings smaller than a 32-pixel cell.
 """
 
 from __future__ import annotations
@@ -42,28 +43,59 @@ class DenseNetWithMaps(DenseNet121):
 
     ``forward(x)`` returns ``(B, K)`` logits: the DenseNet's own (global average pooling + linear)
     plus :func:`lse_pool` of ``maps = conv1x1(relu(features))``, ``(B, K, *spatial / 32)``.
+    With ``map_stride`` 16 or 8 the map is on that finer grid: a second 1x1 convolution on the
+    (normalised) output of dense block 3 or 2 plus the coarse map repeated over the finer cells, so
+    that a small finding (a 4-20 px nodule at 256 px) marks its own cell instead of a 32 px one.
     ``forward(x, return_maps=True)`` returns ``(logits, maps)`` for training. The head starts at
     zero, so a checkpoint of the plain DenseNet-121 (``model.init``) gives the same logits at first.
 
     Args:
         lse_r: sharpness of the pooling of the maps.
+        map_stride: 32 (the last feature map), 16 or 8 (a finer map, see above).
         **kwargs: :class:`monai.networks.nets.DenseNet121` arguments.
     """
 
     #: parameters that a checkpoint of the plain network lacks (``model.init`` accepts that)
-    init_optional_prefixes: tuple[str, ...] = ("map_head.",)
+    init_optional_prefixes: tuple[str, ...] = ("map_head.", "map_head_fine.")
 
-    def __init__(self, *, lse_r: float = 5.0, **kwargs) -> None:
+    #: transition layer whose input (after its batch norm and ReLU) feeds the finer head, per map stride
+    _FINE_LEVEL = {16: "transition3", 8: "transition2"}
+
+    def __init__(self, *, lse_r: float = 5.0, map_stride: int = 32, **kwargs) -> None:
         super().__init__(**kwargs)
         out = self.class_layers.out
-        self.map_head = Conv[Conv.CONV, int(kwargs.get("spatial_dims", 3))](out.in_features, out.out_features, kernel_size=1)
+        conv = Conv[Conv.CONV, int(kwargs.get("spatial_dims", 3))]
+        self.map_head = conv(out.in_features, out.out_features, kernel_size=1)
         nn.init.zeros_(self.map_head.weight)
         nn.init.zeros_(self.map_head.bias)
+        if int(map_stride) not in (32, *self._FINE_LEVEL):
+            raise ValueError(f"map_stride must be 32, 16 or 8, got {map_stride}")
+        self.map_stride = int(map_stride)
+        self.fine_level = self._FINE_LEVEL.get(self.map_stride)
+        if self.fine_level is not None:
+            fine_channels = getattr(self.features, self.fine_level).norm.num_features
+            self.map_head_fine = conv(fine_channels, out.out_features, kernel_size=1)
+            nn.init.zeros_(self.map_head_fine.weight)
+            nn.init.zeros_(self.map_head_fine.bias)
         self.lse_r = float(lse_r)
 
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last feature map and, with a finer map, the normalised input of :attr:`fine_level`."""
+        fine = None
+        for name, layer in self.features.named_children():
+            if name == self.fine_level:  # the transition's own norm + ReLU, computed once for both uses
+                fine = layer.relu(layer.norm(x))
+                x = layer.pool(layer.conv(fine))
+            else:
+                x = layer(x)
+        return x, fine
+
     def forward(self, x: torch.Tensor, return_maps: bool = False):  # type: ignore[override]
-        h = self.class_layers.relu(self.features(x))  # the layer Grad-CAM reads (as in DenseNet121)
+        feats, fine = self._features(x)
+        h = self.class_layers.relu(feats)  # the layer Grad-CAM reads (as in DenseNet121)
         maps = self.map_head(h)
+        if fine is not None:  # coarse cells spread over the finer grid, plus the finer head's own evidence
+            maps = self.map_head_fine(fine) + F.interpolate(maps, size=fine.shape[2:], mode="nearest")
         pooled = self.class_layers.flatten(self.class_layers.pool(h))
         logits = self.class_layers.out(pooled) + lse_pool(maps, self.lse_r)
         return (logits, maps) if return_maps else logits

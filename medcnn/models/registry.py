@@ -239,20 +239,24 @@ def unetr(
 
 @register_model("densenet121", task="classification")
 def densenet121(*, in_channels: int = 1, out_channels: int = 2, spatial_dims: int = 3, dropout_prob: float = 0.0,
-                growth_rate: int = 32, init_features: int = 64, finding_maps: bool = False) -> nn.Module:
+                growth_rate: int = 32, init_features: int = 64, finding_maps: bool = False,
+                map_stride: int = 32) -> nn.Module:
     """MONAI DenseNet-121 (2D or 3D; dense blocks of 6-12-24-16 layers). Output ``(B, out_channels)`` logits.
 
     ``growth_rate=16, init_features=32`` keeps the 121-layer topology at about a quarter of the
     parameters and compute (1.8 M parameters), what CPU training on a few thousand images can afford.
     ``finding_maps=True`` adds a map head scoring each cell of the last feature map per output, which
-    training supervises with masks (``data.finding_masks``; :class:`medcnn.models.maps.DenseNetWithMaps`).
+    training supervises with masks (``data.finding_masks``; :class:`medcnn.models.maps.DenseNetWithMaps`);
+    ``map_stride`` (32, 16 or 8) sets that map's cell size in input pixels.
     """
     kwargs = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, dropout_prob=dropout_prob,
                   growth_rate=growth_rate, init_features=init_features)
+    if map_stride != 32 and not finding_maps:
+        raise ValueError("map_stride is the cell size of the finding map: set finding_maps=True to use it")
     if finding_maps:
         from medcnn.models.maps import DenseNetWithMaps
 
-        return DenseNetWithMaps(**kwargs)
+        return DenseNetWithMaps(map_stride=map_stride, **kwargs)
     from monai.networks.nets import DenseNet121
 
     return DenseNet121(**kwargs)

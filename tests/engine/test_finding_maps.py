@@ -44,6 +44,39 @@ def test_zero_head_gives_the_plain_densenet_logits() -> None:
         assert torch.allclose(maps_net(x), plain(x) + 2.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride", [16, 8])
+def test_finer_map_starts_from_the_coarse_model_and_scores_its_own_cells(stride: int) -> None:
+    """map_stride 16/8: a checkpoint of the stride-32 map model loads (fine head missing) with identical
+    logits, the map is on the finer grid, and the fine head can mark one fine cell alone."""
+    torch.manual_seed(0)
+    coarse = create_model("densenet121", **SMALL, finding_maps=True).eval()
+    with torch.no_grad():
+        coarse.map_head.weight.normal_()
+        coarse.map_head.bias.normal_()
+    fine = create_model("densenet121", **SMALL, finding_maps=True, map_stride=stride).eval()
+    missing = fine.load_state_dict(coarse.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["map_head_fine.bias", "map_head_fine.weight"]
+    x = torch.randn(2, 1, 96, 96)
+    with torch.no_grad():
+        lc, mc = coarse(x, return_maps=True)
+        lf, mf = fine(x, return_maps=True)
+        assert mc.shape == (2, 5, 3, 3) and mf.shape == (2, 5, 96 // stride, 96 // stride)
+        assert torch.allclose(lf, lc, atol=1e-5)
+        assert torch.allclose(mf, mc.repeat_interleave(32 // stride, 2).repeat_interleave(32 // stride, 3), atol=1e-5)
+        fine.map_head_fine.bias[3] = 4.0  # the fine head moves finding 3 only
+        lf2, mf2 = fine(x, return_maps=True)
+    assert torch.allclose(mf2[:, 3], mf[:, 3] + 4.0, atol=1e-5)
+    assert torch.allclose(lf2[:, 3], lf[:, 3] + 4.0, atol=1e-4)
+    assert torch.allclose(lf2[:, [0, 1, 2, 4]], lf[:, [0, 1, 2, 4]], atol=1e-6)
+
+
+def test_map_stride_needs_the_map_head() -> None:
+    with pytest.raises(ValueError, match="finding_maps=True"):
+        create_model("densenet121", **SMALL, map_stride=16)
+    with pytest.raises(ValueError, match="32, 16 or 8"):
+        create_model("densenet121", **SMALL, finding_maps=True, map_stride=4)
+
+
 def test_map_loss_targets_the_cells_a_finding_touches_and_skips_unknown_pairs() -> None:
     maps = torch.zeros(2, 3, 4, 4)
     masks = torch.zeros(2, 3, 32, 32)
