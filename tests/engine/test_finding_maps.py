@@ -108,13 +108,14 @@ def _setup(tiny_cxr: Path, repo_root: Path, run: Path, overrides: list[str]):
     return trainer
 
 
-def test_training_reads_masks_and_trains_the_map_head(tiny_cxr, repo_root, tmp_path) -> None:
+@pytest.mark.parametrize("stride", [32, 16])
+def test_training_reads_masks_and_trains_the_map_head(tiny_cxr, repo_root, tmp_path, stride: int) -> None:
     import csv
 
     import numpy as np
     from PIL import Image
 
-    trainer = _setup(tiny_cxr, repo_root, tmp_path / "run", [])
+    trainer = _setup(tiny_cxr, repo_root, tmp_path / "run", [f"model.kwargs.map_stride={stride}"])
     assert trainer.map_classes and 0 not in trainer.map_classes  # Cardiomegaly has no mask
     with open(tiny_cxr / "labels.csv", newline="") as fh:
         rows = {Path(r["Path"]).stem: r for r in csv.DictReader(fh)}
@@ -138,10 +139,11 @@ def test_training_reads_masks_and_trains_the_map_head(tiny_cxr, repo_root, tmp_p
     assert checked > 0
     x, y = next(trainer._batches(trainer._loader(0)))
     assert isinstance(y, tuple) and y[1].shape[2:] == x.shape[2:]
-    before = trainer.net.map_head.weight.detach().clone()
+    heads = [trainer.net.map_head] + ([trainer.net.map_head_fine] if stride < 32 else [])
+    before = [h.weight.detach().clone() for h in heads]
     loss = trainer.train_step(x, y)
     assert math.isfinite(loss)
-    assert not torch.equal(before, trainer.net.map_head.weight.detach())
+    assert all(not torch.equal(b, h.weight.detach()) for b, h in zip(before, heads))
 
 
 def test_finding_mask_config_errors(tiny_cxr, repo_root, tmp_path) -> None:
