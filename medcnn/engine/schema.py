@@ -81,6 +81,9 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "amp": Field((str,), "auto", choices=("auto", "bf16", "fp16", "off")),
         "channels_last": Field((bool,), False),
         "map_loss_weight": Field(_NUM, 1.0, help="weight of the finding-map loss (data.finding_masks) next to the label loss"),
+        "map_loss": Field((str,), "bce", choices=("bce", "balanced"),
+                          help="finding-map loss: bce (every cell alike) or balanced (a finding's cells and the "
+                               "other cells weigh half each per image, for findings of a few cells such as nodules)"),
         "augment": {
             "names": Field((list,), ["spatial", "intensity", "noise"]),
             "strength": Field(_NUM, 0.5),

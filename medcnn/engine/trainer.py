@@ -607,7 +607,8 @@ class Trainer:
         if maps is not None:
             from medcnn.models.maps import finding_map_loss
 
-            loss = loss + self.t["map_loss_weight"] * finding_map_loss(maps.float(), *maps_target)
+            loss = loss + self.t["map_loss_weight"] * finding_map_loss(maps.float(), *maps_target,
+                                                                       balanced=self.t["map_loss"] == "balanced")
         loss_value = self.env.all_mean(float(loss.detach()))
         if not math.isfinite(loss_value):
             # last.pt is this run's (or the resumed run's) epoch `epoch` only if an epoch was completed or resumed

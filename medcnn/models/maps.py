@@ -101,7 +101,7 @@ class DenseNetWithMaps(DenseNet121):
         return (logits, maps) if return_maps else logits
 
 
-def finding_map_loss(maps: torch.Tensor, masks: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+def finding_map_loss(maps: torch.Tensor, masks: torch.Tensor, known: torch.Tensor, balanced: bool = False) -> torch.Tensor:
     """Binary cross-entropy of finding maps against masks, over the (image, finding) pairs whose mask is known.
 
     A cell's target is 1 where any pixel of the finding falls in it (max pooling of the mask onto
@@ -111,12 +111,26 @@ def finding_map_loss(maps: torch.Tensor, masks: torch.Tensor, known: torch.Tenso
         maps: ``(B, K, *map_spatial)`` logits per cell.
         masks: ``(B, K, *spatial)`` 0/1 masks at input resolution (all zero for an absent finding).
         known: ``(B, K)``: 1 where the mask is known (finding absent, or present with a mask), else 0.
+        balanced: weigh each pair's finding cells and its other cells equally (half each) instead of
+            every cell alike. A 6 mm nodule marks 1-4 of 256 cells: in the plain mean its cells are
+            outweighed about 100:1 by the cells around it, and the bundled model never learnt to mark
+            them (nodule map no better than chance on its own training images).
 
     Returns:
-        Scalar: mean over the known cells (0 when none is known).
+        Scalar: mean over the known cells (``balanced``: over the known pairs) (0 when none is known).
     """
     pool = F.adaptive_max_pool2d if maps.ndim == 4 else F.adaptive_max_pool3d
     target = pool(masks.float(), maps.shape[2:])
     loss = F.binary_cross_entropy_with_logits(maps, target, reduction="none")
-    weight = known.float().reshape(*known.shape, *([1] * (maps.ndim - 2))).expand_as(loss)
+    known = known.float()
+    if balanced:
+        spatial = tuple(range(2, maps.ndim))
+        n_cells = float(target[0, 0].numel())
+        n_pos = target.sum(spatial, keepdim=True)
+        has_pos = (n_pos > 0).float()
+        w_pos = 0.5 / n_pos.clamp_min(1.0)
+        w_neg = (1.0 - 0.5 * has_pos) / (n_cells - n_pos).clamp_min(1.0)
+        per_pair = (loss * torch.where(target > 0, w_pos, w_neg)).sum(spatial)
+        return (per_pair * known).sum() / known.sum().clamp_min(1)
+    weight = known.reshape(*known.shape, *([1] * (maps.ndim - 2))).expand_as(loss)
     return (loss * weight).sum() / weight.sum().clamp_min(1)

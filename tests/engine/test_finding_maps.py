@@ -98,6 +98,27 @@ def test_map_loss_targets_the_cells_a_finding_touches_and_skips_unknown_pairs() 
     assert float(finding_map_loss(maps, masks, torch.zeros(2, 3))) == 0.0
 
 
+def test_balanced_map_loss_weighs_a_one_cell_finding_like_its_background() -> None:
+    """train.map_loss: balanced. A nodule in 1 of 256 cells: scoring it absent is nearly free in the plain mean,
+    but costs half the pair's loss when balanced; an all-negative pair keeps the plain mean; unknown pairs skip."""
+    maps = torch.full((1, 3, 16, 16), -6.0)
+    masks = torch.zeros(1, 3, 64, 64)
+    masks[0, 0, 10, 10] = 1  # one pixel -> one cell of finding 0; finding 1 absent; finding 2 unknown
+    known = torch.tensor([[1.0, 1.0, 0.0]])
+    missed_plain = float(finding_map_loss(maps, masks, known))
+    missed_bal = float(finding_map_loss(maps, masks, known, balanced=True))
+    bce_neg = float(torch.nn.functional.softplus(torch.tensor(-6.0)))  # BCE of -6 against 0
+    bce_pos = float(torch.nn.functional.softplus(torch.tensor(6.0)))  # BCE of -6 against 1
+    assert missed_plain == pytest.approx((bce_pos + 511 * bce_neg) / 512, rel=1e-5)
+    assert missed_bal == pytest.approx(((0.5 * bce_pos + 0.5 * bce_neg) + bce_neg) / 2, rel=1e-5)
+    assert missed_bal > 100 * missed_plain
+    found = maps.clone()
+    found[0, 0, 2, 2] = 6.0
+    found[0, 2] = 50.0  # unknown pair: ignored either way
+    assert float(finding_map_loss(found, masks, known, balanced=True)) == pytest.approx(bce_neg, rel=1e-4)
+    assert float(finding_map_loss(found, masks, torch.zeros(1, 3), balanced=True)) == 0.0
+
+
 def _setup(tiny_cxr: Path, repo_root: Path, run: Path, overrides: list[str]):
     from medcnn.engine.schema import load_train_config
     from medcnn.engine.trainer import Trainer
