@@ -31,6 +31,9 @@ _BRATS23 = {"t1n": "t1n", "t1c": "t1c", "t2w": "t2w", "t2f": "t2f"}
 _BRATS21 = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 _NNUNET = {"0000": "t1n", "0001": "t1c", "0002": "t2w", "0003": "t2f"}
 _VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+#: sub-folders of a searched folder that hold annotations, not scans (generated and nnU-Net / MSD datasets);
+#: find_image_cases skips them unless the folder itself is named as an input
+ANNOTATION_DIRS = frozenset({"masks", "labels", "labelstr", "labelsts", "segmentations"})
 _LABEL_WORDS = ("seg", "label", "labels", "mask")
 #: image formats medcnn refuses with a hint (MINC, PAR/REC...): such files become cases that fail with
 #: that hint instead of being silently ignored
@@ -201,7 +204,9 @@ def find_image_cases(
 
     Returns:
         Cases sorted by id. A folder whose files are DICOM becomes one case per series (ids
-        ``<folder>`` or ``<folder>_s<N>`` when it holds several series).
+        ``<folder>`` or ``<folder>_s<N>`` when it holds several series). Sub-folders named as
+        annotation folders (:data:`ANNOTATION_DIRS`: ``masks``, ``labels``, ``labelsTr``, ...) are
+        skipped (logged); name such a folder itself as an input to predict on its images.
 
     Raises:
         InputError: an input path does not exist or holds no image.
@@ -246,6 +251,9 @@ def find_image_cases(
             if _is_image_file(f, suffixes):
                 visit_file(f)
         for sub in sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith(".")):
+            if sub.name.lower() in ANNOTATION_DIRS:
+                logger.info("skipping %s: an annotation folder, not scans (name it as an input to predict on it)", sub)
+                continue
             visit_dir(sub)
 
     for raw in inputs:

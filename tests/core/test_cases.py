@@ -70,3 +70,19 @@ def test_bids_ids_and_dicom_series_cases(tmp_path: Path) -> None:
 def test_image_cases_missing_path(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such file"):
         find_image_cases([tmp_path / "nothing"])
+
+
+def test_annotation_folders_are_skipped_unless_named(tmp_path: Path) -> None:
+    """A generated / nnU-Net-style dataset folder: its scans are cases, its masks/ and labelsTr/ are not;
+    naming the mask folder itself still finds its images."""
+    from PIL import Image
+
+    grey = np.full((40, 40), 100, np.uint8)
+    for rel in ["ds/images/cxr-1.png", "ds/images/cxr-2.png", "ds/masks/cxr-1_Nodule.png", "ds/Masks/cxr-2_Effusion.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grey).save(tmp_path / rel)
+    _touch_nii(tmp_path / "ds" / "imagesTr" / "case_0000.nii.gz")
+    _touch_nii(tmp_path / "ds" / "labelsTr" / "case.nii.gz")
+    ids = [c.id for c in find_image_cases([tmp_path / "ds"])]
+    assert ids == ["case_0000", "cxr-1", "cxr-2"]
+    assert [c.id for c in find_image_cases([tmp_path / "ds" / "masks"])] == ["cxr-1_Nodule"]
