@@ -247,12 +247,11 @@ def densenet121(*, in_channels: int = 1, out_channels: int = 2, spatial_dims: in
     parameters and compute (1.8 M parameters), what CPU training on a few thousand images can afford.
     ``finding_maps=True`` adds a map head scoring each cell of the last feature map per output, which
     training supervises with masks (``data.finding_masks``; :class:`medcnn.models.maps.DenseNetWithMaps`);
-    ``map_stride`` (32, 16 or 8) sets that map's cell size in input pixels.
+    ``map_stride`` (32, 16 or 8) sets that map's cell size in input pixels (ignored without the map, so
+    that ``--set model.kwargs.finding_maps=false`` alone turns the map off).
     """
     kwargs = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, dropout_prob=dropout_prob,
                   growth_rate=growth_rate, init_features=init_features)
-    if map_stride != 32 and not finding_maps:
-        raise ValueError("map_stride is the cell size of the finding map: set finding_maps=True to use it")
     if finding_maps:
         from medcnn.models.maps import DenseNetWithMaps
 

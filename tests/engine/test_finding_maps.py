@@ -70,9 +70,9 @@ def test_finer_map_starts_from_the_coarse_model_and_scores_its_own_cells(stride:
     assert torch.allclose(lf2[:, [0, 1, 2, 4]], lf[:, [0, 1, 2, 4]], atol=1e-6)
 
 
-def test_map_stride_needs_the_map_head() -> None:
-    with pytest.raises(ValueError, match="finding_maps=True"):
-        create_model("densenet121", **SMALL, map_stride=16)
+def test_map_stride_without_the_map_is_the_plain_densenet_and_bad_strides_fail() -> None:
+    plain = create_model("densenet121", **SMALL, map_stride=16)  # finding_maps=false alone turns the map off
+    assert not isinstance(plain, DenseNetWithMaps)
     with pytest.raises(ValueError, match="32, 16 or 8"):
         create_model("densenet121", **SMALL, finding_maps=True, map_stride=4)
 
