@@ -113,8 +113,8 @@ def finding_map_loss(maps: torch.Tensor, masks: torch.Tensor, known: torch.Tenso
         known: ``(B, K)``: 1 where the mask is known (finding absent, or present with a mask), else 0.
         balanced: weigh each pair's finding cells and its other cells equally (half each) instead of
             every cell alike. A 6 mm nodule marks 1-4 of 256 cells: in the plain mean its cells are
-            outweighed about 100:1 by the cells around it, and the bundled model never learnt to mark
-            them (nodule map no better than chance on its own training images).
+            outweighed about 100:1 by the cells around it, and a model trained that way never learnt to
+            mark them (nodule map no better than chance on its own training images).
 
     Returns:
         Scalar: mean over the known cells (``balanced``: over the known pairs) (0 when none is known).
