@@ -70,8 +70,7 @@ class DenseNetWithMaps(DenseNet121):
         nn.init.zeros_(self.map_head.bias)
         if int(map_stride) not in (32, *self._FINE_LEVEL):
             raise ValueError(f"map_stride must be 32, 16 or 8, got {map_stride}")
-        self.map_stride = int(map_stride)
-        self.fine_level = self._FINE_LEVEL.get(self.map_stride)
+        self.fine_level = self._FINE_LEVEL.get(int(map_stride))
         if self.fine_level is not None:
             fine_channels = getattr(self.features, self.fine_level).norm.num_features
             self.map_head_fine = conv(fine_channels, out.out_features, kernel_size=1)
