@@ -55,6 +55,11 @@ def subject_of(case_id: str) -> str:
     return case_id
 
 
+def _file_stem(path: str | Path) -> str:
+    """A file's name up to its first dot (``cxr-00001.png`` -> ``cxr-00001``, ``a.nii.gz`` -> ``a``)."""
+    return Path(path).name.split(".")[0]
+
+
 def _resolve(base: Path, value: str) -> str:
     p = Path(value)
     return str(p if p.is_absolute() else (base / p))
@@ -87,7 +92,7 @@ def records_from_manifest(path: Path, channels: Sequence[str] | None, label: str
     base = path.parent
     out = []
     for i, r in enumerate(rows):
-        case = r.get("case") or Path(r[channels[0]]).name.split(".")[0] or f"case{i:05d}"
+        case = r.get("case") or _file_stem(r[channels[0]]) or f"case{i:05d}"
         if masks:
             lab_value: Any = [_resolve(base, r[c]) for c in masks]
         else:
@@ -163,7 +168,7 @@ def records_from_chexpert(path: Path, classes: Sequence[str], uncertainty: str =
     for r in rows:
         ref = r["Path"]
         m = re.search(r"(patient\d+)[/\\](study\d+)[/\\]([^/\\]+?)\.\w+$", ref)
-        case = "_".join(m.groups()) if m else Path(ref).name.split(".")[0]
+        case = "_".join(m.groups()) if m else _file_stem(ref)
         subj = r.get("Patient") or (m.group(1) if m else subject_of(case))
         vec = []
         for c in fcols:
@@ -192,7 +197,7 @@ def records_from_nih(path: Path, classes: Sequence[str], images: str | None = No
     out = []
     for r in rows:
         found = {f.strip() for f in r["Finding Labels"].split("|")} - {"No Finding", ""}
-        case = Path(r["Image Index"]).name.split(".")[0]
+        case = _file_stem(r["Image Index"])
         pid = (r.get("Patient ID") or "").strip()
         out.append({"case": case, "subject": f"patient{pid}" if pid else subject_of(case),
                     "image": [locate(r["Image Index"])],
@@ -215,7 +220,7 @@ def records_from_dataset_json(folder: Path) -> list[dict]:
     if "training" in meta and meta["training"] and isinstance(meta["training"][0], dict):  # MSD
         for item in meta["training"]:
             img = _resolve(folder, item["image"])
-            case = Path(img).name.split(".")[0]
+            case = _file_stem(img)
             out.append({"case": case, "subject": subject_of(case), "image": [img], "label": _resolve(folder, item["label"])})
         return out
     ending = meta.get("file_ending", ".nii.gz")
@@ -321,7 +326,7 @@ def attach_finding_masks(recs: list[dict], base: Path, pattern: str, classes: Se
     """
     def where(rec: dict, finding: str) -> Path:
         try:
-            return base / pattern.format(case=Path(rec["image"][0]).name.split(".")[0], finding=finding)
+            return base / pattern.format(case=_file_stem(rec["image"][0]), finding=finding)
         except (KeyError, IndexError) as exc:
             raise ConfigError(f"config key 'data.finding_masks': unknown placeholder {exc} in {pattern!r}; "
                               "use {case} and {finding}") from None
