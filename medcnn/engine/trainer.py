@@ -167,6 +167,41 @@ class MaskedBCEWithLogits(nn.Module):
         return (loss * known).sum() / known.sum().clamp_min(1)
 
 
+class _Floatd:
+    """Images kept as float16 (``data.cache: half``) back to float32 before augmentation."""
+
+    def __call__(self, d: dict) -> dict:
+        return {**d, "image": d["image"].float()}
+
+
+class _PrepareCase:
+    """Preprocess one record into a training item (picklable, so that it can run in DataLoader workers
+    when ``data.cache`` is false); ``half`` keeps the image ``(C, *spatial)`` as float16."""
+
+    def __init__(self, task: str, spec: dict, classes: list[str] | None, map_classes: Sequence[int], half: bool) -> None:
+        self.task, self.spec, self.classes, self.map_classes, self.half = task, spec, classes, list(map_classes), half
+
+    def __call__(self, rec: dict) -> dict:
+        if self.task == "classification":
+            out = _prepare_cls_case(rec, self.spec, self.classes or [], self.map_classes)
+        else:
+            out = _prepare_seg_case(rec, self.spec)
+        if self.half:
+            out["image"] = out["image"].to(torch.float16)
+        return out
+
+
+_SAMPLE_KEYS = ("image", "label", "finding_mask", "map_known")
+
+
+class _PreparedSample(_PrepareCase):
+    """A record -> the keys a training sample carries (the first transform of a lazy training set)."""
+
+    def __call__(self, rec: dict) -> dict:
+        out = super().__call__(rec)
+        return {k: out[k] for k in _SAMPLE_KEYS if k in out}
+
+
 class _Plaind:
     """Drop MetaTensor wrappers (faster math in the training step)."""
 
@@ -278,24 +313,28 @@ class Trainer:
             classes = cfg["data"]["classes"] or sorted({r["label"] for r in recs})
             cfg["data"]["classes"] = list(classes)
             strata = [r["label"] for r in recs]
+            unknown = sorted({f"{r['case']}: {r['label']!r}" for r in recs if r["label"] not in classes})
+            if unknown:
+                raise ConfigError(f"{len(unknown)} case(s) with a label not in data.classes {list(classes)}, e.g. {unknown[0]}")
         self._split_records(recs, strata)
         spec = cfg["preprocess"]
         # findings whose map head is trained: those with at least one mask file (data.finding_masks)
         self.map_classes = sorted({i for r in recs for i, p in enumerate(r.get("finding_masks") or []) if p})
         if self.map_classes:
             self._log_main("finding maps trained for %s", ", ".join(cfg["data"]["classes"][i] for i in self.map_classes))
-        if self.task == "classification":
-            classes = cfg["data"]["classes"]
-            prep = lambda r: _prepare_cls_case(r, spec, classes, self.map_classes)  # noqa: E731
-        else:
-            prep = lambda r: _prepare_seg_case(r, spec)  # noqa: E731
+        cache = cfg["data"]["cache"]
+        classes = cfg["data"]["classes"] if self.task == "classification" else None
+        prep = _PrepareCase(self.task, spec, classes, self.map_classes, half=cache == "half")
+        if not self.train_recs:
+            raise ConfigError("data: no training case after the split")
         workers = max(1, min(4, os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:
-            self.train_items = list(tqdm(pool.map(prep, self.train_recs), total=len(self.train_recs), desc="preprocess train",
-                                         disable=None if self.env.is_main else True))
+            if cache is False:  # only the first case now (channels, dimensions); the rest when drawn
+                self.train_items = [prep(self.train_recs[0])]
+            else:
+                self.train_items = list(tqdm(pool.map(prep, self.train_recs), total=len(self.train_recs),
+                                             desc="preprocess train", disable=None if self.env.is_main else True))
             self.val_items = list(pool.map(prep, self.val_recs)) if self.env.is_main else []
-        if not self.train_items:
-            raise ConfigError("data: no training case after the split")
         self.in_channels = int(self.train_items[0]["image"].shape[0])
         self.spatial_dims = self.train_items[0]["image"].ndim - 1
 
@@ -325,6 +364,9 @@ class Trainer:
         names = self.cfg["labels"]["names"]
         if names:
             return max(int(k) for k in names) + 1
+        if self.cfg["data"]["cache"] is False:
+            raise ConfigError("data.cache false: give labels.names or labels.regions (the number of outputs is "
+                              "otherwise read from the preprocessed labels)")
         return int(max(int(it["label"].max()) for it in self.train_items)) + 1
 
     def _build_model(self) -> nn.Module:
@@ -381,7 +423,7 @@ class Trainer:
         from medcnn.transforms import augmentation_preset
 
         aug = self.t["augment"]
-        tfs: list = []
+        tfs: list = [_Floatd()] if self.cfg["data"]["cache"] == "half" else []
         if self.task == "segmentation":
             patch = list(self.t["patch_size"])
             r = float(self.t["foreground_ratio"])
@@ -408,8 +450,15 @@ class Trainer:
         """This epoch's training samples (``{"image", "label"}`` dicts)."""
         from monai.data import Dataset
 
-        keys = ("image", "label", "finding_mask", "map_known")
-        return Dataset([{k: it[k] for k in keys if k in it} for it in self.train_items], transform=self.transforms)
+        if self.cfg["data"]["cache"] is False:
+            from monai.transforms import Compose
+
+            c = self.cfg
+            prep = _PreparedSample(self.task, c["preprocess"], c["data"]["classes"] if self.task == "classification" else None,
+                                   self.map_classes, half=False)
+            # one flat chain: the random transforms draw the same seeds as on cached items
+            return Dataset(list(self.train_recs), transform=Compose([prep, *self.transforms.transforms]))
+        return Dataset([{k: it[k] for k in _SAMPLE_KEYS if k in it} for it in self.train_items], transform=self.transforms)
 
     def _cases_per_step(self) -> int:
         per_case = self.t["samples_per_case"] if self.task == "segmentation" else 1
@@ -449,7 +498,7 @@ class Trainer:
                 raise ConfigError(f"config key 'train.loss': multi-label data trains with bce, not {name!r}")
             pos_weight = None
             if cw == "balanced":  # negatives / positives per finding, from the training labels
-                y = torch.stack([it["label"] for it in self.train_items])
+                y = torch.tensor([r["label"] for r in self.train_recs], dtype=torch.float32)
                 pos = torch.nansum(y, 0)
                 neg = (~torch.isnan(y)).sum(0) - pos
                 pos_weight = (neg / pos.clamp_min(1)).clamp(0.1, 20.0).to(torch.float32)
@@ -457,7 +506,9 @@ class Trainer:
                 pos_weight = torch.tensor(cw, dtype=torch.float32)
             return MaskedBCEWithLogits(pos_weight)
         if cw == "balanced":
-            counts = np.bincount([int(it["label"]) for it in self.train_items], minlength=self._out_channels()).astype(float)
+            classes = self.cfg["data"]["classes"]
+            counts = np.bincount([classes.index(r["label"]) for r in self.train_recs],
+                                 minlength=self._out_channels()).astype(float)
             weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
         elif isinstance(cw, list):
             weights = torch.tensor(cw, dtype=torch.float32)
@@ -659,7 +710,7 @@ class Trainer:
         scores: dict[str, list[float]] = {k: [] for k in regions}
         dev = self.env.device
         for it in self.val_items:
-            x = it["image"][None].to(dev)
+            x = it["image"][None].to(dev).float()
             with self._autocast():
                 logits = sliding_window_inference(x, inf["roi_size"], inf["sw_batch_size"], net, overlap=inf["overlap"],
                                                   mode=inf["mode"])
@@ -684,7 +735,7 @@ class Trainer:
         scores: dict[str, list[float]] = {k: [] for k in self.mask_names}
         for it in self.val_items:
             with self._autocast():
-                logits = sliding_window_inference(it["image"][None].to(self.env.device), inf["roi_size"], inf["sw_batch_size"],
+                logits = sliding_window_inference(it["image"][None].to(self.env.device).float(), inf["roi_size"], inf["sw_batch_size"],
                                                   net, overlap=inf["overlap"], mode=inf["mode"])
             pred = logits.float()[0].cpu() > 0
             ref = it["label"].bool()
@@ -699,7 +750,7 @@ class Trainer:
 
         probs, labels = [], []
         for it in self.val_items:
-            x = it["image"][None].to(self.env.device)
+            x = it["image"][None].to(self.env.device).float()
             with self._autocast():
                 logits = net(x)
             if self.multilabel:

@@ -254,6 +254,9 @@ class PromptTrainer(Trainer):
     def _build_data(self) -> None:
         cfg = self.cfg
         self.spec = CropSpec.from_dict(cfg["prompt"])
+        if cfg["data"]["cache"] is not True:  # slices are always kept, as float16 already
+            raise ConfigError("config key 'data.cache': prompt training keeps its slices in memory (as float16); "
+                              "leave data.cache at true")
         self.multilabel = False
         self.mask_names = []
         self._split_records(find_records(cfg["data"]))

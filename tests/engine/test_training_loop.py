@@ -91,3 +91,33 @@ def test_best_checkpoint_exists_when_no_validation_can_be_scored(tiny_cxr: Path,
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert best["training"]["epoch"] == 2
     assert "no validation gave a finite selection metric" in caplog.text
+
+
+def test_data_cache_modes(tiny_brats: Path, repo_root: Path, tmp_path: Path) -> None:
+    """``data.cache``: false (preprocess when drawn) trains exactly as true; half keeps float16 images in
+    memory, hands float32 batches to the network and trains to nearly the same weights."""
+    from medcnn.engine.schema import load_train_config
+    from medcnn.engine.trainer import Trainer
+
+    cfg = repo_root / "configs" / "brain_tumor.yaml"
+    runs = {mode: train(cfg, _overrides(tiny_brats, f"data.cache={mode}", "train.epochs=2", "train.val_every=2"),
+                        tmp_path / mode) for mode in ("true", "false", "half")}
+    ref = load_checkpoint(tmp_path / "true" / "last.pt")["state_dict"]
+    lazy = load_checkpoint(tmp_path / "false" / "last.pt")["state_dict"]
+    half = load_checkpoint(tmp_path / "half" / "last.pt")["state_dict"]
+    for k in ref:
+        torch.testing.assert_close(lazy[k], ref[k], rtol=0, atol=0, msg=f"{k}: cache false trained differently")
+    assert any(not torch.equal(half[k], ref[k]) for k in ref if torch.is_floating_point(ref[k])), "half changed nothing"
+    rel = [float((half[k] - ref[k]).norm() / ref[k].norm().clamp_min(1e-12)) for k in ref
+           if torch.is_floating_point(ref[k]) and ref[k].numel() > 8]
+    assert max(rel) < 0.05, f"float16 cache moved the weights too far: {max(rel):.3f}"
+    assert runs["half"]["history"][-1]["dice_mean"] == pytest.approx(runs["true"]["history"][-1]["dice_mean"], abs=0.1)
+
+    t = Trainer(load_train_config(cfg, _overrides(tiny_brats, "data.cache=half")), tmp_path / "setup")
+    t.setup()
+    assert t.train_items[0]["image"].dtype == torch.float16 and t.val_items[0]["image"].dtype == torch.float16
+    x, _ = next(t._batches(t._loader(0)))
+    assert x.dtype == torch.float32
+    raw = Trainer(load_train_config(cfg, _overrides(tiny_brats)), tmp_path / "setup32")
+    raw.setup()
+    torch.testing.assert_close(t.train_items[0]["image"].float(), raw.train_items[0]["image"], rtol=1e-3, atol=1e-3)
