@@ -613,6 +613,7 @@ def generate(
     layout: str = "brats2023",
     *,
     with_labels: bool = True,
+    workers: int = 1,
     progress: bool | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
@@ -637,6 +638,7 @@ def generate(
         seed: random seed of the set.
         layout: one of :data:`LAYOUTS`.
         with_labels: write the label maps.
+        workers: worker processes (the cases do not depend on it).
         progress: show a tqdm progress bar (None: only on a terminal).
         **options: passed to :func:`make_case` (``spacing``, ``oriented``, ``size``, ...).
 
@@ -657,22 +659,27 @@ def generate(
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; valid: {', '.join(valid + ['with_labels', 'progress'])}")
+    if int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    options.setdefault("anatomy", load_mni152())
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    records: list[dict[str, Any]] = []
-    logger.info("generating %d brain-tumour case(s) in %s (layout=%s, seed=%d)", n, out_dir, layout, seed)
-    for index in tqdm(range(int(n)), desc="brain-tumor", unit="case", disable=not show):
-        case = make_case(case_rng(seed, index), **options)
-        case_id, subject, image_paths, label_path = _case_paths(out_dir, index, layout, with_labels)
-        for contrast, path in image_paths.items():
-            save_nifti(path, case[contrast], case["affine"])
-        if label_path is not None:
-            save_nifti(label_path, case["label"], case["affine"])
-        paths = {**{c: p for c, p in image_paths.items()}, "label": label_path}
-        records.append({"case": case_id, "subject": subject, "index": index, "paths": paths, "meta": case["meta"]})
-        logger.debug("%s: %s", case_id, case["meta"]["volumes_ml"])
+    logger.info("generating %d brain-tumour case(s) in %s (layout=%s, seed=%d, %d worker(s))", n, out_dir, layout, seed,
+                workers)
+    jobs = [(out_dir, int(seed), i, layout, with_labels, options) for i in range(int(n))]
+    with tqdm(total=len(jobs), desc="brain-tumor", unit="case", disable=not show) as bar:
+        records: list[dict[str, Any]] = []
+        if int(workers) == 1:
+            for job in jobs:
+                records.append(_write_case(job))
+                bar.update(1)
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(int(workers)) as pool:  # make_case loads the template once per worker (cached)
+                for rec in pool.map(_write_case, jobs):
+                    records.append(rec)
+                    bar.update(1)
 
     with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -683,6 +690,20 @@ def generate(
     if layout == "nnunet":
         _write_dataset_json(out_dir, records, with_labels)
     return records
+
+
+def _write_case(job: tuple) -> dict[str, Any]:
+    """Make case ``index`` of the set and write its files; the record :func:`generate` returns for it."""
+    out_dir, seed, index, layout, with_labels, options = job
+    case = make_case(case_rng(seed, index), **options)
+    case_id, subject, image_paths, label_path = _case_paths(out_dir, index, layout, with_labels)
+    for contrast, path in image_paths.items():
+        save_nifti(path, case[contrast], case["affine"])
+    if label_path is not None:
+        save_nifti(label_path, case["label"], case["affine"])
+    logger.debug("%s: %s", case_id, case["meta"]["volumes_ml"])
+    paths = {**image_paths, "label": label_path}
+    return {"case": case_id, "subject": subject, "index": index, "paths": paths, "meta": case["meta"]}
 
 
 def _write_dataset_json(out_dir: Path, records: list[dict[str, Any]], with_labels: bool) -> None:

@@ -96,3 +96,16 @@ def test_evaluate_command(tmp_path: Path) -> None:
     assert ("mean", "TC") in rows
     bad = _run("evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "-o", str(tmp_path / "x.csv"), "--region", "WT=")
     assert bad.exit_code == 2
+
+
+def test_generate_workers_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers`` reaches the generators that have workers and is refused, as a usage error, by the others."""
+    from medcnn import synth
+
+    res = _run("generate", "alzheimer", "-n", "1", "--workers", "2", "-o", str(tmp_path / "ad"))
+    assert res.exit_code == 2 and "--workers" in res.output and not (tmp_path / "ad").exists()
+    calls: list[dict] = []
+    monkeypatch.setattr(synth, "generate", lambda task, out, n, seed, **opts: calls.append({"task": task, **opts}) or [])
+    for task in ("brain-tumor", "chest-xray", "prompt"):
+        assert _run("generate", task, "-n", "4", "--workers", "2", "-o", str(tmp_path / task)).exit_code == 0
+    assert calls == [{"task": t, "workers": 2} for t in ("brain-tumor", "chest-xray", "prompt")]
