@@ -174,12 +174,18 @@ class _Floatd:
         return {**d, "image": d["image"].float()}
 
 
+_SAMPLE_KEYS = ("image", "label", "finding_mask", "map_known")
+
+
 class _PrepareCase:
     """Preprocess one record into a training item (picklable, so that it can run in DataLoader workers
-    when ``data.cache`` is false); ``half`` keeps the image ``(C, *spatial)`` as float16."""
+    when ``data.cache`` is false); ``half`` keeps the image ``(C, *spatial)`` as float16; ``keys``, if
+    given, are the only ones kept."""
 
-    def __init__(self, task: str, spec: dict, classes: list[str] | None, map_classes: Sequence[int], half: bool) -> None:
-        self.task, self.spec, self.classes, self.map_classes, self.half = task, spec, classes, list(map_classes), half
+    def __init__(self, task: str, spec: dict, classes: list[str] | None, map_classes: Sequence[int], half: bool = False,
+                 keys: Sequence[str] | None = None) -> None:
+        self.task, self.spec, self.classes, self.map_classes = task, spec, classes, list(map_classes)
+        self.half, self.keys = half, keys
 
     def __call__(self, rec: dict) -> dict:
         if self.task == "classification":
@@ -188,18 +194,7 @@ class _PrepareCase:
             out = _prepare_seg_case(rec, self.spec)
         if self.half:
             out["image"] = out["image"].to(torch.float16)
-        return out
-
-
-_SAMPLE_KEYS = ("image", "label", "finding_mask", "map_known")
-
-
-class _PreparedSample(_PrepareCase):
-    """A record -> the keys a training sample carries (the first transform of a lazy training set)."""
-
-    def __call__(self, rec: dict) -> dict:
-        out = super().__call__(rec)
-        return {k: out[k] for k in _SAMPLE_KEYS if k in out}
+        return out if self.keys is None else {k: out[k] for k in self.keys if k in out}
 
 
 class _Plaind:
@@ -454,8 +449,8 @@ class Trainer:
             from monai.transforms import Compose
 
             c = self.cfg
-            prep = _PreparedSample(self.task, c["preprocess"], c["data"]["classes"] if self.task == "classification" else None,
-                                   self.map_classes, half=False)
+            prep = _PrepareCase(self.task, c["preprocess"], c["data"]["classes"] if self.task == "classification" else None,
+                                self.map_classes, keys=_SAMPLE_KEYS)
             # one flat chain: the random transforms draw the same seeds as on cached items
             return Dataset(list(self.train_recs), transform=Compose([prep, *self.transforms.transforms]))
         return Dataset([{k: it[k] for k in _SAMPLE_KEYS if k in it} for it in self.train_items], transform=self.transforms)
