@@ -16,6 +16,8 @@ on ``(seed, i)``, so a larger set extends a smaller one):
 from __future__ import annotations
 
 import importlib
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 _MODULES = {
@@ -51,4 +53,12 @@ def generate(task: str, out_dir: str | Path, n: int, seed: int = 0, **options) -
     return mod.generate(Path(out_dir), n=n, seed=seed, **options)
 
 
-__all__ = ["TASKS", "generate"]
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """The generators' worker processes, started by ``spawn``: a forked child of a process that already
+    runs threads (torch's pools, a test runner's) can wait forever on a lock that was held at the fork
+    (seen with ``generate(..., workers=2)`` inside a pytest-xdist worker). Spawning costs each worker
+    an import of numpy/scipy (about a second), which larger sets amortise."""
+    return ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn"))
+
+
+__all__ = ["TASKS", "generate", "process_pool"]

@@ -674,9 +674,9 @@ def generate(
                 records.append(_write_case(job))
                 bar.update(1)
         else:
-            from concurrent.futures import ProcessPoolExecutor
+            from medcnn.synth import process_pool
 
-            with ProcessPoolExecutor(int(workers)) as pool:  # make_case loads the template once per worker (cached)
+            with process_pool(workers) as pool:  # make_case loads the template once per worker (cached)
                 for rec in pool.map(_write_case, jobs):
                     records.append(rec)
                     bar.update(1)

@@ -44,7 +44,6 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -2093,7 +2092,9 @@ def generate(
                 rows.append(_case_job(job))
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+            from medcnn.synth import process_pool
+
+            with process_pool(workers) as pool:
                 for row in pool.map(_case_job, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
                     rows.append(row)
                     bar.update(1)

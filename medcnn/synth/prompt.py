@@ -334,8 +334,6 @@ def generate(out_dir: str | os.PathLike[str], n: int, seed: int = 0, *, workers:
     Returns:
         The manifest rows.
     """
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm.auto import tqdm
 
     if not isinstance(n, (int, np.integer)) or n < 0:
@@ -350,7 +348,9 @@ def generate(out_dir: str | os.PathLike[str], n: int, seed: int = 0, *, workers:
                 rows.append(_job(j))
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            from medcnn.synth import process_pool
+
+            with process_pool(workers) as pool:
                 for r in pool.map(_job, jobs, chunksize=8):
                     rows.append(r)
                     bar.update(1)
