@@ -658,7 +658,7 @@ def generate(
     valid = [p for p in inspect.signature(make_case).parameters if p != "rng"]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; valid: {', '.join(valid + ['with_labels', 'progress'])}")
+        raise ValueError(f"unknown option(s) {unknown}; valid: {', '.join(valid + ['with_labels', 'workers', 'progress'])}")
     if int(workers) < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
