@@ -205,7 +205,7 @@ def generate(task: str, out_dir: Path, n: int, seed: int, layout: str | None, fo
 
     opts: dict = {}
     if workers > 1:
-        if task not in ("brain-tumor", "chest-xray", "prompt"):
+        if not synth.has_workers(task):
             raise click.UsageError(f"--workers: {task} generates in one process; drop the option")
         opts["workers"] = workers
     if layout:

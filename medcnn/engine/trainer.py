@@ -15,6 +15,7 @@ rank 0; a NaN/Inf loss stops the run with a clear message and leaves the last go
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -319,7 +320,7 @@ class Trainer:
             self._log_main("finding maps trained for %s", ", ".join(cfg["data"]["classes"][i] for i in self.map_classes))
         cache = cfg["data"]["cache"]
         classes = cfg["data"]["classes"] if self.task == "classification" else None
-        prep = _PrepareCase(self.task, spec, classes, self.map_classes, half=cache == "half")
+        self._prepare = prep = _PrepareCase(self.task, spec, classes, self.map_classes, half=cache == "half")
         if not self.train_recs:
             raise ConfigError("data: no training case after the split")
         workers = max(1, min(4, os.cpu_count() or 1))
@@ -448,9 +449,8 @@ class Trainer:
         if self.cfg["data"]["cache"] is False:
             from monai.transforms import Compose
 
-            c = self.cfg
-            prep = _PrepareCase(self.task, c["preprocess"], c["data"]["classes"] if self.task == "classification" else None,
-                                self.map_classes, keys=_SAMPLE_KEYS)
+            prep = copy.copy(self._prepare)  # _build_data's, keeping only the sample keys
+            prep.keys = _SAMPLE_KEYS
             # one flat chain: the random transforms draw the same seeds as on cached items
             return Dataset(list(self.train_recs), transform=Compose([prep, *self.transforms.transforms]))
         return Dataset([{k: it[k] for k in _SAMPLE_KEYS if k in it} for it in self.train_items], transform=self.transforms)

@@ -16,9 +16,12 @@ on ``(seed, i)``, so a larger set extends a smaller one):
 from __future__ import annotations
 
 import importlib
+import inspect
 import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 _MODULES = {
     "brain-tumor": "medcnn.synth.brain_tumor",
@@ -53,12 +56,24 @@ def generate(task: str, out_dir: str | Path, n: int, seed: int = 0, **options) -
     return mod.generate(Path(out_dir), n=n, seed=seed, **options)
 
 
-def process_pool(workers: int) -> ProcessPoolExecutor:
-    """The generators' worker processes, started by ``spawn``: a forked child of a process that already
-    runs threads (torch's pools, a test runner's) can wait forever on a lock that was held at the fork
-    (seen with ``generate(..., workers=2)`` inside a pytest-xdist worker). Spawning costs each worker
-    an import of numpy/scipy (about a second), which larger sets amortise."""
-    return ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn"))
+def has_workers(task: str) -> bool:
+    """Whether the generator of ``task`` takes a ``workers`` argument (worker processes)."""
+    if task not in _MODULES:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    return "workers" in inspect.signature(importlib.import_module(_MODULES[task]).generate).parameters
 
 
-__all__ = ["TASKS", "generate", "process_pool"]
+def map_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1, chunksize: int = 1) -> Iterator[Any]:
+    """``fn(job)`` for each job, in order: in this process (``workers`` 1, or a single job) or in
+    ``workers`` processes. Workers start by ``spawn``: a forked child of a process that already runs
+    threads (torch's pools, a test runner's) can wait forever on a lock that was held at the fork (seen
+    with two workers inside a pytest-xdist worker). Spawning costs each worker an import of numpy/scipy
+    (about a second), which larger sets amortise. ``fn`` must be a module-level function."""
+    if int(workers) <= 1 or len(jobs) <= 1:
+        yield from map(fn, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(fn, jobs, chunksize=max(1, int(chunksize)))
+
+
+__all__ = ["TASKS", "generate", "has_workers", "map_jobs"]

@@ -667,19 +667,11 @@ def generate(
     logger.info("generating %d brain-tumour case(s) in %s (layout=%s, seed=%d, %d worker(s))", n, out_dir, layout, seed,
                 workers)
     jobs = [(out_dir, int(seed), i, layout, with_labels, options) for i in range(int(n))]
-    with tqdm(total=len(jobs), desc="brain-tumor", unit="case", disable=not show) as bar:
-        records: list[dict[str, Any]] = []
-        if int(workers) == 1:
-            for job in jobs:
-                records.append(_write_case(job))
-                bar.update(1)
-        else:
-            from medcnn.synth import process_pool
+    from medcnn.synth import map_jobs
 
-            with process_pool(workers) as pool:  # make_case loads the template once per worker (cached)
-                for rec in pool.map(_write_case, jobs):
-                    records.append(rec)
-                    bar.update(1)
+    # make_case loads the template once per process (cached)
+    records: list[dict[str, Any]] = list(tqdm(map_jobs(_write_case, jobs, workers), total=len(jobs), desc="brain-tumor",
+                                              unit="case", disable=not show))
 
     with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)

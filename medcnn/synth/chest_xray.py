@@ -2085,19 +2085,11 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(out, int(seed), i, fmts, size, dict(options), float(uncertain_frac), float(blank_frac),
              float(followup_prob)) for i in range(int(n))]
-    rows: list[dict[str, Any]] = []
-    with tqdm(total=len(jobs), desc="synthetic chest x-rays", unit="case", disable=not progress) as bar:
-        if workers == 1 or len(jobs) <= 1:
-            for job in jobs:
-                rows.append(_case_job(job))
-                bar.update(1)
-        else:
-            from medcnn.synth import process_pool
+    from medcnn.synth import map_jobs
 
-            with process_pool(workers) as pool:
-                for row in pool.map(_case_job, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
-                    rows.append(row)
-                    bar.update(1)
+    done = map_jobs(_case_job, jobs, workers, chunksize=len(jobs) // (8 * workers))
+    rows: list[dict[str, Any]] = list(tqdm(done, total=len(jobs), desc="synthetic chest x-rays", unit="case",
+                                           disable=not progress))
 
     chex_rows, nih_rows, man_rows = [], [], []
     for row in rows:

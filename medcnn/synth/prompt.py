@@ -341,19 +341,10 @@ def generate(out_dir: str | os.PathLike[str], n: int, seed: int = 0, *, workers:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(out, int(seed), i) for i in range(int(n))]
-    with tqdm(total=len(jobs), desc="prompt images", unit="case", disable=not progress) as bar:
-        rows = []
-        if workers <= 1:
-            for j in jobs:
-                rows.append(_job(j))
-                bar.update(1)
-        else:
-            from medcnn.synth import process_pool
+    from medcnn.synth import map_jobs
 
-            with process_pool(workers) as pool:
-                for r in pool.map(_job, jobs, chunksize=8):
-                    rows.append(r)
-                    bar.update(1)
+    rows = list(tqdm(map_jobs(_job, jobs, workers, chunksize=8), total=len(jobs), desc="prompt images", unit="case",
+                     disable=not progress))
     write_csv_atomic(out / "manifest.csv", ["case", "subject", "image", "label", "source", "objects"], rows)
     logger.info("wrote %d prompt images (%d objects) to %s", len(rows), sum(r["objects"] for r in rows), out)
     return rows
