@@ -187,7 +187,7 @@ Examples:
   medcnn generate sample -o sample_data                  # regenerate the repository's sample data
   medcnn generate brain-tumor -n 200 --seed 1 -o data/bt --layout nnunet
   medcnn generate brain-tumor -n 1280 --seed 1 -o data/bt_train1280 --workers 2   # the bundled model's data
-  medcnn generate alzheimer -n 300 --seed 2 -o data/ad   # BIDS + participants.tsv
+  medcnn generate alzheimer -n 300 --seed 2 -o data/ad --workers 2   # BIDS + participants.tsv
   medcnn generate chest-xray -n 1000 --seed 3 -o data/cxr --formats png,png16,dcm-mono1,dcm-mono2
   medcnn generate prompt -n 4000 --seed 1 -o data/prompt_train   # 2D images + object label maps
 """)
@@ -198,7 +198,7 @@ Examples:
 @click.option("--layout", default=None, help="brain-tumor: brats2023 | brats2021 | nnunet; alzheimer: bids.")
 @click.option("--formats", default=None, help="chest-xray: comma-separated png, png16, dcm-mono1 (MONOCHROME1), dcm-mono2.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="brain-tumor, chest-xray, prompt: worker processes (the cases do not depend on it).")
+              help="Worker processes (not for sample; the cases do not depend on it).")
 def generate(task: str, out_dir: Path, n: int, seed: int, layout: str | None, formats: str | None, workers: int) -> None:
     """Generate synthetic training/test data (or the repository's sample data) on real anatomy."""
     from medcnn import synth

@@ -89,8 +89,8 @@ def default_target_layer(network: nn.Module, x: torch.Tensor | None = None) -> s
     """Name of the layer Grad-CAM looks at: the last convolutional block before global pooling.
 
     Known architectures (MONAI DenseNet: ``class_layers.relu``, ResNet: ``layer4``, medcnn's
-    compact CNN: the last activation before the last pooling) have a fixed choice. Given ``x``,
-    one forward pass checks that this layer still has a spatial extent for that input size;
+    compact CNN: the last activation before the last pooling, or its ``gate`` when masked) have a
+    fixed choice. Given ``x``, one forward pass checks that this layer still has a spatial extent for that input size;
     otherwise (small inputs, or an unknown architecture) the last module whose output is a
     spatial map (``(B, C, *spatial)`` with a spatial size above 1) is used.
 
@@ -107,6 +107,8 @@ def default_target_layer(network: nn.Module, x: torch.Tensor | None = None) -> s
     from medcnn.models.registry import CompactCNN
 
     if isinstance(network, CompactCNN):  # always spatial: its last activation precedes the last pooling
+        if network.mask_threshold is not None:
+            return "gate"  # the last activation, zeroed off the body
         acts = [n for n, m in network.features.named_children() if isinstance(m, nn.LeakyReLU)]
         if acts:
             return f"features.{acts[-1]}"  # last activation of the last stage, before its pooling

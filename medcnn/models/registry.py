@@ -293,6 +293,12 @@ class CompactCNN(nn.Module):
             (adaptive average pooling) and feeds all cells to the linear layer. 1 is global
             average pooling; 2 or 3 keep coarse position (centre vs. rim of a centred brain), so
             an instance-normalised network can still compare regions (ventricles vs. elsewhere).
+        mask_threshold: if set, the last stage's features are zeroed (module ``gate``, which
+            Grad-CAM then looks at) in every cell whose input, averaged over the cell, is at most
+            this value (the channels' maximum): the head and the saliency maps only see cells
+            that hold the body (brain or head), never the zero padding or air around it. The
+            value is on the normalised input's scale (0.1 for min-max inputs with a zero
+            background).
 
     Shapes:
         ``(B, in_channels, *spatial)`` -> ``(B, out_channels)``; each spatial size must be at least
@@ -301,8 +307,10 @@ class CompactCNN(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3,
                  channels: Sequence[int] = (8, 16, 32, 64, 128), dropout: float = 0.2, stem_stride: int = 1,
-                 norm: str = "instance", pool_grid: int = 1) -> None:
+                 norm: str = "instance", pool_grid: int = 1, mask_threshold: float | None = None) -> None:
         super().__init__()
+        if mask_threshold is not None and (isinstance(mask_threshold, bool) or not isinstance(mask_threshold, (int, float))):
+            raise ValueError(f"mask_threshold must be a number or None, got {mask_threshold!r}")
         if isinstance(pool_grid, bool) or not isinstance(pool_grid, int) or pool_grid < 1:
             raise ValueError(f"pool_grid must be a positive int, got {pool_grid!r}")
         if isinstance(stem_stride, bool) or not isinstance(stem_stride, int) or stem_stride < 1:
@@ -327,9 +335,18 @@ class CompactCNN(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in * pool_grid**spatial_dims, out_channels))
         self.spatial_dims = spatial_dims
         self.pool_grid = pool_grid
+        self.mask_threshold = None if mask_threshold is None else float(mask_threshold)
+        self.gate = _Gate()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(x)
+        if self.mask_threshold is None:
+            f = self.features(x)
+        else:
+            f = self.features[:-1](x)  # up to the last activation; features[-1] is the last pooling
+            pool = nn.functional.adaptive_avg_pool3d if self.spatial_dims == 3 else nn.functional.adaptive_avg_pool2d
+            with torch.no_grad():
+                body = pool(x.detach().amax(1, keepdim=True).float(), f.shape[2:]) > self.mask_threshold
+            f = self.features[-1](self.gate(f, body.to(f.dtype)))
         if self.pool_grid == 1:
             f = f.flatten(2).mean(-1)
         else:
@@ -338,17 +355,26 @@ class CompactCNN(nn.Module):
         return self.head(f)
 
 
+class _Gate(nn.Module):
+    """``features * mask``: a named module, so that Grad-CAM can look at the gated features."""
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return features * mask
+
+
 @register_model("compact-cnn", task="classification")
 def compact_cnn(*, in_channels: int = 1, out_channels: int = 2, spatial_dims: int = 3,
                 channels: Sequence[int] = (8, 16, 32, 64, 128), dropout: float = 0.2, stem_stride: int = 1,
-                norm: str = "instance", pool_grid: int = 1) -> nn.Module:
+                norm: str = "instance", pool_grid: int = 1, mask_threshold: float | None = None) -> nn.Module:
     """Our compact CNN (:class:`CompactCNN`), a fast baseline for 3D classification on CPU.
 
     ``stem_stride=2`` makes the first convolution strided (about 4x cheaper per step on CPU for
     whole-brain inputs); ``norm="batch"`` or ``pool_grid`` > 1 keep what a global average of
-    instance-normalised features loses (see :class:`CompactCNN`).
+    instance-normalised features loses; ``mask_threshold`` keeps the head (and Grad-CAM) off the
+    background (see :class:`CompactCNN`).
     """
-    return CompactCNN(in_channels, out_channels, spatial_dims, tuple(channels), dropout, stem_stride, norm, pool_grid)
+    return CompactCNN(in_channels, out_channels, spatial_dims, tuple(channels), dropout, stem_stride, norm, pool_grid,
+                      mask_threshold)
 
 
 # ------------------------------------------------------------------------- promptable models

@@ -559,6 +559,7 @@ def generate(
     sessions: int = 1,
     ad_fraction: float = 0.5,
     severity: float | None = None,
+    workers: int = 1,
     progress: bool | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
@@ -586,6 +587,7 @@ def generate(
         sessions: images per subject (1-2 years apart).
         ad_fraction: share of AD subjects (0.5: exactly balanced in pairs).
         severity: force every AD subject's baseline severity (None: random).
+        workers: worker processes (the subjects do not depend on it).
         progress: tqdm progress bar (None: only on a terminal).
         **options: acquisition options of :func:`render_subject`.
 
@@ -608,52 +610,28 @@ def generate(
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(
-            f"unknown option(s) {unknown}; valid: {', '.join(valid + ['sessions', 'ad_fraction', 'severity', 'progress'])}"
+            f"unknown option(s) {unknown}; valid: {', '.join(valid + ['sessions', 'ad_fraction', 'severity', 'workers', 'progress'])}"
         )
+    if int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    options.setdefault("anatomy", load_mni152())
     width = max(3, len(str(max(int(n) - 1, 0))))
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    logger.info("generating %d subject(s) x %d session(s) in %s (layout=%s, seed=%d)", n, sessions, out_dir, layout, seed)
+    logger.info("generating %d subject(s) x %d session(s) in %s (layout=%s, seed=%d, %d worker(s))", n, sessions, out_dir,
+                layout, seed, workers)
+    jobs = [(out_dir, int(seed), index, width, layout, int(sessions), ad_fraction, severity, options)
+            for index in range(int(n))]
+    from medcnn.synth import map_jobs
+
+    # render_subject loads the template once per process (cached) when no anatomy is given
     records: list[dict[str, Any]] = []
     participants: list[dict[str, Any]] = []
     bar = tqdm(total=int(n) * int(sessions), desc="alzheimer", unit="image", disable=not show)
-    for index in range(int(n)):
-        diagnosis = diagnosis_of(seed, index, ad_fraction)
-        params = draw_subject(subject_rng(seed, index), diagnosis, severity if diagnosis == "AD" else None)
-        subject = f"sub-{index + 1:0{width}d}"
-        participants.append(
-            {"participant_id": subject, "diagnosis": diagnosis, "age": round(params.age, 1), "sex": params.sex, "severity": round(params.severity, 3)}
-        )
-        years = 0.0
-        for ses in range(1, int(sessions) + 1):
-            if ses > 1:
-                years += float(session_rng(seed, index, ses).uniform(1.0, 2.0))
-            p = params.progressed(years)
-            result = render_subject(session_rng(seed, index, ses), p, **options)
-            session = f"ses-{ses:02d}" if sessions > 1 else ""
-            case = f"{subject}_{session}" if session else subject
-            if layout == "bids":
-                folder = out_dir / subject / session / "anat" if session else out_dir / subject / "anat"
-                path = folder / f"{case}_T1w.nii.gz"
-            else:
-                path = out_dir / f"{case}_T1w.nii.gz"
-            save_nifti(path, result["t1"], result["affine"])
-            records.append(
-                {
-                    "case": case,
-                    "subject": subject,
-                    "session": session,
-                    "path": path,
-                    "diagnosis": diagnosis,
-                    "severity": p.severity,
-                    "age": p.age,
-                    "sex": p.sex,
-                    "meta": result["meta"],
-                }
-            )
-            bar.update(1)
+    for row, subject_records in map_jobs(_write_subject, jobs, workers):
+        participants.append(row)
+        records.extend(subject_records)
+        bar.update(len(subject_records))
     bar.close()
 
     with (out_dir / "participants.tsv").open("w", newline="", encoding="utf-8") as fh:
@@ -668,6 +646,35 @@ def generate(
     if layout == "bids":
         _write_bids_sidecars(out_dir)
     return records
+
+
+def _write_subject(job: tuple) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Make subject ``index`` of the set and write its images; its ``participants.tsv`` row and the
+    records :func:`generate` returns for it (one per session)."""
+    out_dir, seed, index, width, layout, sessions, ad_fraction, severity, options = job
+    diagnosis = diagnosis_of(seed, index, ad_fraction)
+    params = draw_subject(subject_rng(seed, index), diagnosis, severity if diagnosis == "AD" else None)
+    subject = f"sub-{index + 1:0{width}d}"
+    row = {"participant_id": subject, "diagnosis": diagnosis, "age": round(params.age, 1), "sex": params.sex,
+           "severity": round(params.severity, 3)}
+    records: list[dict[str, Any]] = []
+    years = 0.0
+    for ses in range(1, sessions + 1):
+        if ses > 1:
+            years += float(session_rng(seed, index, ses).uniform(1.0, 2.0))
+        p = params.progressed(years)
+        result = render_subject(session_rng(seed, index, ses), p, **options)
+        session = f"ses-{ses:02d}" if sessions > 1 else ""
+        case = f"{subject}_{session}" if session else subject
+        if layout == "bids":
+            folder = out_dir / subject / session / "anat" if session else out_dir / subject / "anat"
+            path = folder / f"{case}_T1w.nii.gz"
+        else:
+            path = out_dir / f"{case}_T1w.nii.gz"
+        save_nifti(path, result["t1"], result["affine"])
+        records.append({"case": case, "subject": subject, "session": session, "path": path, "diagnosis": diagnosis,
+                        "severity": p.severity, "age": p.age, "sex": p.sex, "meta": result["meta"]})
+    return row, records
 
 
 def _write_bids_sidecars(out_dir: Path) -> None:

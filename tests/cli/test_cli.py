@@ -102,10 +102,11 @@ def test_generate_workers_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     """``--workers`` reaches the generators that have workers and is refused, as a usage error, by the others."""
     from medcnn import synth
 
-    res = _run("generate", "alzheimer", "-n", "1", "--workers", "2", "-o", str(tmp_path / "ad"))
-    assert res.exit_code == 2 and "--workers" in res.output and not (tmp_path / "ad").exists()
+    res = _run("generate", "sample", "--workers", "2", "-o", str(tmp_path / "sample"))
+    assert res.exit_code == 2 and "--workers" in res.output and not (tmp_path / "sample").exists()
     calls: list[dict] = []
     monkeypatch.setattr(synth, "generate", lambda task, out, n, seed, **opts: calls.append({"task": task, **opts}) or [])
-    for task in ("brain-tumor", "chest-xray", "prompt"):
+    tasks = ("brain-tumor", "alzheimer", "chest-xray", "prompt")
+    for task in tasks:
         assert _run("generate", task, "-n", "4", "--workers", "2", "-o", str(tmp_path / task)).exit_code == 0
-    assert calls == [{"task": t, "workers": 2} for t in ("brain-tumor", "chest-xray", "prompt")]
+    assert calls == [{"task": t, "workers": 2} for t in tasks]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medcnn.errors import ConfigError
-from medcnn.explain.saliency import default_target_layer
+from medcnn.explain.saliency import default_target_layer, grad_cam
 from medcnn.models import create_model, model_arguments
 
 
@@ -82,3 +82,38 @@ def test_pool_grid_feeds_every_cell_to_the_head() -> None:
         assert torch.allclose(flat(x), expected, atol=1e-6)
     with pytest.raises(ConfigError, match="pool_grid"):
         create_model("compact-cnn", channels=[4], pool_grid=0)
+
+
+@pytest.mark.parametrize("sd", [2, 3])
+def test_mask_threshold_keeps_the_head_and_grad_cam_off_the_background(sd: int) -> None:
+    """With ``mask_threshold`` the cells of the last stage that hold only background (zero padding, air) are
+    zeroed: the logits ignore what the network computes there, and Grad-CAM (which looks at ``gate``) is zero
+    there; without it the same weights see those cells."""
+    torch.manual_seed(0)
+    size = (32,) * sd
+    x = torch.zeros(1, 1, *size)
+    body = (slice(None), slice(None)) + (slice(0, 16),) * sd  # one corner of the grid holds the "brain"
+    x[body] = 0.5 + 0.5 * torch.rand(x[body].shape)
+    masked = create_model("compact-cnn", spatial_dims=sd, channels=[4, 8], mask_threshold=0.1, pool_grid=2).eval()
+    plain = create_model("compact-cnn", spatial_dims=sd, channels=[4, 8], pool_grid=2).eval()
+    plain.load_state_dict(masked.state_dict())  # the gate has no weights: checkpoints load either way
+    assert default_target_layer(masked) == "gate" and default_target_layer(plain) == "features.12"
+    # the gated stage is 16 cells per axis (before the last pooling); the body covers the first 8 of each axis
+    seen: list[torch.Tensor] = []
+    handle = masked.gate.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        masked(x)
+    handle.remove()
+    gated = seen[0][0].abs().amax(0)
+    inside = (slice(0, 8),) * sd
+    outside = torch.ones_like(gated, dtype=torch.bool)
+    outside[inside] = False
+    assert float(gated[inside].min()) > 0.0 and float(gated[outside].max()) == 0.0
+    # the empty cells' features (non-zero after instance norm) reach the plain head, not the masked one
+    with torch.no_grad():
+        assert not torch.allclose(masked(x), plain(x), atol=1e-5)
+    heat = grad_cam(masked, x[0], 1)
+    far = (slice(20, None),) * sd
+    assert float(heat[far].max()) == 0.0 and float(heat.max()) > 0.0
+    with pytest.raises(ConfigError, match="mask_threshold"):
+        create_model("compact-cnn", channels=[4], mask_threshold="brain")

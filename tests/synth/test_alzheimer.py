@@ -191,6 +191,21 @@ def test_generate_prefix_stability_and_flat_layout(tmp_path: Path) -> None:
     assert _read(tmp_path / "two" / "manifest.csv")[1]["t1"] == "sub-002_T1w.nii.gz"
 
 
+def test_generate_with_workers_writes_the_same_subjects(tmp_path: Path) -> None:
+    """Two worker processes write the same subjects, sessions and tables, in order, as one process."""
+    one = AZ.generate(tmp_path / "one", n=3, seed=5, sessions=2, progress=False, **FAST)
+    two = AZ.generate(tmp_path / "two", n=3, seed=5, sessions=2, workers=2, progress=False, **FAST)
+    assert [r["case"] for r in two] == [r["case"] for r in one]
+    for name in ("manifest.csv", "participants.tsv"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+    for row in _read(tmp_path / "one" / "manifest.csv"):
+        a, b = nib.load(tmp_path / "one" / row["t1"]), nib.load(tmp_path / "two" / row["t1"])
+        np.testing.assert_array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
+        np.testing.assert_array_equal(a.affine, b.affine)
+    with pytest.raises(ValueError, match="workers"):
+        AZ.generate(tmp_path / "bad", n=1, workers=0)
+
+
 def test_generate_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="layout"):
         AZ.generate(tmp_path, n=1, layout="clinica")
