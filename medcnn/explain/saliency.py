@@ -90,9 +90,9 @@ def default_target_layer(network: nn.Module, x: torch.Tensor | None = None) -> s
 
     Known architectures (MONAI DenseNet: ``class_layers.relu``, ResNet: ``layer4``, medcnn's
     compact CNN: the last activation before the last pooling, or its ``gate`` when masked) have a
-    fixed choice. Given ``x``, one forward pass checks that this layer still has a spatial extent for that input size;
-    otherwise (small inputs, or an unknown architecture) the last module whose output is a
-    spatial map (``(B, C, *spatial)`` with a spatial size above 1) is used.
+    fixed choice. Given ``x``, one forward pass checks that this layer still has a spatial extent
+    for that input size; otherwise (small inputs, or an unknown architecture) the last module whose
+    output is a spatial map (``(B, C, *spatial)`` with a spatial size above 1) is used.
 
     Args:
         network: a classification network ``(B, C, *spatial) -> (B, K)``.

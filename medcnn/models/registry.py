@@ -345,7 +345,7 @@ class CompactCNN(nn.Module):
             f = self.features[:-1](x)  # up to the last activation; features[-1] is the last pooling
             pool = nn.functional.adaptive_avg_pool3d if self.spatial_dims == 3 else nn.functional.adaptive_avg_pool2d
             with torch.no_grad():
-                body = pool(x.detach().amax(1, keepdim=True).float(), f.shape[2:]) > self.mask_threshold
+                body = pool(x.amax(1, keepdim=True).float(), f.shape[2:]) > self.mask_threshold
             f = self.features[-1](self.gate(f, body.to(f.dtype)))
         if self.pool_grid == 1:
             f = f.flatten(2).mean(-1)
