@@ -23,6 +23,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 _MODULES = {
     "brain-tumor": "medcnn.synth.brain_tumor",
     "alzheimer": "medcnn.synth.alzheimer",
@@ -63,17 +65,25 @@ def has_workers(task: str) -> bool:
     return "workers" in inspect.signature(importlib.import_module(_MODULES[task]).generate).parameters
 
 
+def check_workers(workers: Any) -> int:
+    """``workers`` as an int; ValueError unless it is a positive integer (the generators' ``workers``)."""
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    return int(workers)
+
+
 def map_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1, chunksize: int = 1) -> Iterator[Any]:
     """``fn(job)`` for each job, in order: in this process (``workers`` 1, or a single job) or in
     ``workers`` processes. Workers start by ``spawn``: a forked child of a process that already runs
     threads (torch's pools, a test runner's) can wait forever on a lock that was held at the fork (seen
     with two workers inside a pytest-xdist worker). Spawning costs each worker an import of numpy/scipy
     (about a second), which larger sets amortise. ``fn`` must be a module-level function."""
-    if int(workers) <= 1 or len(jobs) <= 1:
+    workers = check_workers(workers)
+    if workers == 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
         return
-    with ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield from pool.map(fn, jobs, chunksize=max(1, int(chunksize)))
 
 
-__all__ = ["TASKS", "generate", "has_workers", "map_jobs"]
+__all__ = ["TASKS", "check_workers", "generate", "has_workers", "map_jobs"]

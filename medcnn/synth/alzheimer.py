@@ -612,8 +612,9 @@ def generate(
         raise ValueError(
             f"unknown option(s) {unknown}; valid: {', '.join(valid + ['sessions', 'ad_fraction', 'severity', 'workers', 'progress'])}"
         )
-    if int(workers) < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    from medcnn.synth import check_workers, map_jobs
+
+    workers = check_workers(workers)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(max(int(n) - 1, 0))))
@@ -622,8 +623,6 @@ def generate(
                 layout, seed, workers)
     jobs = [(out_dir, int(seed), index, width, layout, int(sessions), ad_fraction, severity, options)
             for index in range(int(n))]
-    from medcnn.synth import map_jobs
-
     # render_subject loads the template once per process (cached) when no anatomy is given
     records: list[dict[str, Any]] = []
     participants: list[dict[str, Any]] = []

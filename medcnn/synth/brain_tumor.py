@@ -659,16 +659,15 @@ def generate(
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; valid: {', '.join(valid + ['with_labels', 'workers', 'progress'])}")
-    if int(workers) < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    from medcnn.synth import check_workers, map_jobs
+
+    workers = check_workers(workers)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     show = sys.stderr.isatty() if progress is None else bool(progress)
     logger.info("generating %d brain-tumour case(s) in %s (layout=%s, seed=%d, %d worker(s))", n, out_dir, layout, seed,
                 workers)
     jobs = [(out_dir, int(seed), i, layout, with_labels, options) for i in range(int(n))]
-    from medcnn.synth import map_jobs
-
     # make_case loads the template once per process (cached)
     records: list[dict[str, Any]] = list(tqdm(map_jobs(_write_case, jobs, workers), total=len(jobs), desc="brain-tumor",
                                               unit="case", disable=not show))

@@ -2077,16 +2077,15 @@ def generate(
     for name, v in (("uncertain_frac", uncertain_frac), ("blank_frac", blank_frac), ("followup_prob", followup_prob)):
         if not 0.0 <= float(v) <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {v!r}")
-    if not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    from medcnn.synth import check_workers, map_jobs
+
+    workers = check_workers(workers)
     fmts = _normalise_formats(formats)
     _resolve_options(options)  # fail fast on bad options
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(out, int(seed), i, fmts, size, dict(options), float(uncertain_frac), float(blank_frac),
              float(followup_prob)) for i in range(int(n))]
-    from medcnn.synth import map_jobs
-
     done = map_jobs(_case_job, jobs, workers, chunksize=len(jobs) // (8 * workers))
     rows: list[dict[str, Any]] = list(tqdm(done, total=len(jobs), desc="synthetic chest x-rays", unit="case",
                                            disable=not progress))

@@ -336,13 +336,14 @@ def generate(out_dir: str | os.PathLike[str], n: int, seed: int = 0, *, workers:
     """
     from tqdm.auto import tqdm
 
+    from medcnn.synth import check_workers, map_jobs
+
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    workers = check_workers(workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(out, int(seed), i) for i in range(int(n))]
-    from medcnn.synth import map_jobs
-
     rows = list(tqdm(map_jobs(_job, jobs, workers, chunksize=8), total=len(jobs), desc="prompt images", unit="case",
                      disable=not progress))
     write_csv_atomic(out / "manifest.csv", ["case", "subject", "image", "label", "source", "objects"], rows)
