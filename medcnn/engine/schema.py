@@ -109,6 +109,8 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "prior_prob": Field(_NUM, 0.15, check=fraction, help="share of box prompts that also get a rough prior mask"),
         "points_only_prob": Field(_NUM, 0.12, check=fraction, help="share of prompts made of clicks alone"),
         "val_objects": Field((int,), 4, check=positive, help="validation: objects scored per held-out image"),
+        "calibrate": Field((bool,), True, help="at each validation, choose the logit offset (-2..6) that maximises the "
+                                              "held-out images' box Dice and store it with the model (prompt.logit_offset)"),
     },
     "inference": {
         "roi_size": Field((list, NONE), None, check=positive),

@@ -54,18 +54,25 @@ class CropSpec:
             extent along the same axis ...
         margin_max: ... plus this fraction of the extent's longer side ...
         margin_px: ... plus this many pixels.
+        logit_offset: added to the network's logits before they are pasted back (the mask is
+            ``logits > 0``): the calibration chosen on held-out images while training
+            (:mod:`medcnn.prompt.train`). Networks trained with Dice + BCE on soft crop targets
+            draw masks too tight at offset 0: the previous bundled file covered a median 82-89 %
+            of the reference area, and an offset of 3 raised its dev box Dice from 0.838 to 0.881.
     """
 
     size: int = 96
     margin: float = 0.15
     margin_max: float = 0.05
     margin_px: float = 4.0
+    logit_offset: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> CropSpec:
         d = dict(d or {})
         return cls(size=int(d.get("crop_size", d.get("size", 96))), margin=float(d.get("margin", 0.15)),
-                   margin_max=float(d.get("margin_max", 0.05)), margin_px=float(d.get("margin_px", 4.0)))
+                   margin_max=float(d.get("margin_max", 0.05)), margin_px=float(d.get("margin_px", 4.0)),
+                   logit_offset=float(d.get("logit_offset", 0.0)))
 
 
 def crop_region(shape: tuple[int, int], spec: CropSpec, box: Any = None, points: Any = None,
@@ -236,5 +243,5 @@ class LitePromptBackend:
             regions.append(region)
             inputs.append(prompt_inputs(self.image, region, self.spec, b, pts, labs, mask_input))
         x = torch.stack(inputs).to(self.device)
-        out = self._run(x).float().cpu()[:, 0]
+        out = self._run(x).float().cpu()[:, 0] + self.spec.logit_offset
         return torch.stack([paste_logits(o, r, shape) for o, r in zip(out, regions)])

@@ -9,7 +9,10 @@ object, a rough prior mask, or clicks alone. The sample is rendered exactly as a
 (:func:`medcnn.prompt.lite.prompt_inputs`) and the target is the object's mask on the same crop.
 
 Validation: Dice on the full image grid of every held-out object given its tight bounding box
-(``dice_box``) and a jittered box (``dice_jitter``), through :class:`LitePromptBackend`.
+(``dice_box``) and a jittered box (``dice_jitter``), through :class:`LitePromptBackend`. With
+``prompt.calibrate`` (the default) each validation also picks the logit offset that maximises
+those Dice scores on the held-out images (:func:`calibrate_offset`); the checkpoint stores it as
+``prompt.logit_offset`` and the backend adds it to the network's logits.
 
 The engine's :class:`~medcnn.engine.trainer.Trainer` provides everything else (DDP, AMP, resume,
 checkpoints, logs, NaN guard); this module only replaces data, loss, validation and export.
@@ -17,7 +20,9 @@ checkpoints, logs, NaN guard); this module only replaces data, loss, validation 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,7 +37,8 @@ from medcnn.errors import ConfigError
 from medcnn.metrics.segmentation import dice_score
 from medcnn.prompt.lite import CropSpec, LitePromptBackend, crop_region, extract, prompt_inputs
 
-__all__ = ["PromptTrainer", "jitter_box", "load_prompt_case", "object_bbox", "object_ids", "simulate_prompt"]
+__all__ = ["CALIBRATION_OFFSETS", "PromptTrainer", "box_dice", "calibrate_offset", "jitter_box", "load_prompt_case",
+           "object_bbox", "object_ids", "simulate_prompt"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,9 +237,17 @@ class _SoftDiceBCE(nn.Module):
         return self.loss(logits, target.float())
 
 
+#: logit offsets tried by the calibration (``prompt.calibrate``); the mask is ``logits + offset > 0``
+CALIBRATION_OFFSETS: tuple[float, ...] = tuple(np.arange(-2.0, 6.01, 0.5).round(2).tolist())
+
+
 def box_dice(backend: LitePromptBackend, items: list[dict], *, jitter: bool = False, seed: int = 0,
-             max_objects: int = 4) -> list[float]:
-    """Dice on the full image grid of each object given its bounding box (tight or jittered)."""
+             max_objects: int = 4, offsets: Sequence[float] = (0.0,)) -> np.ndarray:
+    """Dice on the full image grid of each object given its bounding box (tight or jittered).
+
+    Returns:
+        ``(N, K)`` float64: object ``n``'s Dice with ``offsets[k]`` added to the backend's logits.
+    """
     rng = np.random.default_rng(seed)
     scores = []
     for it in items:
@@ -243,9 +257,17 @@ def box_dice(backend: LitePromptBackend, items: list[dict], *, jitter: bool = Fa
             box = object_bbox(obj)
             if jitter:
                 box = jitter_box(rng, box, obj.shape)
-            pred = backend.predict_logits(boxes=torch.from_numpy(box)[None])[0].numpy() > 0
-            scores.append(dice_score(pred, obj))
-    return scores
+            logits = backend.predict_logits(boxes=torch.from_numpy(box)[None])[0].numpy()
+            scores.append([dice_score(logits > -float(o), obj) for o in offsets])
+    return np.asarray(scores, dtype=np.float64).reshape(-1, len(offsets))
+
+
+def calibrate_offset(tight: np.ndarray, loose: np.ndarray, offsets: Sequence[float]) -> int:
+    """Index of the offset with the best mean of tight- and jittered-box Dice (``(N, K)`` each);
+    ties go to the offset nearest 0."""
+    score = (tight.mean(0) + loose.mean(0)) / 2
+    order = sorted(range(len(offsets)), key=lambda k: (-round(float(score[k]), 6), abs(offsets[k])))
+    return order[0]
 
 
 class PromptTrainer(Trainer):
@@ -304,16 +326,24 @@ class PromptTrainer(Trainer):
         """Box-prompt Dice of the held-out images (tight and jittered boxes)."""
         net = self.net.module if hasattr(self.net, "module") else self.net
         net.eval()
-        backend = LitePromptBackend(net, self.spec, device=self.env.device, optimize=False)
-        tight = box_dice(backend, self.val_items, max_objects=self.cfg["prompt"]["val_objects"])
-        loose = box_dice(backend, self.val_items, jitter=True, seed=self.cfg["seed"], max_objects=self.cfg["prompt"]["val_objects"])
-        out = {"dice_box": float(np.mean(tight)), "dice_jitter": float(np.mean(loose))}
+        opts = self.cfg["prompt"]
+        spec = dataclasses.replace(self.spec, logit_offset=0.0)
+        backend = LitePromptBackend(net, spec, device=self.env.device, optimize=False)
+        offsets = CALIBRATION_OFFSETS if opts["calibrate"] else (self.spec.logit_offset,)
+        tight = box_dice(backend, self.val_items, max_objects=opts["val_objects"], offsets=offsets)
+        loose = box_dice(backend, self.val_items, jitter=True, seed=self.cfg["seed"], max_objects=opts["val_objects"],
+                         offsets=offsets)
+        k = calibrate_offset(tight, loose, offsets)
+        self.spec = dataclasses.replace(self.spec, logit_offset=float(offsets[k]))
+        out = {"dice_box": float(tight[:, k].mean()), "dice_jitter": float(loose[:, k].mean()), "logit_offset": float(offsets[k])}
+        if opts["calibrate"]:
+            out["dice_box_offset0"] = float(tight[:, offsets.index(0.0)].mean())
         out["dice_mean"] = out["dice_box"]
         return out
 
     def _export(self, metrics: dict[str, float], epoch: int) -> dict:
         ck = super()._export(metrics, epoch)
         ck["prompt"] = {"crop_size": self.spec.size, "margin": self.spec.margin, "margin_max": self.spec.margin_max,
-                        "margin_px": self.spec.margin_px}
+                        "margin_px": self.spec.margin_px, "logit_offset": self.spec.logit_offset}
         ck["preprocess"]["channel_names"] = ["image", "box", "positive_clicks", "negative_clicks", "prior"]
         return ck

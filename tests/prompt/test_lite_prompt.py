@@ -11,6 +11,7 @@ from medcnn.cli.main import cli
 from medcnn.errors import ConfigError, InputError
 from medcnn.prompt import PromptableSegmenter
 from medcnn.prompt.lite import CropSpec, LitePromptBackend, crop_region, paste_logits, prompt_inputs
+from medcnn.prompt.train import CALIBRATION_OFFSETS, box_dice, calibrate_offset
 from medcnn.prompt.train import object_bbox, jitter_box, load_prompt_case, simulate_prompt
 from medcnn.synth.prompt import make_case
 
@@ -136,11 +137,15 @@ def test_training_writes_a_prompt_checkpoint_that_loads(tiny_prompt_run):
     run = tiny_prompt_run / "run"
     ck = load_checkpoint(run / "best.pt")
     assert ck["task"] == "prompt" and ck["prompt"]["crop_size"] == 64
-    assert {"dice_box", "dice_jitter"} <= set(ck["metrics"])
+    assert {"dice_box", "dice_jitter", "logit_offset", "dice_box_offset0"} <= set(ck["metrics"])
+    # the calibrated offset travels with the model and is the one the validation chose
+    assert ck["prompt"]["logit_offset"] == ck["metrics"]["logit_offset"] in CALIBRATION_OFFSETS
+    assert ck["metrics"]["dice_box"] >= ck["metrics"]["dice_box_offset0"] - 0.05  # chosen on (tight + jittered) / 2
     log = (run / "log.csv").read_text().splitlines()
     assert log[0].startswith("epoch") and len(log) == 3 and (run / "curves.png").is_file()
     seg = PromptableSegmenter.from_pretrained(run / "best.pt")
     assert isinstance(seg.backend, LitePromptBackend) and seg.backend.spec.size == 64
+    assert seg.backend.spec.logit_offset == ck["prompt"]["logit_offset"]
     img = torch.rand(1, 70, 90)
     seg.set_image(img)
     m = seg.predict(box=(10, 20, 40, 60))
@@ -170,3 +175,38 @@ def test_fine_tuning_from_the_checkpoint_and_config_errors(tiny_prompt_run, repo
 def test_other_medcnn_checkpoints_are_not_prompt_models(tiny_brain_model):
     with pytest.raises(InputError, match="not a promptable model"):
         PromptableSegmenter.from_pretrained(tiny_brain_model)
+
+
+def test_calibration_picks_the_best_mean_of_tight_and_jittered_dice_ties_nearest_zero():
+    offsets = (-1.0, 0.0, 1.0, 2.0)
+    tight = np.array([[0.5, 0.6, 0.8, 0.7], [0.5, 0.6, 0.8, 0.9]])
+    loose = np.array([[0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.7, 0.8]])
+    assert calibrate_offset(tight, loose, offsets) == 3  # means 0.75 vs 0.80
+    flat = np.full((2, 4), 0.7)
+    assert calibrate_offset(flat, flat, offsets) == 1  # a tie: no offset
+    assert 0.0 in CALIBRATION_OFFSETS and min(CALIBRATION_OFFSETS) < 0 < max(CALIBRATION_OFFSETS)
+
+
+class _Ramp(torch.nn.Module):
+    """A stand-in network: logit -0.5 inside the box, -1.5 outside (an empty mask at offset 0)."""
+
+    def forward(self, x):
+        return x[:, 1:2] - 1.5
+
+
+def test_backend_adds_the_logit_offset_and_box_dice_scores_each_offset():
+    img = torch.rand(60, 80)
+    box = (10.0, 20.0, 40.0, 60.0)
+    out = {}
+    for off in (0.0, 1.0):
+        be = LitePromptBackend(_Ramp(), CropSpec(size=32, logit_offset=off), optimize=False)
+        be.set_image(img[None])
+        out[off] = be.predict_logits(boxes=torch.tensor([box]))[0]
+    inside = out[0.0] > -20
+    assert torch.allclose(out[1.0][inside], out[0.0][inside] + 1.0, atol=1e-5)
+    assert not (out[0.0] > 0).any() and bool((out[1.0] > 0)[15:35, 25:55].all())  # the offset makes the mask
+    label = torch.zeros(60, 80, dtype=torch.uint8)
+    label[10:40, 20:60] = 1
+    be = LitePromptBackend(_Ramp(), CropSpec(size=32), optimize=False)
+    d = box_dice(be, [{"image": img, "label": label, "objects": [1]}], offsets=(0.0, 1.0))
+    assert d.shape == (1, 2) and d[0, 0] == 0.0 and d[0, 1] > 0.9
