@@ -25,7 +25,9 @@ Networks (``--net``):
 Printed per method: best and median wall time over ``--repeats`` interleaved runs (after one
 warm-up run unless ``--no-warmup``), speed-up over MONAI (> 1: faster), max abs difference to
 MONAI's output, argmax agreement, agreement of the region decisions (logit > 0 per channel, all
-channels equal), Dice of channel 0 (whole tumour) against MONAI, network windows computed, and
+channels equal), agreement of the label maps the brain-tumour pipeline writes (BraTS labels decoded
+from the nested regions: the decision of a region model, whose background has three strongly
+negative, near-tied logits that make the raw argmax there arbitrary), Dice of channel 0 (whole tumour) against MONAI, network windows computed, and
 GFLOP/s achieved in the network (FLOPs of the convolutions per window x windows / time) against
 a conv3d peak measured in the same run. ``--memory`` adds each method's peak RSS, run alone in a
 fresh process. Absolute times are only meaningful for GPU runs (DESIGN §6); quote the ratios.
@@ -56,6 +58,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -131,6 +134,13 @@ def _build(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, tup
             net = _FirstChannels(3)
         x = torch.randn((1, args.in_channels, *_size(args)), generator=torch.Generator().manual_seed(args.seed + 1))
     return net.to(device).eval(), x.to(device), roi, device
+
+
+def _labels(out: torch.Tensor) -> np.ndarray:
+    """``(1, 3, *spatial)`` region logits (WT, TC, ET) -> the BraTS label map the pipeline writes."""
+    from medcnn.inference.postprocess import regions_to_labels
+
+    return regions_to_labels((out[0] > 0).cpu().numpy())
 
 
 def _size(args: argparse.Namespace) -> tuple[int, ...]:
@@ -326,24 +336,27 @@ def main(argv: list[str] | None = None) -> int:
     ref_out = outputs[0].float()
     ref_arg = ref_out.argmax(1)
     ref_dec = ref_out > 0
+    ref_lab = _labels(ref_out) if args.net == "brain-tumor" else None
     print(f"\nconv3d peak (64->64, 3^3, 2x24^3, best of two measurements in this run): {peak:.1f} GFLOP/s")
     print(f"{'method':38s} {'best s':>8s} {'median s':>9s} {'speed-up':>9s} {'max|diff|':>10s} {'argmax':>8s} "
-          f"{'regions':>8s} {'WT Dice':>8s} {'windows':>8s} {'GFLOP/s':>8s} {'% peak':>7s}")
+          f"{'regions':>8s} {'labels':>8s} {'WT Dice':>8s} {'windows':>8s} {'GFLOP/s':>8s} {'% peak':>7s}")
     for (name, ov, _), ts, out in zip(methods, times, outputs):
         out = out.float()
         diff = (out - ref_out).abs().max().item()
         agree = (out.argmax(1) == ref_arg).float().mean().item()
         dec = out > 0
         regions = (dec == ref_dec).all(1).float().mean().item()
+        labels = float((_labels(out) == ref_lab).mean()) if ref_lab is not None else float("nan")
         inter = (dec[:, 0] & ref_dec[:, 0]).sum().item()
         denom = dec[:, 0].sum().item() + ref_dec[:, 0].sum().item()
         dice = 2 * inter / denom if denom else 1.0
         nwin = _WindowPlan.build(x.shape[2:], roi, [ov] * len(roi)).num_windows * x.shape[0]
         rate = gflop * nwin / min(ts)
         print(f"{name:38s} {min(ts):8.3f} {statistics.median(ts):9.3f} {ref_best / min(ts):8.2f}x {diff:10.2e} "
-              f"{100 * agree:7.3f}% {100 * regions:7.3f}% {dice:8.4f} {nwin:8d} {rate:8.1f} {100 * rate / peak:6.1f}%")
+              f"{100 * agree:7.3f}% {100 * regions:7.3f}% {100 * labels:7.3f}% {dice:8.4f} {nwin:8d} {rate:8.1f} {100 * rate / peak:6.1f}%")
     print("\nspeed-up = MONAI best time / method best time (> 1: faster than MONAI); timings interleaved")
-    print("argmax / regions: voxels whose argmax / whose per-channel decision (logit > 0) equals MONAI's")
+    print("argmax / regions / labels: voxels whose argmax / per-channel decision (logit > 0) / BraTS label "
+          "(decoded from the regions, as the pipeline writes it) equals MONAI's")
     return 0
 
 

@@ -83,6 +83,8 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "grad_clip": Field(_NUM + (NONE,), 12.0),
         "amp": Field((str,), "auto", choices=("auto", "bf16", "fp16", "off")),
         "channels_last": Field((bool,), False),
+        "compile": Field((bool,), False, help="torch.compile the network for the training steps (validation and "
+                                              "checkpoints use the plain module); costs a compile at the first steps"),
         "map_loss_weight": Field(_NUM, 1.0, help="weight of the finding-map loss (data.finding_masks) next to the label loss"),
         "map_loss": Field((str,), "bce", choices=("bce", "balanced"),
                           help="finding-map loss: bce (every cell alike) or balanced (a finding's cells and the "

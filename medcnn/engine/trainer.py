@@ -643,7 +643,7 @@ class Trainer:
         if isinstance(y, (tuple, list)):
             y, *maps_target = y
         with self._autocast():
-            out = self.net(x, return_maps=True) if maps_target else self.net(x)
+            out = self._step_net(x, return_maps=True) if maps_target else self._step_net(x)
         maps = None
         if maps_target:
             logits, maps = out
@@ -843,6 +843,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(net, device_ids=[self.env.device.index] if self.env.device.type == "cuda" else None)
+        # the training steps may run a compiled wrapper; validation, export and resume use the module itself
+        self._step_net = torch.compile(self.net) if self.t["compile"] else self.net
         self.loss_fn = self._loss().to(self.env.device)
         self._log_main("model %s (%.2fM parameters) on %s, amp=%s, world=%d", cfg["model"]["name"],
                        sum(p.numel() for p in net.parameters()) / 1e6, self.env.device, self.amp, self.env.world)
