@@ -105,7 +105,6 @@ def _to_brats_grid(case_dir: str, out_dir: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-
     import medcnn.batch as batch
     from medcnn.pipelines import get_pipeline
     from medcnn.predictor import load_model
