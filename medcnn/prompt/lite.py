@@ -74,6 +74,11 @@ class CropSpec:
                    margin_max=float(d.get("margin_max", 0.05)), margin_px=float(d.get("margin_px", 4.0)),
                    logit_offset=float(d.get("logit_offset", 0.0)))
 
+    def to_dict(self) -> dict[str, float | int]:
+        """The checkpoint's ``prompt`` section (what :meth:`from_dict` reads back)."""
+        return {"crop_size": self.size, "margin": self.margin, "margin_max": self.margin_max,
+                "margin_px": self.margin_px, "logit_offset": self.logit_offset}
+
 
 def crop_region(shape: tuple[int, int], spec: CropSpec, box: Any = None, points: Any = None,
                 prior: torch.Tensor | None = None) -> tuple[int, int, int, int]:

@@ -343,7 +343,6 @@ class PromptTrainer(Trainer):
 
     def _export(self, metrics: dict[str, float], epoch: int) -> dict:
         ck = super()._export(metrics, epoch)
-        ck["prompt"] = {"crop_size": self.spec.size, "margin": self.spec.margin, "margin_max": self.spec.margin_max,
-                        "margin_px": self.spec.margin_px, "logit_offset": self.spec.logit_offset}
+        ck["prompt"] = self.spec.to_dict()
         ck["preprocess"]["channel_names"] = ["image", "box", "positive_clicks", "negative_clicks", "prior"]
         return ck
