@@ -34,9 +34,12 @@ def test_bundled_checkpoints_are_self_describing_and_small(name: str) -> None:
         assert ck["task"] == "classification" and ck["labels"]["multilabel"] is True
         assert ck["labels"]["classes"] == FINDINGS
         assert ck["model"]["name"] == "densenet121" and ck["model"]["kwargs"]["spatial_dims"] == 2
-        # sanity floors on the validation patients for the findings this model has learnt (Consolidation, Nodule
-        # and Pneumothorax are still near chance: see medcnn/data/models/README.md for the held-out figures)
-        assert ck["metrics"]["auroc_Cardiomegaly"] > 0.9 and ck["metrics"]["auroc_Effusion"] > 0.75, ck["metrics"]
+        # floors on the run's own validation patients (held-out figures: medcnn/data/models/README.md); the
+        # 256-px file shipped before the 384-px stage (validation Nodule 0.648, mean 0.910) fails them
+        m = ck["metrics"]
+        assert m["auroc_Cardiomegaly"] > 0.99 and m["auroc_Effusion"] > 0.95, m
+        assert m["auroc_Consolidation"] > 0.9 and m["auroc_Pneumothorax"] > 0.99, m
+        assert m["auroc_Nodule"] > 0.69 and m["auroc_mean"] > 0.915, m
     else:
         assert ck["task"] == "segmentation" and ck["labels"]["channels"] == ["lungs", "heart"]
         assert ck["metrics"]["dice_lungs"] > 0.93, ck["metrics"]
