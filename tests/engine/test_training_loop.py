@@ -108,8 +108,11 @@ def test_data_cache_modes(tiny_brats: Path, repo_root: Path, tmp_path: Path) -> 
     for k in ref:
         torch.testing.assert_close(lazy[k], ref[k], rtol=0, atol=0, msg=f"{k}: cache false trained differently")
     assert any(not torch.equal(half[k], ref[k]) for k in ref if torch.is_floating_point(ref[k])), "half changed nothing"
+    # kernels only: a convolution bias followed by a normalisation gets no gradient but rounding noise (the norm
+    # subtracts it again), which Adam scales to full steps, so its drift is arbitrary (measured 0.15 relative here,
+    # while every kernel moved <= 0.015)
     rel = [float((half[k] - ref[k]).norm() / ref[k].norm().clamp_min(1e-12)) for k in ref
-           if torch.is_floating_point(ref[k]) and ref[k].numel() > 8]
+           if torch.is_floating_point(ref[k]) and ref[k].ndim > 1]
     assert max(rel) < 0.05, f"float16 cache moved the weights too far: {max(rel):.3f}"
     assert runs["half"]["history"][-1]["dice_mean"] == pytest.approx(runs["true"]["history"][-1]["dice_mean"], abs=0.1)
 
