@@ -149,3 +149,8 @@ def test_generation_comparison_fails_on_a_real_change(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("case,x\n1,2\n")
     (tmp_path / "b.csv").write_text("case,x\n1,3\n")
     assert not _same_generation(tmp_path / "a.csv", tmp_path / "b.csv")
+
+
+def test_sample_data_is_small(sample_data: Path) -> None:
+    total = sum(p.stat().st_size for p in sample_data.rglob("*") if p.is_file())
+    assert total < 15 * 2**20, f"sample_data is {total / 2**20:.1f} MiB"
