@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from medcnn.engine import load_checkpoint
 from medcnn.predictor import bundled_path, load_model
@@ -40,3 +42,21 @@ def test_bundled_model_still_scores_what_it_recorded(bundled: Path, sample_data:
             assert now[case][k] == pytest.approx(v, abs=1e-3), f"{case} {k}: {now[case][k]:.4f} vs recorded {v:.4f}"
     wt = [s["dice_WT"] for s in now.values()]
     assert min(wt) > 0.8, f"the bundled model fails a shipped sample case (WT Dice {wt})"
+
+
+def test_scores_are_taken_in_fp32_whatever_the_model_precision(sample_data: Path) -> None:
+    """Recorded sample scores must not depend on the CPU (bf16 autocast on CPUs with native bf16 moves them)."""
+    seen: list[str] = []
+
+    class Recorder:
+        config = {"labels": {"regions": {"WT": [1, 2, 3]}}, "inference": {"precision": "bf16"}}
+
+        def predict(self, img):  # an empty label map on the image's grid
+            seen.append(self.config["inference"]["precision"])
+            return torch.zeros((1, *img.shape[1:]), dtype=torch.int64)
+
+    model = Recorder()
+    scores = score_cases("brain-tumor", model, sample_data / "brain-tumor")
+    assert seen and set(seen) == {"fp32"}
+    assert model.config["inference"]["precision"] == "bf16", "the model's own setting must be restored"
+    assert all(np.isfinite(s["dice_WT"]) and s["dice_WT"] == 0.0 for s in scores.values())  # empty vs tumour
