@@ -49,7 +49,7 @@ def score_cases(pipeline_name: str, model: Any, folder: Path) -> dict[str, dict[
     pipe = get_pipeline(pipeline_name)
     regions = model.config["labels"].get("regions") or dict(BRATS_REGIONS)
     inference = model.config.setdefault("inference", {})
-    had, precision = "precision" in inference, inference.get("precision")
+    saved = dict(inference)
     inference["precision"] = "fp32"
     out: dict[str, dict[str, float]] = {}
     try:
@@ -59,10 +59,8 @@ def score_cases(pipeline_name: str, model: Any, folder: Path) -> dict[str, dict[
             img = pipe.load(case)
             out[case.id] = region_dice(model.predict(img)[0].numpy(), case.label, regions)
     finally:
-        if had:
-            inference["precision"] = precision
-        else:
-            inference.pop("precision")
+        inference.clear()
+        inference.update(saved)
     if not out:
         raise MedcnnError(f"{folder}: no labelled case to score")
     return out
