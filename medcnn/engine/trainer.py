@@ -401,10 +401,14 @@ class Trainer:
             raise ConfigError(f"config key 'model.init': {path} holds a {ck['model']['name']} network, "
                               f"the config builds {self.cfg['model']['name']}")
         state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ck["state_dict"].items()}
-        # parts the network adds to a checkpoint's (e.g. a new finding-map head) may start fresh
+        # parts the network adds to a checkpoint's (e.g. a new finding-map head), or holds in another shape (a map
+        # head on another level, after a map_stride change), may start fresh
         optional = tuple(getattr(net, "init_optional_prefixes", ()))
         for k, v in net.state_dict().items():
-            if k.startswith(optional) and k not in state:
+            if k.startswith(optional) and (k not in state or state[k].shape != v.shape):
+                if k in state:
+                    logger.info("model.init: %s is %s in %s and %s here; it starts fresh",
+                                k, tuple(state[k].shape), path.name, tuple(v.shape))
                 state[k] = v
         try:
             net.load_state_dict(state, strict=True)

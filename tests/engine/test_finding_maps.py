@@ -195,3 +195,25 @@ def test_model_init_from_a_plain_densenet_keeps_its_weights(tiny_cxr, repo_root,
     weights = [k for k in start if k.endswith("conv0.weight") or k.endswith("out.weight")]
     assert weights and all(torch.allclose(start[k].float(), tuned["state_dict"][k].float(), atol=1e-6) for k in weights)
     assert "map_head.weight" in tuned["state_dict"] and "map_head.weight" not in start
+
+
+def test_model_init_across_a_map_stride_change(tiny_cxr, repo_root, tmp_path) -> None:
+    """A stride-16 checkpoint initialises a stride-8 network: the fine head (another level, other shapes) starts
+    fresh, every other weight is loaded; a non-optional shape mismatch still fails."""
+    from medcnn.engine import load_checkpoint, train
+
+    cfg = repo_root / "configs" / "chest_xray.yaml"
+    base = [f"data.source={tiny_cxr}", *TINY]
+    train(cfg, [*base, "model.kwargs.map_stride=16"], tmp_path / "s16")
+    s16 = tmp_path / "s16" / "last.pt"
+    train(cfg, [*base, f"model.init={s16}", "model.kwargs.map_stride=8", "train.lr=1e-12", "train.warmup_epochs=0"],
+          tmp_path / "s8")
+    start = load_checkpoint(s16)["state_dict"]
+    tuned = load_checkpoint(tmp_path / "s8" / "last.pt")
+    assert tuned["model"]["kwargs"]["map_stride"] == 8
+    assert start["map_head_fine.weight"].shape != tuned["state_dict"]["map_head_fine.weight"].shape
+    # kernels (batch-norm running statistics move with any training step, whatever the learning rate)
+    kept = [k for k in start if not k.startswith("map_head_fine.") and start[k].ndim > 1]
+    assert kept and all(torch.allclose(start[k].float(), tuned["state_dict"][k].float(), atol=1e-5) for k in kept)
+    with pytest.raises(ConfigError, match="do not fit"):
+        train(cfg, [*base, f"model.init={s16}", "model.kwargs.init_features=12"], tmp_path / "wide")
