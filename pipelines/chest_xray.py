@@ -204,18 +204,71 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom
 
 
-def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Path | None = None) -> dict[str, Any]:
+#: diameter bins (mm) of :func:`evaluate_run`'s AUROC by lesion size; nodules are reported by size in the
+#: literature (Fleischner: under 6, 6-8, over 8 mm) and the generator draws 6-30 mm ones
+SIZE_BINS_MM: dict[str, tuple[float, ...]] = {"Nodule": (0.0, 8.0, 12.0, 18.0, math.inf)}
+
+
+def largest_diameter_mm(mask: np.ndarray, spacing_mm: float = 1.0) -> float:
+    """Equivalent diameter of a binary mask's largest connected component, ``2 sqrt(area / pi)``.
+
+    Args:
+        mask: ``(H, W)`` boolean mask.
+        spacing_mm: pixel size (square pixels).
+
+    Returns:
+        The diameter in mm (0 for an empty mask).
+    """
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return 0.0
+    area = float(np.bincount(lab.ravel())[1:].max())
+    return 2.0 * math.sqrt(area / math.pi) * spacing_mm
+
+
+def _auroc_by_size(sizes: dict[str, dict[int, float]], probs: np.ndarray, labels: np.ndarray, findings: list[str],
+                   bins: dict[str, Sequence[float]]) -> dict[str, list[dict[str, Any]]]:
+    """Per finding and size bin: AUROC of the positives of that size against every negative."""
+    from medcnn.metrics import roc_auc
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for f, diam in sizes.items():
+        j = findings.index(f)
+        neg = np.flatnonzero(labels[:, j] == 0)
+        edges = list(bins[f])
+        rows = []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            pos = [i for i, d in diam.items() if lo <= d < hi]
+            auc = None  # no positive of this size (JSON null)
+            if pos and len(neg):
+                idx = np.concatenate([np.asarray(pos), neg])
+                auc = round(roc_auc(probs[idx, j], labels[idx, j]), 4)
+            rows.append({"diameter_mm": f"{lo:g}-{hi:g}" if math.isfinite(hi) else f">={lo:g}", "positives": len(pos),
+                         "auroc": auc})
+        out[f] = rows
+    return out
+
+
+def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Path | None = None, *,
+                 finding_masks: str = "masks/{case}_{finding}.png",
+                 size_bins_mm: dict[str, Sequence[float]] | None = None) -> dict[str, Any]:
     """Score a ``medcnn predict chest-xray`` run against a generated (or same-layout) dataset.
 
     Args:
         out_dir: the run's folder (``summary.csv``, ``<case>_lungs.png``, ``<case>_heart.png``).
         data_dir: the dataset folder with ``manifest.csv`` (``case``, ``lungs``, ``heart`` mask paths,
-            ``ctr`` and one 0/1 column per finding).
+            ``ctr`` and one 0/1 column per finding; ``pixel_spacing_mm`` for the sizes below).
         report_dir: if given, ``metrics.json``, ``per_case.csv`` and ``roc.png`` are written there.
+        finding_masks: where a positive case's finding mask lies, relative to ``data_dir``
+            (what ``medcnn generate chest-xray`` writes).
+        size_bins_mm: per finding, diameter bin edges for the AUROC by lesion size (default
+            :data:`SIZE_BINS_MM`); a finding's positives without a mask file are left out of it.
 
     Returns:
         ``{"n", "n_failed", "auroc": {finding: value}, "auroc_mean", "dice_lungs_mean", "dice_lungs_min",
-        "dice_heart_mean", "ctr_mae", "worst_lungs": [[case, dice], ...]}`` (Dice on the input pixel grid).
+        "dice_heart_mean", "ctr_mae", "worst_lungs": [[case, dice], ...]}`` (Dice on the input pixel grid),
+        plus ``"auroc_by_size": {finding: [{"diameter_mm", "positives", "auroc"}, ...]}`` where masks exist
+        (the diameter of the largest component, :func:`largest_diameter_mm`).
 
     Raises:
         InputError: missing files or no case to score.
@@ -235,6 +288,8 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
         manifest = list(csv.DictReader(fh))
     findings = [f for f in FINDINGS if manifest and f in manifest[0] and f in next(iter(summary.values()), {})]
     per_case, probs, labels = [], [], []
+    bins = SIZE_BINS_MM if size_bins_mm is None else size_bins_mm
+    sizes: dict[str, dict[int, float]] = {f: {} for f in findings if f in bins}
     n_failed = 0
     for m in manifest:
         r = summary.get(m["case"])
@@ -249,6 +304,11 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
         if r.get("ctr") and m.get("ctr"):
             row["ctr_error"] = round(abs(float(r["ctr"]) - float(m["ctr"])), 4)
         if findings:
+            for f in sizes:
+                mask_p = data_dir / finding_masks.format(case=m["case"], finding=f)
+                if float(m[f]) == 1 and mask_p.is_file():
+                    spacing = float(m.get("pixel_spacing_mm") or 1.0)
+                    sizes[f][len(probs)] = largest_diameter_mm(np.asarray(load(mask_p)[0]) > 0, spacing)
             probs.append([float(r[f]) for f in findings])
             labels.append([float(m[f]) for f in findings])
         per_case.append(row)
@@ -264,7 +324,8 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
     errs = [c["ctr_error"] for c in per_case if "ctr_error" in c]
     if errs:
         rep["ctr_mae"] = round(float(np.mean(errs)), 4)
-    rep["worst_lungs"] = [[c["case"], c["dice_lungs"]] for c in sorted(per_case, key=lambda c: c.get("dice_lungs", 1.0))[:5]]
+    scored = [c for c in per_case if "dice_lungs" in c]  # none when the run or the data hold no lung masks
+    rep["worst_lungs"] = [[c["case"], c["dice_lungs"]] for c in sorted(scored, key=lambda c: c["dice_lungs"])[:5]]
     curves = {}
     if findings:
         p, y = np.asarray(probs), np.asarray(labels)
@@ -276,6 +337,9 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
             logger.warning("AUROC undefined (one class only among these cases) for: %s", ", ".join(undefined))
         rep["auroc"] = {k: round(v, 4) for k, v in auc["per_finding"].items()}
         rep["auroc_mean"] = round(auc["mean"], 4)
+        sizes = {f: d for f, d in sizes.items() if d}
+        if sizes:
+            rep["auroc_by_size"] = _auroc_by_size(sizes, p, y, findings, bins)
         for j, f in enumerate(findings):
             if len(np.unique(y[:, j])) == 2:
                 fpr, tpr, _ = roc_curve(p[:, j], y[:, j])

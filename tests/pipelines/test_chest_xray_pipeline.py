@@ -252,3 +252,45 @@ def test_model_init_fine_tunes_from_a_checkpoint(tiny_cxr, tiny_cxr_models, tmp_
     with pytest.raises(ConfigError, match="model.init"):
         train(repo_root / "configs" / "chest_xray.yaml", [*base, "model.kwargs.growth_rate=8", f"model.init={tiny_cxr_models[0]}"],
               tmp_path / "bad")
+
+
+def test_largest_diameter_mm_of_a_disc() -> None:
+    from medcnn.pipelines.chest_xray import largest_diameter_mm
+
+    yy, xx = np.mgrid[:200, :200]
+    disc = (yy - 60) ** 2 + (xx - 60) ** 2 < 20**2  # 40 px across
+    small = (yy - 150) ** 2 + (xx - 150) ** 2 < 5**2
+    assert abs(largest_diameter_mm(disc | small, 0.5) - 20.0) < 0.2  # the largest component, in mm
+    assert largest_diameter_mm(np.zeros((5, 5), bool)) == 0.0
+
+
+def test_evaluate_run_reports_nodule_auroc_by_size(tmp_path) -> None:
+    """Positives of 6, 10 and 20 mm against three negatives: one AUROC per size bin, from the masks' diameters."""
+    from medcnn.pipelines.chest_xray import evaluate_run
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    (data / "masks").mkdir(parents=True)
+    run.mkdir()
+    yy, xx = np.mgrid[:128, :128]
+    man = ["case,lungs,heart,pixel_spacing_mm,Nodule"]
+    summ = ["case,inputs,status,error,Nodule"]
+    cases = [("n0", 0, None, 0.3), ("n1", 0, None, 0.5), ("n2", 0, None, 0.7),
+             ("p6", 1, 6.0, 0.4), ("p10", 1, 10.0, 0.6), ("p20", 1, 20.0, 0.9), ("nomask", 1, None, 0.0)]
+    for case, y, diam, prob in cases:
+        man.append(f"{case},,,0.5,{y}")
+        summ.append(f"{case},x,ok,,{prob}")
+        if diam is not None:
+            r_px = diam / 2 / 0.5
+            Image.fromarray((((yy - 64) ** 2 + (xx - 64) ** 2 < r_px**2) * 255).astype(np.uint8)).save(
+                data / "masks" / f"{case}_Nodule.png")
+    (data / "manifest.csv").write_text("\n".join(man) + "\n")
+    (run / "summary.csv").write_text("\n".join(summ) + "\n")
+    rep = evaluate_run(run, data)
+    by = {b["diameter_mm"]: b for b in rep["auroc_by_size"]["Nodule"]}
+    assert list(by) == ["0-8", "8-12", "12-18", ">=18"]
+    assert by["0-8"]["positives"] == 1 and by["0-8"]["auroc"] == round(1 / 3, 4)  # 0.4 beats one negative of three
+    assert by["8-12"]["auroc"] == round(2 / 3, 4) and by[">=18"]["auroc"] == 1.0
+    assert by["12-18"] == {"diameter_mm": "12-18", "positives": 0, "auroc": None}
+    assert sum(b["positives"] for b in by.values()) == 3  # the positive without a mask file is left out
+    assert rep["worst_lungs"] == []  # no lung masks in this run: nothing to rank, no error
+    assert "auroc_by_size" not in evaluate_run(run, data, size_bins_mm={})
