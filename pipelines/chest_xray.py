@@ -219,10 +219,9 @@ def largest_diameter_mm(mask: np.ndarray, spacing_mm: float = 1.0) -> float:
     Returns:
         The diameter in mm (0 for an empty mask).
     """
-    lab, n = ndimage.label(mask)
-    if n == 0:
-        return 0.0
-    area = float(np.bincount(lab.ravel())[1:].max())
+    from medcnn.inference.postprocess import keep_largest_component
+
+    area = float(np.count_nonzero(keep_largest_component(mask)))
     return 2.0 * math.sqrt(area / math.pi) * spacing_mm
 
 
