@@ -204,8 +204,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom
 
 
-#: diameter bins (mm) of :func:`evaluate_run`'s AUROC by lesion size; nodules are reported by size in the
-#: literature (Fleischner: under 6, 6-8, over 8 mm) and the generator draws 6-30 mm ones
+#: diameter bins (mm) of :func:`evaluate_run`'s AUROC by lesion size: the generator draws 6-30 mm nodules
+#: (log-uniform), so these bins hold similar numbers of them; edit per finding for other data
 SIZE_BINS_MM: dict[str, tuple[float, ...]] = {"Nodule": (0.0, 8.0, 12.0, 18.0, math.inf)}
 
 
@@ -234,7 +234,7 @@ def _auroc_by_size(sizes: dict[str, dict[int, float]], probs: np.ndarray, labels
     for f, diam in sizes.items():
         j = findings.index(f)
         neg = np.flatnonzero(labels[:, j] == 0)
-        edges = list(bins[f])
+        edges = bins[f]
         rows = []
         for lo, hi in zip(edges[:-1], edges[1:]):
             pos = [i for i, d in diam.items() if lo <= d < hi]
