@@ -256,7 +256,7 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
     Args:
         out_dir: the run's folder (``summary.csv``, ``<case>_lungs.png``, ``<case>_heart.png``).
         data_dir: the dataset folder with ``manifest.csv`` (``case``, ``lungs``, ``heart`` mask paths,
-            ``ctr`` and one 0/1 column per finding; ``pixel_spacing_mm`` for the sizes below).
+            ``ctr`` and one 0/1 column per finding; ``pixel_spacing_mm`` for the sizes below, else they are in pixels).
         report_dir: if given, ``metrics.json``, ``per_case.csv`` and ``roc.png`` are written there.
         finding_masks: where a positive case's finding mask lies, relative to ``data_dir``
             (what ``medcnn generate chest-xray`` writes).
