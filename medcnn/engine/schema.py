@@ -73,6 +73,10 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "samples_per_case": Field((int,), 2, check=positive),
         "foreground_ratio": Field(_NUM, 0.67, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
         "loss": Field((str,), "dicece", choices=("dicece", "dicefocal", "ce", "bce", "focal")),
+        "dice_batch": Field((bool,), False,
+                            help="segmentation: one Dice over the whole batch per channel (nnU-Net's batch Dice) "
+                                 "instead of one per patch; for small, often absent targets (an empty patch "
+                                 "otherwise scores Dice loss 1 for any false-positive voxel)"),
         "class_weights": Field((str, list, NONE), None, help="'balanced' or a list of weights (classification)"),
         "optimizer": Field((str,), "adamw", choices=("adamw", "adam", "sgd")),
         "lr": Field(_NUM, 1e-3, check=positive),

@@ -487,6 +487,7 @@ class Trainer:
 
             region = bool(self.cfg["labels"]["regions"]) or bool(self.mask_names)
             common = {"sigmoid": True} if region else {"softmax": True, "to_onehot_y": True}
+            common["batch"] = bool(self.t["dice_batch"])
             if name == "dicefocal":
                 return DiceFocalLoss(smooth_nr=1e-5, smooth_dr=1e-5, **common)
             return DiceCELoss(smooth_nr=1e-5, smooth_dr=1e-5, **common)
