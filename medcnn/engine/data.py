@@ -70,7 +70,8 @@ def records_from_manifest(path: Path, channels: Sequence[str] | None, label: str
     """Rows of a manifest CSV as records ``{case, subject, image: [paths], label}``.
 
     With ``masks`` (column names of binary mask files), ``label`` is the list of those files instead
-    of the ``label`` column.
+    of the ``label`` column; a blank cell (``None`` in the list) means an all-zero mask, for a
+    structure absent from that image (e.g. no nodule).
     """
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -94,7 +95,8 @@ def records_from_manifest(path: Path, channels: Sequence[str] | None, label: str
     for i, r in enumerate(rows):
         case = r.get("case") or _file_stem(r[channels[0]]) or f"case{i:05d}"
         if masks:
-            lab_value: Any = [_resolve(base, r[c]) for c in masks]
+            # a blank cell: the structure is absent from this image (an all-zero mask)
+            lab_value: Any = [_resolve(base, r[c]) if (r[c] or "").strip() else None for c in masks]
         else:
             lab = r[label]
             lab_value = _resolve(base, lab) if lab and not _is_number(lab) and ("/" in lab or "." in lab) else lab

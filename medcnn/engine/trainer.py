@@ -210,8 +210,16 @@ def _prepare_seg_case(rec: dict, spec: dict) -> dict:
     or ``(R, *spatial)`` uint8 binary masks when the record lists several mask files (``data.masks``)."""
     img = load_for_model(rec["image"], spec)
     several = isinstance(rec["label"], list)
-    lab = load_for_model(rec["label"] if several else [rec["label"]], spec, mode="nearest")
-    _check_same_grid(lab, img, rec["label"][0] if several else rec["label"], "label")
+    given = [f for f in rec["label"] if f is not None] if several else [rec["label"]]
+    if given:
+        lab = load_for_model(given, spec, mode="nearest")
+        _check_same_grid(lab, img, given[0], "label")
+    if several and len(given) < len(rec["label"]):  # blank manifest cells: all-zero masks
+        full = torch.zeros((len(rec["label"]), *img.shape[1:]), dtype=torch.float32)
+        present = [i for i, f in enumerate(rec["label"]) if f is not None]
+        if present:
+            full[present] = lab.as_tensor().float()
+        lab = full
     x, info = prepare(img, spec)
     if several:
         return {"image": x, "label": _masks_like_input(lab, info, spec), "case": rec["case"]}

@@ -2002,7 +2002,10 @@ def _case_job(args: tuple[Path, int, int, tuple[str, ...], Any, dict[str, Any], 
             chexpert[name] = "1.0" if present else "0.0"
     return {
         "case": case_id, "subject": subject_id, "study": study, "image": rel_img.as_posix(),
-        "lungs": rel_lungs.as_posix(), "heart": rel_heart.as_posix(), "format": fmt,
+        "lungs": rel_lungs.as_posix(), "heart": rel_heart.as_posix(),
+        # the nodule mask as a segmentation target (data.masks: [nodule]); blank: no nodule (an all-zero mask)
+        "nodule": finding_mask_path(case_id, "Nodule").as_posix() if "Nodule" in case["finding_masks"] else "",
+        "format": fmt,
         "rows": H, "cols": W, "pixel_spacing_mm": round(float(case["pixel_spacing"][0]), 6),
         "view": case["view"], "sex": case["sex"], "age": case["age"], "ctr": round(case["ctr"], 4),
         **{name: int(case["findings"][name]) for name in FINDINGS},
@@ -2040,8 +2043,9 @@ def generate(
                                       uncertain, blank unmentioned)
         nih_labels.csv                NIH ChestX-ray14 style: Image Index, Finding Labels
                                       ("A|B" or "No Finding"), Follow-up #, Patient ID, ...
-        manifest.csv                  case, subject, study, image, lungs, heart, format, rows,
-                                      cols, pixel_spacing_mm, view, sex, age, ctr, findings 0/1
+        manifest.csv                  case, subject, study, image, lungs, heart, nodule (its mask,
+                                      blank without one), format, rows, cols, pixel_spacing_mm,
+                                      view, sex, age, ctr, findings 0/1
 
     Case ``i`` (0-based) is ``cxr-{i+1:05d}`` and depends only on ``(seed, i)``: its image
     comes from ``np.random.default_rng([seed, i])``. Cases ``2k`` and ``2k+1`` belong to the
@@ -2106,7 +2110,7 @@ def generate(
             "OriginalImagePixelSpacing[x": ps, "y]": ps,
         })
         man_rows.append({k: v for k, v in row.items() if not k.startswith("_")})
-    man_cols = ["case", "subject", "study", "image", "lungs", "heart", "format", "rows", "cols",
+    man_cols = ["case", "subject", "study", "image", "lungs", "heart", "nodule", "format", "rows", "cols",
                 "pixel_spacing_mm", "view", "sex", "age", "ctr", *FINDINGS]
     write_csv_atomic(out / "labels.csv", [*CHEXPERT_COLUMNS, *FINDINGS], chex_rows)
     write_csv_atomic(out / "nih_labels.csv", NIH_COLUMNS, nih_rows)

@@ -198,9 +198,14 @@ def test_generate_files_and_tables(tmp_path: Path) -> None:
 
     with open(tmp_path / "manifest.csv", newline="") as fh:
         reader = csv.DictReader(fh)
-        for col in ("case", "subject", "image", "lungs", "heart", *FINDINGS):
+        for col in ("case", "subject", "image", "lungs", "heart", "nodule", *FINDINGS):
             assert col in reader.fieldnames
-        assert len(list(reader)) == 8
+        man = list(reader)
+        assert len(man) == 8
+    for r in man:  # the nodule mask column: the finding's mask when present, blank otherwise
+        assert bool(r["nodule"]) == (r["Nodule"] == "1")
+        if r["nodule"]:
+            assert (tmp_path / r["nodule"]).is_file()
 
 
 def test_png16_keeps_more_than_8_bits(tmp_path: Path) -> None:
