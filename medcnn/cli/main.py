@@ -189,6 +189,7 @@ Examples:
   medcnn generate brain-tumor -n 1280 --seed 1 -o data/bt_train1280 --workers 2   # the bundled model's data
   medcnn generate alzheimer -n 300 --seed 2 -o data/ad --workers 2   # BIDS + participants.tsv
   medcnn generate chest-xray -n 1000 --seed 3 -o data/cxr --formats png,png16,dcm-mono1,dcm-mono2
+  medcnn generate chest-xray -n 3000 --seed 7 -o data/cxr_nod --prevalence Nodule=0.6   # nodule-rich
   medcnn generate prompt -n 4000 --seed 1 -o data/prompt_train   # 2D images + object label maps
 """)
 @click.argument("task", type=click.Choice(["sample", "brain-tumor", "alzheimer", "chest-xray", "prompt"]))
@@ -197,9 +198,12 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (case i depends only on seed and i).")
 @click.option("--layout", default=None, help="brain-tumor: brats2023 | brats2021 | nnunet; alzheimer: bids.")
 @click.option("--formats", default=None, help="chest-xray: comma-separated png, png16, dcm-mono1 (MONOCHROME1), dcm-mono2.")
+@click.option("--prevalence", default=None,
+              help="chest-xray: probability of each finding, one number for all or FINDING=P,... (others 0.3).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (not for sample; the cases do not depend on it).")
-def generate(task: str, out_dir: Path, n: int, seed: int, layout: str | None, formats: str | None, workers: int) -> None:
+def generate(task: str, out_dir: Path, n: int, seed: int, layout: str | None, formats: str | None,
+             prevalence: str | None, workers: int) -> None:
     """Generate synthetic training/test data (or the repository's sample data) on real anatomy."""
     from medcnn import synth
 
@@ -212,8 +216,32 @@ def generate(task: str, out_dir: Path, n: int, seed: int, layout: str | None, fo
         opts["layout"] = layout
     if formats:
         opts["formats"] = tuple(f.strip() for f in formats.split(",") if f.strip())
-    records = synth.generate(task, out_dir, n=n, seed=seed, **opts)
+    if prevalence:
+        if task != "chest-xray":
+            raise click.UsageError(f"--prevalence is a chest-xray option, not {task}'s")
+        opts["prevalence"] = _parse_prevalence(prevalence)
+    try:
+        records = synth.generate(task, out_dir, n=n, seed=seed, **opts)
+    except ValueError as exc:
+        if not prevalence or "prevalence" not in str(exc):
+            raise
+        raise click.BadParameter(str(exc), param_hint="--prevalence") from None
     click.echo(f"wrote {len(records)} {task} case(s) to {out_dir}")
+
+
+def _parse_prevalence(text: str) -> float | dict[str, float]:
+    """``"0.5"`` -> 0.5; ``"Nodule=0.6,Effusion=0.4"`` -> ``{"Nodule": 0.6, "Effusion": 0.4}``."""
+    try:
+        if "=" not in text:
+            return float(text)
+        out = {}
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            name, _, value = part.partition("=")
+            out[name.strip()] = float(value)
+        return out
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give a probability or FINDING=P pairs, e.g. Nodule=0.6,Effusion=0.4",
+                                 param_hint="--prevalence") from None
 
 
 @cli.command(context_settings=CONTEXT, epilog="""\b

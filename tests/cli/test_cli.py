@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,18 @@ def test_generate_workers_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for task in tasks:
         assert _run("generate", task, "-n", "4", "--workers", "2", "-o", str(tmp_path / task)).exit_code == 0
     assert calls == [{"task": t, "workers": 2} for t in tasks]
+
+
+def test_generate_prevalence_option(tmp_path: Path) -> None:
+    """``--prevalence`` sets chest-xray finding probabilities; bad names and values are usage errors."""
+    out = tmp_path / "cxr"
+    res = _run("generate", "chest-xray", "-n", "3", "--seed", "5", "--prevalence", "Nodule=1,Effusion=0", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(out / "manifest.csv", newline="")))
+    assert [r["Nodule"] for r in rows] == ["1"] * 3 and [r["Effusion"] for r in rows] == ["0"] * 3
+    assert all(r["nodule"] for r in rows)
+    for bad, says in (("Nodul=0.5", "unknown finding"), ("often", "FINDING=P"), ("Nodule=2", "prevalence")):
+        res = _run("generate", "chest-xray", "-n", "1", "--prevalence", bad, "-o", str(tmp_path / "bad"))
+        assert res.exit_code == 2 and says in res.output, (bad, res.output)
+    res = _run("generate", "prompt", "-n", "1", "--prevalence", "0.5", "-o", str(tmp_path / "p"))
+    assert res.exit_code == 2 and "chest-xray option" in res.output
