@@ -82,6 +82,22 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+#: largest finite float16 value: a tensor beyond it stays float32 in an fp16 export
+_FP16_MAX = float(torch.finfo(torch.float16).max)
+
+
+def _half_if_it_fits(name: str, v: torch.Tensor) -> torch.Tensor:
+    """``v`` as float16, unless it is not floating point or holds values float16 cannot (they would turn
+    to inf: batch-norm running variances reach 1e6 in the two-residual-unit prompt network)."""
+    if not torch.is_floating_point(v):
+        return v
+    if v.numel() and float(v.detach().abs().max()) > _FP16_MAX:
+        logger.info("export: %s stays float32 (values up to %.3g exceed float16's range)", name,
+                    float(v.detach().abs().max()))
+        return v.float()
+    return v.half()
+
+
 def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True,
                       inference: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write a compact inference checkpoint: no optimizer/resume state, float weights stored as fp16.
@@ -93,7 +109,8 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True,
     Args:
         src: a ``best.pt``/``last.pt`` from ``medcnn train``.
         dst: output path.
-        half: store floating-point tensors as float16.
+        half: store floating-point tensors as float16 (those with values beyond float16's range stay
+            float32).
         inference: inference settings to change in the export (e.g. ``{"tta": True}``), checked against
             the ``inference`` section of the training schema.
 
@@ -118,7 +135,7 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True,
     training.pop("config", None)
     ck["training"] = training
     if half:
-        ck["state_dict"] = {k: (v.half() if torch.is_floating_point(v) else v) for k, v in ck["state_dict"].items()}
+        ck["state_dict"] = {k: _half_if_it_fits(k, v) for k, v in ck["state_dict"].items()}
         ck["weights_dtype"] = "float16"
     save_checkpoint(ck, dst)
     return ck

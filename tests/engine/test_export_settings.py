@@ -63,3 +63,22 @@ def test_training_config_checks_region_min_ml(repo_root):
         load_train_config(repo_root / "configs" / "brain_tumor.yaml", ["inference.region_min_ml.EX=0.3"])
     with pytest.raises(ConfigError, match=r"inference\.region_min_ml\.ET"):
         load_train_config(repo_root / "configs" / "brain_tumor.yaml", ["inference.region_min_ml.ET=-1"])
+
+
+def test_fp16_export_keeps_out_of_range_tensors_in_float32(tiny_brain_model, tmp_path):
+    """A tensor beyond float16's range (e.g. a batch-norm variance of 1e6) would turn to inf: it stays float32."""
+    import torch
+
+    from medcnn.engine.checkpoint import export_checkpoint, load_checkpoint
+
+    ck = torch.load(tiny_brain_model, weights_only=True, map_location="cpu")
+    names = [k for k, v in ck["state_dict"].items() if torch.is_floating_point(v)]
+    big, small = names[0], names[1]
+    ck["state_dict"][big] = ck["state_dict"][big].clone().float()
+    ck["state_dict"][big].view(-1)[0] = 2.5e6
+    src = tmp_path / "big.pt"
+    torch.save(ck, src)
+    export_checkpoint(src, tmp_path / "out.pt")
+    out = load_checkpoint(tmp_path / "out.pt")["state_dict"]
+    assert out[big].dtype == torch.float32 and torch.equal(out[big], ck["state_dict"][big])
+    assert out[small].dtype == torch.float16 and torch.isfinite(out[small].float()).all()
