@@ -39,7 +39,7 @@ MAX_LINEAR_CHANNELS = 8
 MIN_VOXELS_PER_AXIS = 4
 #: bundled checkpoint names -> file names in ``medcnn/data/models``
 BUNDLED = {"brain-tumor": "brain_tumor.pt", "alzheimer": "alzheimer.pt", "chest-xray": "chest_xray.pt", "medcnn-prompt": "prompt.pt",
-           "chest-xray-lungs": "chest_xray_lungs.pt"}
+           "chest-xray-lungs": "chest_xray_lungs.pt", "chest-xray-nodule": "chest_xray_nodule.pt"}
 
 
 def bundled_path(name: str) -> Path | None:

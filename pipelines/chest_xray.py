@@ -1,7 +1,9 @@
 """Chest X-ray: finding probabilities, lung and heart masks, cardiothoracic ratio.
 
-Two bundled models work together: ``chest-xray`` (multi-label DenseNet-121, one sigmoid per
-finding) and ``chest-xray-lungs`` (2D U-Net, lungs and heart channels). Cases (DESIGN §3): every
+Three bundled models work together: ``chest-xray`` (multi-label DenseNet-121, one sigmoid per
+finding), ``chest-xray-lungs`` (2D U-Net, lungs and heart channels) and ``chest-xray-nodule`` (2D
+U-Net segmenting nodules at the radiograph's own pixel size, whose highest probability inside the
+lungs is fused with the classifier's Nodule probability). Cases (DESIGN §3): every
 image file (PNG/JPEG at 8 or 16 bits, DICOM CR/DX with rescale, VOI LUT/window and MONOCHROME1
 inversion applied by :func:`medcnn.load`). Outputs per case:
 
@@ -9,9 +11,11 @@ inversion applied by :func:`medcnn.load`). Outputs per case:
   pixel array (probabilities are brought back to the input grid, then thresholded at 0.5; the
   lung mask keeps its two largest components and fills holes);
 * ``qc/<case>.png``: the radiograph with lung (red) and heart (green) outlines, plus one Grad-CAM
-  panel per finding at or above its threshold;
+  panel per finding at or above its threshold and the detector's nodule map when Nodule is;
 * ``summary.csv``: one probability column per finding, ``lung_area_frac`` (lung pixels / image
-  pixels) and ``ctr`` (cardiothoracic ratio: heart width / widest lung span).
+  pixels), ``ctr`` (cardiothoracic ratio: heart width / widest lung span) and ``nodule_detector``
+  (the logit of the detector's highest probability in the lungs; ``Nodule`` is then a
+  logistic fusion of it with the classifier's logit, weights from the detector checkpoint).
 """
 
 from __future__ import annotations
@@ -53,11 +57,12 @@ class ChestXrayModels:
 
     findings: Any = None
     lungs: Any = None
+    nodule: Any = None
 
     def info(self) -> dict[str, Any]:
-        """Provenance of both checkpoints for ``run.json``."""
+        """Provenance of the checkpoints for ``run.json``."""
         out: dict[str, Any] = {}
-        for role, m in (("findings", self.findings), ("lungs", self.lungs)):
+        for role, m in (("findings", self.findings), ("lungs", self.lungs), ("nodule", self.nodule)):
             if m is not None:
                 out[role] = m.provenance()
         return out
@@ -68,14 +73,18 @@ def load_chest_xray_models(refs: Sequence[str] | str | None = None, device: str 
 
     Args:
         refs: bundled names or checkpoint paths; each replaces the bundled model of its task
-            (a classification checkpoint the findings model, a segmentation one the lung model).
-            ``None``: both bundled models.
+            (a classification checkpoint the findings model; a segmentation one with a ``nodule``
+            channel the nodule detector, any other segmentation one the lung model).
+            ``None``: the bundled models.
         device: passed to :func:`medcnn.load_model`.
+
+    The bundled nodule detector (``chest-xray-nodule``) joins the bundled findings model only: a
+    findings model of your own keeps its Nodule probability unless a detector is given too.
 
     Raises:
         InputError: a checkpoint that is missing, unsafe, or of a kind the pipeline cannot use.
     """
-    from medcnn.predictor import load_model
+    from medcnn.predictor import bundled_path, load_model
 
     models = ChestXrayModels()
     given = [refs] if isinstance(refs, str) else list(refs or [])
@@ -85,10 +94,14 @@ def load_chest_xray_models(refs: Sequence[str] | str | None = None, device: str 
             if not m.config["labels"].get("multilabel"):
                 raise InputError(ref, "the chest-xray pipeline needs a multi-label findings classifier")
             models.findings = m
+        elif list(m.config["labels"].get("channels") or []) == [NODULE_CHANNEL]:
+            models.nodule = m
         else:
             models.lungs = m
     if models.findings is None:
         models.findings = load_model("chest-xray", device=device)
+        if models.nodule is None and bundled_path("chest-xray-nodule") is not None:
+            models.nodule = load_model("chest-xray-nodule", device=device)
     if models.lungs is None:
         models.lungs = load_model("chest-xray-lungs", device=device)
     channels = list(models.lungs.config["labels"].get("channels") or [])
@@ -96,6 +109,51 @@ def load_chest_xray_models(refs: Sequence[str] | str | None = None, device: str 
         raise InputError(models.lungs.path, f"the segmentation model's channels are {channels or 'unnamed'}; "
                                             "the chest-xray pipeline needs a 'lungs' channel (data.masks: [lungs, heart])")
     return models
+
+
+#: the nodule detector's one output channel (``data.masks: [nodule]``)
+NODULE_CHANNEL = "nodule"
+#: the detector's score is its highest probability within the lung mask grown by this many pixels
+NODULE_LUNG_MARGIN_PX = 5
+
+
+#: detector probabilities are clipped to [eps, 1 - eps] before the logit (float32 cannot tell 1 - 6e-8 from 1)
+_LOGIT_EPS = 1e-7
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), _LOGIT_EPS), 1.0 - _LOGIT_EPS)
+    return math.log(p / (1.0 - p))
+
+
+def nodule_score(prob: np.ndarray, lungs: np.ndarray) -> float:
+    """A radiograph's nodule score: the logit of the detector's highest probability inside the (grown) lungs.
+
+    The logit, not the probability: a detector trained with Dice loss puts 0.9999 on rib crossings and
+    0.999999 on nodules, which a probability rounded for ``summary.csv`` would not tell apart.
+
+    Args:
+        prob: ``(H, W)`` nodule probability on the input pixel grid.
+        lungs: ``(H, W)`` bool lung mask on the same grid (all False: the whole image counts).
+
+    Returns:
+        A logit in about [-16, 16].
+    """
+    if lungs.any():
+        prob = np.where(ndimage.binary_dilation(lungs, iterations=NODULE_LUNG_MARGIN_PX), prob, 0.0)
+    return _logit(float(prob.max()))
+
+
+def fuse_scores(p_classifier: float, detector_logit: float, weights: Sequence[float] | None = None) -> float:
+    """A finding's probability from a classifier's probability and a detector's score (a logit).
+
+    ``sigmoid(w_c * logit(p_classifier) + w_d * detector_logit + b)`` with ``weights = (w_c, w_d, b)``, fitted
+    by logistic regression on validation radiographs neither model trained on (the nodule checkpoint's
+    ``inference.score_fusion``); ``None``: the plain mean of the two logits, ``(0.5, 0.5, 0)``.
+    """
+    w_c, w_d, b = (0.5, 0.5, 0.0) if weights is None else (float(w) for w in weights)
+    z = w_c * _logit(p_classifier) + w_d * float(detector_logit) + b
+    return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 
 
 def clean_lungs(mask: np.ndarray) -> np.ndarray:
@@ -139,7 +197,7 @@ class ChestXrayPipeline:
     name: str = "chest-xray"
     model: str = "chest-xray"
     models: tuple[str, ...] = ("chest-xray", "chest-xray-lungs")
-    fields: tuple[str, ...] = field(default=(*FINDINGS, "lung_area_frac", "ctr"))
+    fields: tuple[str, ...] = field(default=(*FINDINGS, "lung_area_frac", "ctr", "nodule_detector"))
     threshold: float = 0.5
     max_cam: int = 3
 
@@ -183,10 +241,18 @@ class ChestXrayPipeline:
         if models.findings is not None:
             classes = list(models.findings.config["labels"]["classes"])
             probs = models.findings.predict_proba(img).numpy()
+            if models.nodule is not None and "Nodule" in classes:
+                det = models.nodule.predict(img, probabilities=True)[0].numpy()
+                score = nodule_score(det, lungs)
+                row["nodule_detector"] = round(score, 3)
+                k = classes.index("Nodule")
+                probs[k] = fuse_scores(float(probs[k]), score, models.nodule.config["inference"].get("score_fusion"))
             row.update({c: round(float(p), 4) for c, p in zip(classes, probs)})
             for k in [int(i) for i in np.argsort(probs)[::-1] if probs[i] >= self.threshold][: self.max_cam]:
                 heat = models.findings.saliency(img, class_index=k)
                 panels.append(_caption(qc.image_overlay(img, heat=heat[0]), f"{classes[k]} p={probs[k]:.2f}"))
+            if "nodule_detector" in row and probs[classes.index("Nodule")] >= self.threshold:  # where the detector sees it
+                panels.append(_caption(qc.image_overlay(img, heat=det), f"nodule detector (logit {row['nodule_detector']:.1f})"))
         height = max(p.shape[0] for p in panels)
         panels = [np.pad(p, ((0, height - p.shape[0]), (0, 4), (0, 0))) for p in panels]
         qc.save_png(np.concatenate(panels, axis=1), out_dir / "qc" / f"{case.id}.png")

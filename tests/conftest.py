@@ -85,3 +85,16 @@ def tiny_cxr_models(tiny_cxr, tmp_path_factory, repo_root) -> tuple[Path, Path]:
                                                             "model.kwargs.channels=[8,16,32]", "model.kwargs.strides=[2,2]",
                                                             "model.kwargs.num_res_units=1"], lungs)
     return findings / "best.pt", lungs / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_cxr_nodule(tiny_cxr, tmp_path_factory, repo_root) -> Path:
+    """A one-epoch nodule detector (configs/chest_xray_nodule.yaml) trained on :func:`tiny_cxr`."""
+    from medcnn.engine import train
+
+    run = tmp_path_factory.mktemp("tiny_cxr_nodule")
+    train(repo_root / "configs" / "chest_xray_nodule.yaml",
+          [f"data.source={tiny_cxr / 'manifest.csv'}", "train.epochs=1", "train.val_every=1", "train.batch_size=4",
+           "train.patch_size=[32,32]", "inference.roi_size=[64,64]", "data.val_fraction=0.25", "data.cache=true",
+           "model.kwargs.channels=[4,8,16]", "model.kwargs.strides=[2,2]"], run)
+    return run / "last.pt"

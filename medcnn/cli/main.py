@@ -262,7 +262,8 @@ Exit status: 0 all cases ok or skipped, 1 some case failed (the others are still
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--model", "model_ref", multiple=True,
               help="Bundled model name or checkpoint path (default: the pipeline's). chest-xray: repeat it for the "
-                   "findings and the lung model; each replaces the bundled model of its kind.")
+                   "findings, the lung and the nodule model; each replaces the bundled model of its kind "
+                   "(the bundled nodule detector joins the bundled findings model only).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Redo cases whose outputs already exist.")
 def predict(pipeline: str, inputs: tuple[Path, ...], out_dir: Path, model_ref: tuple[str, ...], device: str, overwrite: bool) -> None:

@@ -132,6 +132,12 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "fill_holes": Field((bool,), False, help="fill holes each predicted region encloses (region models)"),
         "threshold": Field(_NUM + (NONE,), None, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]",
                            help="binary decision threshold (classification)"),
+        "score_fusion": Field((list, NONE), None,
+                              check=lambda v: None if len(v) == 3 and all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                                                                          for a in v) else "expected [w_classifier, w_detector, bias]",
+                              help="detector models (chest-xray nodule): a finding's probability becomes "
+                                   "sigmoid(w_classifier * classifier logit + w_detector * detector score + bias), "
+                                   "weights fitted on validation cases (medcnn export --set)"),
     },
 }
 

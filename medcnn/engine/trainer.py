@@ -24,6 +24,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -628,14 +629,20 @@ class Trainer:
         steps = len(loader) if cap is None else min(cap, len(loader))
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.t['epochs']}", unit="step", leave=False,
                    disable=None if self.env.is_main else True)
-        for step, (x, y) in enumerate(self._batches(loader)):
-            if cap is not None and step >= cap:
-                break
-            loss_value = self.train_step(x, y, epoch, step)
-            total += loss_value
-            n += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / n:.4f}")
+        with warnings.catch_warnings():
+            # MONAI warns once per patch drawn from an image without foreground (blank mask cells: no nodule
+            # in this radiograph; those images give background patches by design), and once per flat patch
+            # (a collimator's black border) that the histogram-shift augmentation leaves as it is
+            warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
+            warnings.filterwarnings("ignore", message="The image's intensity is a single value", category=UserWarning)
+            for step, (x, y) in enumerate(self._batches(loader)):
+                if cap is not None and step >= cap:
+                    break
+                loss_value = self.train_step(x, y, epoch, step)
+                total += loss_value
+                n += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / n:.4f}")
         bar.close()
         return total / max(n, 1)
 
@@ -769,8 +776,6 @@ class Trainer:
             probs.append(p.numpy())
             labels.append(int(it["label"]))
         if self.multilabel:
-            import warnings
-
             from medcnn.metrics.classification import multilabel_auroc
 
             with warnings.catch_warnings():

@@ -82,3 +82,15 @@ def test_fp16_export_keeps_out_of_range_tensors_in_float32(tiny_brain_model, tmp
     out = load_checkpoint(tmp_path / "out.pt")["state_dict"]
     assert out[big].dtype == torch.float32 and torch.equal(out[big], ck["state_dict"][big])
     assert out[small].dtype == torch.float16 and torch.isfinite(out[small].float()).all()
+
+
+def test_export_sets_score_fusion_weights(tiny_brain_model, tmp_path):
+    """``inference.score_fusion`` (a detector's logistic-fusion weights) is stored; a malformed one is refused."""
+    out = tmp_path / "fused.pt"
+    res = CliRunner().invoke(cli, ["export", str(tiny_brain_model), "-o", str(out), "--set",
+                                   "inference.score_fusion=[1.2,0.35,-3.1]"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(out)["inference"]["score_fusion"] == [1.2, 0.35, -3.1]
+    bad = CliRunner().invoke(cli, ["export", str(tiny_brain_model), "-o", str(tmp_path / "bad.pt"), "--set",
+                                   "inference.score_fusion=[1.2,0.35]"])
+    assert bad.exit_code != 0 and "w_classifier, w_detector, bias" in bad.output

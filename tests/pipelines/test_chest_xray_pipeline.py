@@ -294,3 +294,57 @@ def test_evaluate_run_reports_nodule_auroc_by_size(tmp_path) -> None:
     assert sum(b["positives"] for b in by.values()) == 3  # the positive without a mask file is left out
     assert rep["worst_lungs"] == []  # no lung masks in this run: nothing to rank, no error
     assert "auroc_by_size" not in evaluate_run(run, data, size_bins_mm={})
+
+
+def test_fuse_scores_is_a_logistic_fusion_of_two_logits() -> None:
+    from medcnn.pipelines.chest_xray import fuse_scores
+
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    assert fuse_scores(0.3, logit(0.3)) == pytest.approx(0.3)  # default: the mean of the two logits
+    assert fuse_scores(0.1, logit(0.9)) == pytest.approx(0.5)
+    assert fuse_scores(0.5, 2.0, (1.0, 0.25, -1.0)) == pytest.approx(1 / (1 + math.exp(0.5)))
+    assert fuse_scores(0.2, 5.0, (2.0, 0.0, 0.0)) == pytest.approx(1 / (1 + 16))  # detector weight 0: classifier only
+    assert fuse_scores(0.4, 3.0, (1.0, 0.5, 0.0)) > fuse_scores(0.4, 1.0, (1.0, 0.5, 0.0))  # monotone in the score
+    assert 0.0 <= fuse_scores(0.0, -16.0) < 1e-6 and fuse_scores(1.0, 16.0) > 1 - 1e-6
+
+
+def test_nodule_score_counts_inside_the_lungs_only() -> None:
+    from medcnn.pipelines.chest_xray import NODULE_LUNG_MARGIN_PX, nodule_score
+
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    prob = np.zeros((60, 60))
+    lungs = np.zeros((60, 60), bool)
+    lungs[10:50, 5:25] = True
+    prob[30, 50] = 0.9  # a bright spot outside the lungs (e.g. a marker beyond the margin)
+    prob[30, 15] = 0.4
+    assert nodule_score(prob, lungs) == pytest.approx(logit(0.4))
+    prob[30, 25 + NODULE_LUNG_MARGIN_PX - 1] = 0.6  # within the margin: counts
+    assert nodule_score(prob, lungs) == pytest.approx(logit(0.6))
+    assert nodule_score(prob, np.zeros_like(lungs)) == pytest.approx(logit(0.9))  # no lung mask: the whole image
+    # near 1 the logit still ranks what a rounded probability would not
+    prob[20, 10] = 1 - 1e-6
+    high = nodule_score(prob, lungs)
+    prob[20, 10] = 1 - 1e-4
+    assert high > nodule_score(prob, lungs) + 4 and high == pytest.approx(logit(1 - 1e-6), abs=1e-3)
+
+
+def test_nodule_detector_joins_the_nodule_probability(tiny_cxr, tiny_cxr_models, tiny_cxr_nodule, tmp_path) -> None:
+    from medcnn.pipelines.chest_xray import PIPELINE, fuse_scores, load_chest_xray_models
+
+    models = load_chest_xray_models([str(p) for p in (*tiny_cxr_models, tiny_cxr_nodule)])
+    assert models.nodule is not None and models.lungs.path != models.nodule.path
+    assert set(models.info()) == {"findings", "lungs", "nodule"}
+    case = PIPELINE.discover([tiny_cxr / "images"])[0]
+    img = PIPELINE.load(case)
+    classes = list(models.findings.config["labels"]["classes"])
+    p_cls = float(models.findings.predict_proba(img)[classes.index("Nodule")])
+    for weights in (None, [1.5, 0.25, -0.5]):  # the checkpoint's inference.score_fusion, or the logit mean
+        models.nodule.config["inference"]["score_fusion"] = weights
+        row = PIPELINE.run(models, case, img, tmp_path)
+        assert -17 < row["nodule_detector"] < 17
+        assert row["Nodule"] == pytest.approx(fuse_scores(p_cls, row["nodule_detector"], weights), abs=2e-4)
+    # a findings model of one's own without a detector keeps its own Nodule probability
+    models.nodule = None
+    row = PIPELINE.run(models, case, img, tmp_path)
+    assert "nodule_detector" not in row and row["Nodule"] == pytest.approx(p_cls, abs=1e-4)
+    assert load_chest_xray_models([str(p) for p in tiny_cxr_models]).nodule is None
