@@ -196,7 +196,7 @@ class ChestXrayPipeline:
 
     name: str = "chest-xray"
     model: str = "chest-xray"
-    models: tuple[str, ...] = ("chest-xray", "chest-xray-lungs")
+    models: tuple[str, ...] = ("chest-xray", "chest-xray-lungs", "chest-xray-nodule")
     fields: tuple[str, ...] = field(default=(*FINDINGS, "lung_area_frac", "ctr", "nodule_detector"))
     threshold: float = 0.5
     max_cam: int = 3

@@ -45,6 +45,18 @@ def test_bundled_checkpoints_are_self_describing_and_small(name: str) -> None:
         assert ck["metrics"]["dice_lungs"] > 0.93, ck["metrics"]
 
 
+def test_bundled_nodule_detector_describes_itself_and_its_fusion() -> None:
+    path = bundled_path("chest-xray-nodule")
+    assert path is not None, "the chest-xray-nodule checkpoint is missing from medcnn/data/models/"
+    assert path.stat().st_size < 4 * 2**20
+    ck = load_checkpoint(path)
+    assert ck["task"] == "segmentation" and ck["labels"]["channels"] == ["nodule"]
+    assert ck["preprocess"]["square_size"] is None  # the radiograph's own pixels
+    w_c, w_d, _ = ck["inference"]["score_fusion"]  # fitted on validation radiographs (model README)
+    assert w_c > 0 and w_d > 0
+    assert ck["training"]["val_cases"] and ck["metrics"]["dice_nodule"] > 0.02, ck["metrics"]
+
+
 @pytest.fixture(scope="module")
 def sample_run(sample_data: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cxr_bundled")
@@ -76,3 +88,7 @@ def test_bundled_findings_are_probabilities_with_cams(sample_run: Path, sample_d
         assert ((p >= 0) & (p <= 1)).all()
         assert 0.1 < float(rows[case]["lung_area_frac"]) < 0.6
         assert (sample_run / "qc" / f"{case}.png").is_file()
+        # the nodule detector ran (a logit) and the fused Nodule probability stays low on these nodule-free
+        # radiographs (0.10-0.20 when shipped; the unfitted logit mean gave 0.95-1.00)
+        assert -17 < float(rows[case]["nodule_detector"]) < 17 and m["Nodule"] == "0"
+        assert float(rows[case]["Nodule"]) < 0.5, rows[case]
