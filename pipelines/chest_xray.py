@@ -156,6 +156,73 @@ def fuse_scores(p_classifier: float, detector_logit: float, weights: Sequence[fl
     return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 
 
+def fit_score_fusion(p_classifier: Sequence[float], detector_logits: Sequence[float], labels: Sequence[int],
+                     l2: float = 5e-5, iterations: int = 50) -> list[float]:
+    """Weights ``(w_c, w_d, b)`` of :func:`fuse_scores` by logistic regression (Newton's method).
+
+    Args:
+        p_classifier: ``(N,)`` the classifier's probabilities on held-out cases.
+        detector_logits: ``(N,)`` the detector's scores (:func:`nodule_score`) on the same cases.
+        labels: ``(N,)`` 0/1.
+        l2: ridge penalty on the two weights (not the bias), as scikit-learn's ``1 / (2 C)``.
+
+    Returns:
+        ``[w_c, w_d, b]`` rounded to 4 decimals (what ``inference.score_fusion`` stores).
+
+    Raises:
+        ValueError: fewer than two cases, or a single class.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    if y.size < 2 or y.min() == y.max():
+        raise ValueError("fitting the fusion needs positive and negative cases")
+    x = np.stack([np.array([_logit(p) for p in p_classifier]), np.asarray(detector_logits, dtype=np.float64),
+                  np.ones_like(y)], axis=1)
+    reg = np.diag([2.0 * l2, 2.0 * l2, 0.0])
+    w = np.zeros(3)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -700, 700)))
+        grad = x.T @ (p - y) + reg @ w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + reg + 1e-9 * np.eye(3)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return [round(float(v), 4) for v in w]
+
+
+def fusion_data(detector: str, data_dir: str | Path, findings: str = "chest-xray", lungs: str = "chest-xray-lungs",
+                progress: bool = True) -> tuple[list[float], list[float], list[int]]:
+    """Classifier probability, detector score and Nodule label of the detector's validation radiographs.
+
+    The cases are the detector checkpoint's ``training.val_cases``, looked up in ``data_dir/manifest.csv``
+    (a generated set: ``case``, ``image``, ``Nodule``); use a detector trained with the same split as the
+    findings model, so that neither trained on them.
+    """
+    import csv
+
+    from tqdm.auto import tqdm
+
+    from medcnn.engine import load_checkpoint
+    from medcnn.predictor import load_model
+
+    val = set(load_checkpoint(detector)["training"].get("val_cases") or [])
+    with open(Path(data_dir) / "manifest.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["case"] in val]
+    if not rows:
+        raise InputError(detector, f"none of its validation cases is in {data_dir}/manifest.csv")
+    models = load_chest_xray_models([findings, lungs, detector])
+    k = list(models.findings.config["labels"]["classes"]).index("Nodule")
+    ch = list(models.lungs.config["labels"]["channels"]).index("lungs")
+    p_cls, scores, labels = [], [], []
+    for r in tqdm(rows, desc="fusion data", unit="radiograph", disable=not progress):
+        img = load(Path(data_dir) / r["image"])
+        p_cls.append(float(models.findings.predict_proba(img)[k]))
+        lung = clean_lungs(models.lungs.predict(img, probabilities=True)[ch].numpy() >= 0.5)
+        scores.append(nodule_score(models.nodule.predict(img, probabilities=True)[0].numpy(), lung))
+        labels.append(int(r["Nodule"]))
+    return p_cls, scores, labels
+
+
 def clean_lungs(mask: np.ndarray) -> np.ndarray:
     """Keep the two largest connected components of a lung mask (right and left lung) and fill holes.
 
@@ -426,16 +493,38 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m medcnn.pipelines.chest_xray RUN_DIR DATA_DIR [-o REPORT_DIR]``: print held-out metrics."""
+    """``python -m medcnn.pipelines.chest_xray RUN_DIR DATA_DIR [-o REPORT_DIR]``: print held-out metrics;
+    ``... --fit-fusion DETECTOR DATA_DIR``: fit the nodule fusion weights on the detector's validation cases."""
     import argparse
     import json
 
-    ap = argparse.ArgumentParser(prog="python -m medcnn.pipelines.chest_xray",
-                                 description="Score a `medcnn predict chest-xray` run against a dataset's manifest.csv.")
-    ap.add_argument("run_dir")
+    ap = argparse.ArgumentParser(
+        prog="python -m medcnn.pipelines.chest_xray",
+        description="Score a `medcnn predict chest-xray` run against a dataset's manifest.csv, or (--fit-fusion) fit "
+                    "the weights that fuse a nodule detector with the findings classifier.",
+        epilog="examples:\n  python -m medcnn.pipelines.chest_xray runs/cxr_test data/cxr_test -o runs/cxr_test/eval\n"
+               "  python -m medcnn.pipelines.chest_xray --fit-fusion runs/cxr_nodule/last.pt data/cxr_train3",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", help="the run folder, or with --fit-fusion the detector checkpoint")
     ap.add_argument("data_dir")
     ap.add_argument("-o", "--output", default=None, help="write metrics.json, per_case.csv and roc.png here")
+    ap.add_argument("--fit-fusion", action="store_true",
+                    help="print inference.score_fusion for `medcnn export --set` (bundled findings and lung models)")
     args = ap.parse_args(argv)
+    if args.fit_fusion:
+        from medcnn.metrics import roc_auc
+
+        p_cls, scores, labels = fusion_data(args.run_dir, args.data_dir)
+        w = fit_score_fusion(p_cls, scores, labels)
+        fused = [fuse_scores(p, s, w) for p, s in zip(p_cls, scores)]
+        y = np.asarray(labels)
+        sys.stdout.write(json.dumps({
+            "n": len(labels), "positives": int(y.sum()), "score_fusion": w,
+            "auroc": {"classifier": round(roc_auc(np.asarray(p_cls), y), 4),
+                      "detector": round(roc_auc(np.asarray(scores), y), 4), "fused": round(roc_auc(np.asarray(fused), y), 4)},
+            "export": f"medcnn export {args.run_dir} -o OUT.pt --set \"inference.score_fusion={json.dumps(w).replace(' ', '')}\"",
+        }, indent=2) + "\n")
+        return 0
     rep = evaluate_run(args.run_dir, args.data_dir, args.output)
     sys.stdout.write(json.dumps(rep, indent=2) + "\n")
     return 0

@@ -348,3 +348,49 @@ def test_nodule_detector_joins_the_nodule_probability(tiny_cxr, tiny_cxr_models,
     row = PIPELINE.run(models, case, img, tmp_path)
     assert "nodule_detector" not in row and row["Nodule"] == pytest.approx(p_cls, abs=1e-4)
     assert load_chest_xray_models([str(p) for p in tiny_cxr_models]).nodule is None
+
+
+def test_fit_score_fusion_matches_scikit_learn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from medcnn.pipelines.chest_xray import fit_score_fusion
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    l_cls = rng.normal(0, 1, 300) + 1.2 * y
+    det = rng.normal(8, 2, 300) + 1.5 * y  # a saturating detector's logits sit high for every case
+    p_cls = 1 / (1 + np.exp(-l_cls))
+    ref = LogisticRegression(C=1e4, tol=1e-10, max_iter=1000).fit(np.stack([l_cls, det], 1), y)
+    w = fit_score_fusion(p_cls, det, y)
+    np.testing.assert_allclose(w, [*ref.coef_[0], ref.intercept_[0]], atol=2e-4)
+    with pytest.raises(ValueError, match="positive and negative"):
+        fit_score_fusion(p_cls[:5], det[:5], np.zeros(5))
+
+
+def test_fusion_data_scores_the_detectors_validation_cases(tiny_cxr, tiny_cxr_models, tiny_cxr_nodule) -> None:
+    from medcnn.engine import load_checkpoint
+    from medcnn.pipelines.chest_xray import fusion_data
+
+    val = load_checkpoint(tiny_cxr_nodule)["training"]["val_cases"]
+    p_cls, scores, labels = fusion_data(str(tiny_cxr_nodule), tiny_cxr, findings=str(tiny_cxr_models[0]),
+                                        lungs=str(tiny_cxr_models[1]), progress=False)
+    manifest = {m["case"]: m for m in _rows(tiny_cxr / "manifest.csv")}
+    assert len(p_cls) == len(scores) == len(labels) == len(val) > 0
+    assert labels == [int(manifest[c]["Nodule"]) for c in manifest if c in set(val)]
+    assert all(0 <= p <= 1 for p in p_cls) and all(-17 < s < 17 for s in scores)
+
+
+def test_fit_fusion_command_prints_the_export_setting(monkeypatch, capsys) -> None:
+    import json
+
+    from medcnn.pipelines import chest_xray
+
+    rng = np.random.default_rng(0)
+    y = [0, 1] * 40
+    monkeypatch.setattr(chest_xray, "fusion_data", lambda det, data: (
+        list(1 / (1 + np.exp(-(rng.normal(0, 1, 80) + np.asarray(y))))), list(rng.normal(8, 1, 80) + np.asarray(y)), y))
+    assert chest_xray.main(["--fit-fusion", "det.pt", "data"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 80 and out["positives"] == 40 and len(out["score_fusion"]) == 3
+    assert out["auroc"]["fused"] >= max(out["auroc"]["classifier"], out["auroc"]["detector"]) - 0.02
+    assert out["export"] == f"medcnn export det.pt -o OUT.pt --set \"inference.score_fusion={json.dumps(out['score_fusion']).replace(' ', '')}\""
