@@ -91,9 +91,9 @@ def _half_if_it_fits(name: str, v: torch.Tensor) -> torch.Tensor:
     to inf: batch-norm running variances reach 1e6 in the two-residual-unit prompt network)."""
     if not torch.is_floating_point(v):
         return v
-    if v.numel() and float(v.detach().abs().max()) > _FP16_MAX:
-        logger.info("export: %s stays float32 (values up to %.3g exceed float16's range)", name,
-                    float(v.detach().abs().max()))
+    peak = float(v.detach().abs().max()) if v.numel() else 0.0
+    if peak > _FP16_MAX:
+        logger.info("export: %s stays float32 (values up to %.3g exceed float16's range)", name, peak)
         return v.float()
     return v.half()
 
