@@ -212,15 +212,32 @@ def fusion_data(detector: str, data_dir: str | Path, findings: str = "chest-xray
         raise InputError(detector, f"none of its validation cases is in {data_dir}/manifest.csv")
     models = load_chest_xray_models([findings, lungs, detector])
     k = list(models.findings.config["labels"]["classes"]).index("Nodule")
-    ch = list(models.lungs.config["labels"]["channels"]).index("lungs")
     p_cls, scores, labels = [], [], []
     for r in tqdm(rows, desc="fusion data", unit="radiograph", disable=not progress):
         img = load(Path(data_dir) / r["image"])
         p_cls.append(float(models.findings.predict_proba(img)[k]))
-        lung = clean_lungs(models.lungs.predict(img, probabilities=True)[ch].numpy() >= 0.5)
-        scores.append(nodule_score(models.nodule.predict(img, probabilities=True)[0].numpy(), lung))
+        scores.append(detect_nodule(models, img, segment_lungs_heart(models, img)[0])[0])
         labels.append(int(r["Nodule"]))
     return p_cls, scores, labels
+
+
+def segment_lungs_heart(models: ChestXrayModels, img: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(H, W)`` bool lung mask (:func:`clean_lungs`) and heart mask (largest component) on ``img``'s grid."""
+    seg = models.lungs.predict(img, probabilities=True)
+    channels = list(models.lungs.config["labels"]["channels"])
+    lungs = clean_lungs(seg[channels.index("lungs")].numpy() >= 0.5)
+    heart = seg[channels.index("heart")].numpy() >= 0.5 if "heart" in channels else np.zeros_like(lungs)
+    if heart.any():  # the cardiac silhouette is one blob: keep its largest component
+        lab, n = ndimage.label(heart)
+        if n > 1:
+            heart = lab == 1 + int(np.argmax(ndimage.sum_labels(heart, lab, index=np.arange(1, n + 1))))
+    return lungs, heart
+
+
+def detect_nodule(models: ChestXrayModels, img: Any, lungs: np.ndarray) -> tuple[float, np.ndarray]:
+    """The nodule detector's score (:func:`nodule_score`) and its ``(H, W)`` probability map on ``img``'s grid."""
+    det = models.nodule.predict(img, probabilities=True)[0].numpy()
+    return nodule_score(det, lungs), det
 
 
 def clean_lungs(mask: np.ndarray) -> np.ndarray:
@@ -292,14 +309,7 @@ class ChestXrayPipeline:
 
     def run(self, models: ChestXrayModels, case: Case, img: Any, out_dir: Path) -> dict[str, Any]:
         row: dict[str, Any] = {}
-        seg = models.lungs.predict(img, probabilities=True)
-        channels = list(models.lungs.config["labels"]["channels"])
-        lungs = clean_lungs(seg[channels.index("lungs")].numpy() >= 0.5)
-        heart = seg[channels.index("heart")].numpy() >= 0.5 if "heart" in channels else np.zeros_like(lungs)
-        if heart.any():  # the cardiac silhouette is one blob: keep its largest component
-            lab, n = ndimage.label(heart)
-            if n > 1:
-                heart = lab == 1 + int(np.argmax(ndimage.sum_labels(heart, lab, index=np.arange(1, n + 1))))
+        lungs, heart = segment_lungs_heart(models, img)
         row["lung_area_frac"] = round(float(lungs.mean()), 4)
         ctr = cardiothoracic_ratio(lungs, heart)
         row["ctr"] = round(ctr, 4) if np.isfinite(ctr) else ""
@@ -309,8 +319,7 @@ class ChestXrayPipeline:
             classes = list(models.findings.config["labels"]["classes"])
             probs = models.findings.predict_proba(img).numpy()
             if models.nodule is not None and "Nodule" in classes:
-                det = models.nodule.predict(img, probabilities=True)[0].numpy()
-                score = nodule_score(det, lungs)
+                score, det = detect_nodule(models, img, lungs)
                 row["nodule_detector"] = round(score, 3)
                 k = classes.index("Nodule")
                 probs[k] = fuse_scores(float(probs[k]), score, models.nodule.config["inference"].get("score_fusion"))
