@@ -192,24 +192,38 @@ def fit_score_fusion(p_classifier: Sequence[float], detector_logits: Sequence[fl
 
 def fusion_data(detector: str, data_dir: str | Path, findings: str = "chest-xray", lungs: str = "chest-xray-lungs",
                 progress: bool = True) -> tuple[list[float], list[float], list[int]]:
-    """Classifier probability, detector score and Nodule label of the detector's validation radiographs.
+    """Classifier probability, detector score and Nodule label of the findings model's validation radiographs.
 
-    The cases are the detector checkpoint's ``training.val_cases``, looked up in ``data_dir/manifest.csv``
-    (a generated set: ``case``, ``image``, ``Nodule``); use a detector trained with the same split as the
-    findings model, so that neither trained on them.
+    The cases are the findings checkpoint's ``training.val_cases``, looked up in ``data_dir/manifest.csv`` (a
+    generated set: ``case``, ``image``, ``Nodule``). The detector may have trained on other data too, but not on
+    these cases: a detector checkpoint listing any of them in its ``training.train_case_ids`` is refused.
+
+    Raises:
+        InputError: a validation case the detector trained on, or none of them in the manifest.
     """
     import csv
 
     from tqdm.auto import tqdm
 
     from medcnn.engine import load_checkpoint
-    from medcnn.predictor import load_model
+    from medcnn.predictor import bundled_path
 
-    val = set(load_checkpoint(detector)["training"].get("val_cases") or [])
+    def training_info(ref: str) -> dict:
+        return load_checkpoint(bundled_path(ref) or ref).get("training") or {}
+
+    val = set(training_info(findings).get("val_cases") or [])
+    trained = training_info(detector).get("train_case_ids")
+    if trained is None:
+        logger.warning("%s does not list its training cases (an older checkpoint): make sure it never trained on the "
+                    "findings model's validation cases", detector)
+    seen = val & set(trained or [])
+    if seen:
+        raise InputError(detector, f"it trained on {len(seen)} of the findings model's validation cases "
+                                   f"(e.g. {sorted(seen)[0]}); the fusion must be fitted on cases neither model saw")
     with open(Path(data_dir) / "manifest.csv", newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["case"] in val]
     if not rows:
-        raise InputError(detector, f"none of its validation cases is in {data_dir}/manifest.csv")
+        raise InputError(findings, f"none of its validation cases is in {data_dir}/manifest.csv")
     models = load_chest_xray_models([findings, lungs, detector])
     k = list(models.findings.config["labels"]["classes"]).index("Nodule")
     p_cls, scores, labels = [], [], []
@@ -503,7 +517,7 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m medcnn.pipelines.chest_xray RUN_DIR DATA_DIR [-o REPORT_DIR]``: print held-out metrics;
-    ``... --fit-fusion DETECTOR DATA_DIR``: fit the nodule fusion weights on the detector's validation cases."""
+    ``... --fit-fusion DETECTOR DATA_DIR``: fit the nodule fusion weights on the findings model's validation cases."""
     import argparse
     import json
 

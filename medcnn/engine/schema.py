@@ -210,8 +210,13 @@ def _cross_checks(cfg: dict) -> None:
     elif cfg["task"] == "segmentation":
         if t["patch_size"] is None:
             raise ConfigError("missing required config key 'train.patch_size' for segmentation")
-        if t["loss"] not in ("dicece", "dicefocal"):
-            raise ConfigError(f"config key 'train.loss': {t['loss']!r} is for classification; use dicece or dicefocal")
+        sigmoid = bool(cfg["labels"]["regions"]) or bool(cfg["data"].get("masks"))
+        if t["loss"] == "bce" and not sigmoid:
+            raise ConfigError("config key 'train.loss': bce needs sigmoid outputs (data.masks or labels.regions); "
+                              "a label map trains with dicece or dicefocal")
+        if t["loss"] not in ("dicece", "dicefocal", "bce"):
+            raise ConfigError(f"config key 'train.loss': {t['loss']!r} is for classification; use dicece, dicefocal "
+                              "or (sigmoid outputs) bce")
         for region, labels in cfg["labels"]["regions"].items():
             if not labels or not all(isinstance(v, int) and v > 0 for v in labels):
                 raise ConfigError(f"config key 'labels.regions.{region}': expected a list of positive label values")

@@ -495,6 +495,8 @@ class Trainer:
             from monai.losses import DiceCELoss, DiceFocalLoss
 
             region = bool(self.cfg["labels"]["regions"]) or bool(self.mask_names)
+            if name == "bce":  # sigmoid outputs only (schema): per-voxel BCE, no Dice term
+                return nn.BCEWithLogitsLoss()
             common = {"sigmoid": True} if region else {"softmax": True, "to_onehot_y": True}
             common["batch"] = bool(self.t["dice_batch"])
             if name == "dicefocal":
@@ -569,6 +571,7 @@ class Trainer:
             "metrics": dict(metrics),
             "training": {"epoch": epoch, "name": cfg["name"], "config": _plain_config(cfg),
                          "history": list(self.history), "train_cases": len(self.train_recs),
+                         "train_case_ids": [r["case"] for r in self.train_recs],
                          "val_cases": [r["case"] for r in self.val_recs]},
         }
 

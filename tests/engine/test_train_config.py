@@ -41,6 +41,8 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ("trian: {}", r"unknown config key 'trian'.*did you mean 'train'"),
         ("train: {patch_size: [32, 32, 32], optimizer: rmsprop}", r"'train\.optimizer'.*not one of"),
         ("train: {patch_size: [32, 32, 32], epochs: 0}", r"'train\.epochs'.*must be > 0"),
+        ("train: {patch_size: [32, 32, 32], loss: bce}", r"'train\.loss': bce needs sigmoid outputs"),
+        ("train: {patch_size: [32, 32, 32], loss: focal}", r"'train\.loss': 'focal' is for classification"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, extra: str, pattern: str) -> None:

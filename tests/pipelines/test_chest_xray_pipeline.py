@@ -15,7 +15,7 @@ from PIL import Image
 
 from medcnn.cli.main import cli
 from medcnn.engine.data import find_records, records_from_chexpert, records_from_nih, split_subjects
-from medcnn.errors import ConfigError
+from medcnn.errors import ConfigError, InputError
 from medcnn.preprocessing import restore_to_box, square_resize, square_restore
 
 FINDINGS = ["Cardiomegaly", "Effusion", "Consolidation", "Nodule", "Pneumothorax"]
@@ -367,17 +367,32 @@ def test_fit_score_fusion_matches_scikit_learn() -> None:
         fit_score_fusion(p_cls[:5], det[:5], np.zeros(5))
 
 
-def test_fusion_data_scores_the_detectors_validation_cases(tiny_cxr, tiny_cxr_models, tiny_cxr_nodule) -> None:
+def test_fusion_data_scores_the_findings_models_validation_cases(tiny_cxr, tiny_cxr_models, tiny_cxr_nodule) -> None:
     from medcnn.engine import load_checkpoint
     from medcnn.pipelines.chest_xray import fusion_data
 
-    val = load_checkpoint(tiny_cxr_nodule)["training"]["val_cases"]
+    val = load_checkpoint(tiny_cxr_models[0])["training"]["val_cases"]
     p_cls, scores, labels = fusion_data(str(tiny_cxr_nodule), tiny_cxr, findings=str(tiny_cxr_models[0]),
                                         lungs=str(tiny_cxr_models[1]), progress=False)
     manifest = {m["case"]: m for m in _rows(tiny_cxr / "manifest.csv")}
     assert len(p_cls) == len(scores) == len(labels) == len(val) > 0
     assert labels == [int(manifest[c]["Nodule"]) for c in manifest if c in set(val)]
     assert all(0 <= p <= 1 for p in p_cls) and all(-17 < s < 17 for s in scores)
+
+
+def test_fusion_data_refuses_a_detector_trained_on_the_validation_cases(tiny_cxr, tiny_cxr_models, tiny_cxr_nodule,
+                                                                        tmp_path) -> None:
+    from medcnn.engine import load_checkpoint
+    from medcnn.pipelines.chest_xray import fusion_data
+
+    ckpt = load_checkpoint(tiny_cxr_nodule)
+    leaked = ckpt["training"]["train_case_ids"][0]
+    findings = load_checkpoint(tiny_cxr_models[0])
+    findings["training"]["val_cases"] = [*findings["training"]["val_cases"], leaked]
+    torch.save(findings, tmp_path / "findings.pt")
+    with pytest.raises(InputError, match=f"trained on 1 of the findings model's validation cases \\(e.g. {leaked}\\)"):
+        fusion_data(str(tiny_cxr_nodule), tiny_cxr, findings=str(tmp_path / "findings.pt"),
+                    lungs=str(tiny_cxr_models[1]), progress=False)
 
 
 def test_fit_fusion_command_prints_the_export_setting(monkeypatch, capsys) -> None:
