@@ -158,8 +158,18 @@ def grad_cam(network: nn.Module, x: torch.Tensor, class_index: int, target_layer
     cam = GradCAM(nn_module=net, target_layers=layer, postprocessing=_normalise01)
     xb = x[None].float()
     k = _check_class(net, xb, class_index)
-    with torch.enable_grad(), _quiet_monai():
-        heat = cam(xb, class_idx=k)
+    try:
+        with torch.enable_grad(), _quiet_monai():
+            heat = cam(xb, class_idx=k)
+    finally:
+        # MONAI keeps the activations, gradients and score (with their autograd graph) on its hook wrapper,
+        # and the graph holds the hooks that point back at the wrapper: a cycle through C++ that Python's
+        # garbage collector cannot free, so every call kept its network copy alive (+50 MB per radiograph
+        # in `medcnn predict chest-xray`). Dropping the tensors breaks the cycle.
+        hooks = cam.nn_module
+        hooks.activations.clear()
+        hooks.gradients.clear()
+        hooks.score = None
     return heat[0, 0].detach().float().cpu()
 
 
