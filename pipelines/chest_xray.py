@@ -36,7 +36,7 @@ from medcnn import qc
 from medcnn.cases import Case, find_image_cases
 from medcnn.errors import InputError
 from medcnn.io import load
-from medcnn.io.atomic import write_png_atomic
+from medcnn.io.atomic import write_png_atomic, write_text_atomic
 from medcnn.io.readers import DICOM_SUFFIXES, IMAGE2D_SUFFIXES
 from medcnn.metrics.segmentation import cardiothoracic_ratio
 
@@ -233,6 +233,64 @@ def fusion_data(detector: str, data_dir: str | Path, findings: str = "chest-xray
         scores.append(detect_nodule(models, img, segment_lungs_heart(models, img)[0])[0])
         labels.append(int(r["Nodule"]))
     return p_cls, scores, labels
+
+
+def detector_manifest(out_dir: str | Path, sources: Sequence[tuple[str | Path, str]],
+                      findings: str = "chest-xray") -> tuple[int, int]:
+    """Write ``out_dir/manifest.csv``: the cases of several generated sets, to train a nodule detector on.
+
+    The findings model's validation cases are left out (so that :func:`fusion_data` can fit the fusion on
+    them); image and mask paths are rewritten relative to ``out_dir``.
+
+    Args:
+        out_dir: where the merged manifest goes.
+        sources: ``(folder, prefix)`` per set (``medcnn generate chest-xray`` folders); ``prefix`` is put before
+            the set's case and subject names so that two sets' ``cxr-00001`` stay apart (``""`` for the set the
+            findings model trained on, whose names its validation list uses).
+        findings: the findings model (bundled name or checkpoint) whose ``training.val_cases`` are left out.
+
+    Returns:
+        ``(cases written, of them with a nodule)``.
+
+    Raises:
+        InputError: a folder without ``manifest.csv``, or sets with different columns.
+    """
+    import csv
+    import io
+    import os
+
+    from medcnn.engine import load_checkpoint
+    from medcnn.predictor import bundled_path
+
+    val = set((load_checkpoint(bundled_path(findings) or findings).get("training") or {}).get("val_cases") or [])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, str]] = []
+    cols: list[str] | None = None
+    for folder, prefix in sources:
+        man = Path(folder) / "manifest.csv"
+        if not man.is_file():
+            raise InputError(folder, "no manifest.csv (expected a `medcnn generate chest-xray` folder)")
+        with open(man, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if cols is None:
+                cols = list(reader.fieldnames or [])
+            elif list(reader.fieldnames or []) != cols:
+                raise InputError(man, f"its columns differ from the first set's ({', '.join(cols)})")
+            for r in reader:
+                r["case"], r["subject"] = prefix + r["case"], prefix + r["subject"]
+                if r["case"] in val:
+                    continue
+                for key in ("image", "lungs", "heart", "nodule"):
+                    if r.get(key):
+                        r[key] = Path(os.path.relpath(Path(folder) / r[key], out)).as_posix()
+                rows.append(r)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols or [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "manifest.csv", buf.getvalue())
+    return len(rows), sum(r.get("Nodule") == "1" for r in rows)
 
 
 def segment_lungs_heart(models: ChestXrayModels, img: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -502,7 +560,6 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
     if report_dir is not None:
         import json
 
-        from medcnn.io.atomic import write_text_atomic
 
         rd = Path(report_dir)
         rd.mkdir(parents=True, exist_ok=True)
@@ -526,14 +583,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Score a `medcnn predict chest-xray` run against a dataset's manifest.csv, or (--fit-fusion) fit "
                     "the weights that fuse a nodule detector with the findings classifier.",
         epilog="examples:\n  python -m medcnn.pipelines.chest_xray runs/cxr_test data/cxr_test -o runs/cxr_test/eval\n"
-               "  python -m medcnn.pipelines.chest_xray --fit-fusion runs/cxr_nodule/last.pt data/cxr_train3",
+               "  python -m medcnn.pipelines.chest_xray --fit-fusion runs/cxr_nodule/last.pt data/cxr_train3\n"
+               "  python -m medcnn.pipelines.chest_xray --detector-data data/cxr_det data/cxr_train3 data/cxr_nod7:s7-",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", help="the run folder, or with --fit-fusion the detector checkpoint")
-    ap.add_argument("data_dir")
+    ap.add_argument("run_dir", help="the run folder; with --fit-fusion the detector checkpoint; with --detector-data "
+                                    "the folder to write the merged manifest to")
+    ap.add_argument("data_dir", help="the generated set (manifest.csv); with --detector-data the first of them")
+    ap.add_argument("more", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("-o", "--output", default=None, help="write metrics.json, per_case.csv and roc.png here")
+    ap.add_argument("--detector-data", action="store_true",
+                    help="write RUN_DIR/manifest.csv merging the sets DATA_DIR[:PREFIX]... without the findings "
+                         "model's validation cases (training data for a nodule detector)")
     ap.add_argument("--fit-fusion", action="store_true",
                     help="print inference.score_fusion for `medcnn export --set` (bundled findings and lung models)")
     args = ap.parse_args(argv)
+    if args.detector_data:
+        def split(src: str) -> tuple[str, str]:  # FOLDER:PREFIX (a Windows drive's C:\\ is no prefix)
+            head, sep, tail = src.rpartition(":")
+            return (head, tail) if sep and head and not any(c in tail for c in "/\\") else (src, "")
+
+        sources = [split(src) for src in [args.data_dir, *args.more]]
+        n, pos = detector_manifest(args.run_dir, sources)
+        sys.stdout.write(f"wrote {n} cases ({pos} with a nodule) to {Path(args.run_dir) / 'manifest.csv'}\n")
+        return 0
+    if args.more:
+        ap.error(f"unrecognized arguments: {' '.join(args.more)}")
     if args.fit_fusion:
         from medcnn.metrics import roc_auc
 

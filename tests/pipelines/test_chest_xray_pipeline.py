@@ -409,3 +409,40 @@ def test_fit_fusion_command_prints_the_export_setting(monkeypatch, capsys) -> No
     assert out["n"] == 80 and out["positives"] == 40 and len(out["score_fusion"]) == 3
     assert out["auroc"]["fused"] >= max(out["auroc"]["classifier"], out["auroc"]["detector"]) - 0.02
     assert out["export"] == f"medcnn export det.pt -o OUT.pt --set \"inference.score_fusion={json.dumps(out['score_fusion']).replace(' ', '')}\""
+
+
+def test_detector_manifest_merges_sets_without_the_findings_validation_cases(tiny_cxr, tiny_cxr_models,
+                                                                             tmp_path) -> None:
+    from medcnn.engine import load_checkpoint
+    from medcnn.pipelines.chest_xray import detector_manifest
+
+    val = set(load_checkpoint(tiny_cxr_models[0])["training"]["val_cases"])
+    src = _rows(tiny_cxr / "manifest.csv")
+    out = tmp_path / "det"
+    n, pos = detector_manifest(out, [(tiny_cxr, ""), (tiny_cxr, "b-")], findings=str(tiny_cxr_models[0]))
+    rows = _rows(out / "manifest.csv")
+    assert val and n == len(rows) == 2 * len(src) - len(val)
+    assert pos == sum(r["Nodule"] == "1" for r in rows)
+    assert not val & {r["case"] for r in rows}                                  # left out for the fusion fit
+    assert {r["case"] for r in rows if r["case"].startswith("b-")} == {"b-" + r["case"] for r in src}
+    assert all(r["subject"].startswith("b-") for r in rows if r["case"].startswith("b-"))
+    assert all((out / r[k]).is_file() for r in rows for k in ("image", "lungs") if r[k])   # relative to out
+    nod = [r for r in rows if r["nodule"]]
+    assert nod and all((out / r["nodule"]).is_file() for r in nod)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.csv").write_text("case,image\nx,y.png\n")
+    with pytest.raises(InputError, match="columns differ"):
+        detector_manifest(tmp_path / "bad", [(tiny_cxr, ""), (other, "o-")], findings=str(tiny_cxr_models[0]))
+
+
+def test_detector_data_command_reads_folder_prefix_pairs(monkeypatch, capsys) -> None:
+    from medcnn.pipelines import chest_xray
+
+    seen = {}
+    monkeypatch.setattr(chest_xray, "detector_manifest", lambda out, sources: seen.update(out=out, sources=sources) or (7, 3))
+    assert chest_xray.main(["--detector-data", "data/det", "data/a", "data/b:s7-", r"C:\data\c"]) == 0
+    assert seen == {"out": "data/det", "sources": [("data/a", ""), ("data/b", "s7-"), (r"C:\data\c", "")]}
+    assert "wrote 7 cases (3 with a nodule)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        chest_xray.main(["runs/x", "data/a", "extra"])
