@@ -129,8 +129,9 @@ def _logit(p: float) -> float:
 def nodule_score(prob: np.ndarray, lungs: np.ndarray) -> float:
     """A radiograph's nodule score: the logit of the detector's highest probability inside the (grown) lungs.
 
-    The logit, not the probability: a detector trained with Dice loss puts 0.9999 on rib crossings and
-    0.999999 on nodules, which a probability rounded for ``summary.csv`` would not tell apart.
+    The logit, not the probability: a detector's per-pixel probability is not a per-radiograph one (the
+    fusion weights map it), and a Dice-trained detector puts 0.9999 on rib crossings and 0.999999 on nodules,
+    which a probability rounded for ``summary.csv`` would not tell apart.
 
     Args:
         prob: ``(H, W)`` nodule probability on the input pixel grid.
