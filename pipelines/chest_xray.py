@@ -191,6 +191,14 @@ def fit_score_fusion(p_classifier: Sequence[float], detector_logits: Sequence[fl
     return [round(float(v), 4) for v in w]
 
 
+def _training_info(ref: str) -> dict:
+    """A checkpoint's (bundled name or path) ``training`` section: split, case lists, history."""
+    from medcnn.engine import load_checkpoint
+    from medcnn.predictor import bundled_path
+
+    return load_checkpoint(bundled_path(ref) or ref).get("training") or {}
+
+
 def fusion_data(detector: str, data_dir: str | Path, findings: str = "chest-xray", lungs: str = "chest-xray-lungs",
                 progress: bool = True) -> tuple[list[float], list[float], list[int]]:
     """Classifier probability, detector score and Nodule label of the findings model's validation radiographs.
@@ -206,17 +214,11 @@ def fusion_data(detector: str, data_dir: str | Path, findings: str = "chest-xray
 
     from tqdm.auto import tqdm
 
-    from medcnn.engine import load_checkpoint
-    from medcnn.predictor import bundled_path
-
-    def training_info(ref: str) -> dict:
-        return load_checkpoint(bundled_path(ref) or ref).get("training") or {}
-
-    val = set(training_info(findings).get("val_cases") or [])
-    trained = training_info(detector).get("train_case_ids")
+    val = set(_training_info(findings).get("val_cases") or [])
+    trained = _training_info(detector).get("train_case_ids")
     if trained is None:
-        logger.warning("%s does not list its training cases (an older checkpoint): make sure it never trained on the "
-                    "findings model's validation cases", detector)
+        logger.warning("%s does not list its training cases (an older checkpoint): make sure it never trained on "
+                       "the findings model's validation cases", detector)
     seen = val & set(trained or [])
     if seen:
         raise InputError(detector, f"it trained on {len(seen)} of the findings model's validation cases "
@@ -260,10 +262,7 @@ def detector_manifest(out_dir: str | Path, sources: Sequence[tuple[str | Path, s
     import io
     import os
 
-    from medcnn.engine import load_checkpoint
-    from medcnn.predictor import bundled_path
-
-    val = set((load_checkpoint(bundled_path(findings) or findings).get("training") or {}).get("val_cases") or [])
+    val = set(_training_info(findings).get("val_cases") or [])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
@@ -560,7 +559,6 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
                 curves[f] = (fpr, tpr, auc["per_finding"][f])
     if report_dir is not None:
         import json
-
 
         rd = Path(report_dir)
         rd.mkdir(parents=True, exist_ok=True)
