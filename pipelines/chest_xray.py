@@ -36,7 +36,7 @@ from medcnn import qc
 from medcnn.cases import Case, find_image_cases
 from medcnn.errors import InputError
 from medcnn.io import load
-from medcnn.io.atomic import write_png_atomic, write_text_atomic
+from medcnn.io.atomic import write_csv_atomic, write_png_atomic, write_text_atomic
 from medcnn.io.readers import DICOM_SUFFIXES, IMAGE2D_SUFFIXES
 from medcnn.metrics.segmentation import cardiothoracic_ratio
 
@@ -259,7 +259,6 @@ def detector_manifest(out_dir: str | Path, sources: Sequence[tuple[str | Path, s
         InputError: a folder without ``manifest.csv``, or sets with different columns.
     """
     import csv
-    import io
     import os
 
     val = set(_training_info(findings).get("val_cases") or [])
@@ -285,11 +284,7 @@ def detector_manifest(out_dir: str | Path, sources: Sequence[tuple[str | Path, s
                     if r.get(key):
                         r[key] = Path(os.path.relpath(Path(folder) / r[key], out)).as_posix()
                 rows.append(r)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols or [], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out / "manifest.csv", buf.getvalue())
+    write_csv_atomic(out / "manifest.csv", cols or [], rows)
     return len(rows), sum(r.get("Nodule") == "1" for r in rows)
 
 
