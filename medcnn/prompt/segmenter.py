@@ -99,7 +99,9 @@ def _lite_backend(path: Path, device: str | torch.device, missing_ok: bool = Fal
         raise
     if ck.get("task") != "prompt":
         raise InputError(path, f"a medcnn {ck.get('task')} checkpoint, not a promptable model (task: prompt)")
-    return LitePromptBackend(network_from_checkpoint(ck, path), CropSpec.from_dict(ck.get("prompt")), device=device)
+    inf = ck.get("inference") or {}
+    return LitePromptBackend(network_from_checkpoint(ck, path), CropSpec.from_dict(ck.get("prompt")), device=device,
+                             tta=bool(inf.get("tta", False)), tta_axes=inf.get("tta_axes"))
 
 
 def _as_tensor(image: Any) -> torch.Tensor:

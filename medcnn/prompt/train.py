@@ -328,7 +328,9 @@ class PromptTrainer(Trainer):
         net.eval()
         opts = self.cfg["prompt"]
         spec = dataclasses.replace(self.spec, logit_offset=0.0)
-        backend = LitePromptBackend(net, spec, device=self.env.device, optimize=False)
+        inf = self.cfg["inference"]
+        backend = LitePromptBackend(net, spec, device=self.env.device, optimize=False, tta=inf["tta"],
+                                    tta_axes=inf["tta_axes"])
         offsets = CALIBRATION_OFFSETS if opts["calibrate"] else (self.spec.logit_offset,)
         tight = box_dice(backend, self.val_items, max_objects=opts["val_objects"], offsets=offsets)
         loose = box_dice(backend, self.val_items, jitter=True, seed=self.cfg["seed"], max_objects=opts["val_objects"],

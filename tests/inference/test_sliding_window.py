@@ -378,6 +378,29 @@ def test_tta_calls_and_classification_outputs():
     torch.testing.assert_close(out, x.mean(dim=(2, 3)), atol=1e-6, rtol=0)
 
 
+def test_batched_tta_is_one_call_with_the_same_average(conv3d):
+    calls = []
+
+    def net(t):
+        calls.append(t.shape[0])
+        return conv3d(t)
+
+    x = _randn(2, 2, 12, 10, 14)
+    with torch.no_grad():
+        seq = flip_tta(net, x, axes=(0, 2))
+        assert calls == [2, 2, 2, 2]
+        calls.clear()
+        one = flip_tta(net, x, axes=(0, 2), batched=True)
+        assert calls == [8]  # the four mirrored copies of both cases in one call
+        torch.testing.assert_close(one, seq, atol=1e-5, rtol=0)
+        assert (one - conv3d(x)).abs().max() > 1e-2  # not the plain prediction
+        wrapped = mirror_predictor(net, axes=(1,), batched=True)
+        torch.testing.assert_close(wrapped(x), flip_tta(conv3d, x, axes=(1,)), atol=1e-5, rtol=0)
+        assert "batched=True" in repr(wrapped)
+    with pytest.raises(TypeError, match="one tensor"):
+        flip_tta(lambda t: (t, t), x, axes=(0,), batched=True)
+
+
 def test_mirror_predictor_in_sliding_window():
     net = _symmetric_conv()
     x = _randn(1, 2, 24, 20, 28)

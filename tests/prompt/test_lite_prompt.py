@@ -217,3 +217,48 @@ def test_backend_adds_the_logit_offset_and_box_dice_scores_each_offset():
     be = LitePromptBackend(_Ramp(), CropSpec(size=32), optimize=False)
     d = box_dice(be, [{"image": img, "label": label, "objects": [1]}], offsets=(0.0, 1.0))
     assert d.shape == (1, 2) and d[0, 0] == 0.0 and d[0, 1] > 0.9
+
+
+def test_backend_tta_averages_the_mirrored_crops_in_one_call():
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(5, 1, 5, padding=2)  # not mirror-symmetric: TTA must change its output
+    img = torch.rand(60, 80)
+    box = torch.tensor([(10.0, 20.0, 40.0, 60.0), (5.0, 5.0, 30.0, 25.0)])
+    spec = CropSpec(size=32, logit_offset=0.5)
+    plain = LitePromptBackend(net, spec, optimize=False)
+    plain.set_image(img[None])
+    ref = plain.predict_logits(boxes=box)
+    calls = []
+    net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    for axes, flips in (([1], [(), (3,)]), (None, [(), (2,), (3,), (2, 3)])):
+        calls.clear()
+        be = LitePromptBackend(net, spec, optimize=False, tta=True, tta_axes=axes)
+        be.set_image(img[None])
+        got = be.predict_logits(boxes=box)
+        assert calls == [2 * len(flips)]
+        # by hand: the network's logits on each mirrored crop, mirrored back, averaged, then pasted
+        x = torch.stack([prompt_inputs(img, crop_region((60, 80), spec, b), spec, b) for b in box.tolist()])
+        with torch.no_grad():
+            mean = torch.stack([torch.flip(net(torch.flip(x, d)), d) if d else net(x) for d in flips]).mean(0)
+        for k, b in enumerate(box.tolist()):
+            want = paste_logits(mean[k, 0] + 0.5, crop_region((60, 80), spec, b), (60, 80))
+            torch.testing.assert_close(got[k], want, atol=1e-5, rtol=0)
+        assert (got - ref).abs().max() > 1e-3
+
+
+def test_checkpoint_inference_tta_reaches_the_backend(tiny_prompt_run, tmp_path):
+    from medcnn.engine.checkpoint import export_checkpoint
+
+    src = tiny_prompt_run / "run" / "best.pt"
+    assert PromptableSegmenter.from_pretrained(src).backend.tta is False
+    export_checkpoint(src, tmp_path / "tta.pt", inference={"tta": True, "tta_axes": [1]})
+    be = PromptableSegmenter.from_pretrained(tmp_path / "tta.pt").backend
+    assert be.tta is True and be.tta_axes == (1,)
+    img = torch.rand(1, 70, 90)
+    plain = PromptableSegmenter.from_pretrained(src)
+    mirrored = PromptableSegmenter.from_pretrained(tmp_path / "tta.pt")
+    plain.set_image(img)
+    mirrored.set_image(img)
+    a = plain.predict(box=(10, 20, 40, 60), return_logits=True)
+    b = mirrored.predict(box=(10, 20, 40, 60), return_logits=True)
+    assert a.shape == b.shape == (70, 90) and (a - b).abs().max() > 1e-4
