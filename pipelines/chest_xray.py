@@ -20,8 +20,11 @@ inversion applied by :func:`medcnn.load`). Outputs per case:
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -210,8 +213,6 @@ def fusion_data(detector: str, data_dir: str | Path, findings: str = "chest-xray
     Raises:
         InputError: a validation case the detector trained on, or none of them in the manifest.
     """
-    import csv
-
     from tqdm.auto import tqdm
 
     val = set(_training_info(findings).get("val_cases") or [])
@@ -258,9 +259,6 @@ def detector_manifest(out_dir: str | Path, sources: Sequence[tuple[str | Path, s
     Raises:
         InputError: a folder without ``manifest.csv``, or sets with different columns.
     """
-    import csv
-    import os
-
     val = set(_training_info(findings).get("val_cases") or [])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -481,8 +479,6 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
     Raises:
         InputError: missing files or no case to score.
     """
-    import csv
-
     from medcnn.metrics import multilabel_auroc, roc_curve
     from medcnn.plotting import plot_roc
 
@@ -553,8 +549,6 @@ def evaluate_run(out_dir: str | Path, data_dir: str | Path, report_dir: str | Pa
                 fpr, tpr, _ = roc_curve(p[:, j], y[:, j])
                 curves[f] = (fpr, tpr, auc["per_finding"][f])
     if report_dir is not None:
-        import json
-
         rd = Path(report_dir)
         rd.mkdir(parents=True, exist_ok=True)
         write_text_atomic(rd / "metrics.json", json.dumps(rep, indent=2) + "\n")
@@ -570,7 +564,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m medcnn.pipelines.chest_xray RUN_DIR DATA_DIR [-o REPORT_DIR]``: print held-out metrics;
     ``... --fit-fusion DETECTOR DATA_DIR``: fit the nodule fusion weights on the findings model's validation cases."""
     import argparse
-    import json
 
     ap = argparse.ArgumentParser(
         prog="python -m medcnn.pipelines.chest_xray",
