@@ -111,6 +111,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "margin_max": Field(_NUM, 0.05, help="... plus this fraction of its longer side ..."),
         "margin_px": Field(_NUM, 4.0, help="... plus this many pixels"),
         "box_jitter": Field(_NUM, 1.0, check=positive, help="scale of the simulated box errors (1 = the default, a few percent of the size)"),
+        "box_tight_prob": Field(_NUM, 0.0, check=fraction, help="share of box prompts given as the object's exact bounding box"),
         "point_prob": Field(_NUM, 0.3, check=fraction, help="share of box prompts that also get clicks"),
         "prior_prob": Field(_NUM, 0.15, check=fraction, help="share of box prompts that also get a rough prior mask"),
         "points_only_prob": Field(_NUM, 0.12, check=fraction, help="share of prompts made of clicks alone"),

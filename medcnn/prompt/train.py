@@ -133,7 +133,8 @@ def simulate_prompt(rng: np.random.Generator, obj: np.ndarray, opts: dict[str, A
     use_prior = rng.random() < (p_prior if use_box else 0.3)
     out: dict[str, Any] = {"box": None, "points": None, "labels": None, "prior": None}
     if use_box:
-        out["box"] = jitter_box(rng, box, (h, w), scale=opts["box_jitter"])
+        tight = opts.get("box_tight_prob", 0.0) > 0 and rng.random() < opts["box_tight_prob"]
+        out["box"] = box.copy() if tight else jitter_box(rng, box, (h, w), scale=opts["box_jitter"])
     if use_points:
         n_pos = int(rng.integers(1, 4)) if not use_box else int(rng.integers(0, 3))
         n_neg = int(rng.integers(0, 3))

@@ -89,6 +89,19 @@ def test_simulated_prompts_are_consistent_with_the_object():
     assert j.shape == (4,)
 
 
+def test_box_tight_prob_gives_exact_boxes_and_zero_keeps_the_old_draws():
+    case = make_case(np.random.default_rng([9, 1, 77]), "shapes")
+    obj = case["labels"] == case["labels"].max()
+    box = object_bbox(obj)
+    opts = {"box_jitter": 1.0, "point_prob": 0.0, "prior_prob": 0.0, "points_only_prob": 0.0}
+    tight = [simulate_prompt(np.random.default_rng(s), obj, {**opts, "box_tight_prob": 1.0})["box"] for s in range(20)]
+    assert all(np.array_equal(b, box) for b in tight)
+    loose = [simulate_prompt(np.random.default_rng(s), obj, opts)["box"] for s in range(20)]
+    assert sum(not np.array_equal(b, box) for b in loose) >= 18
+    zero = [simulate_prompt(np.random.default_rng(s), obj, {**opts, "box_tight_prob": 0.0})["box"] for s in range(20)]
+    assert all(np.array_equal(a, b) for a, b in zip(loose, zero))  # the option off draws nothing extra
+
+
 def test_generator_cases_have_objects_of_every_source():
     for source in ("shapes", "brain", "chest"):
         case = make_case(np.random.default_rng([3, 0, 77]), source)
