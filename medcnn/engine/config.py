@@ -66,6 +66,11 @@ def fraction(v: Any) -> str | None:
     return None if v is None or 0 <= v < 1 else "must be in [0, 1)"
 
 
+def probability(v: Any) -> str | None:
+    """Check helper: 0 <= v <= 1."""
+    return None if v is None or 0 <= v <= 1 else "must be in [0, 1]"
+
+
 def _type_name(types: tuple[type, ...]) -> str:
     names = {NONE: "null", list: "list", dict: "mapping", str: "string", bool: "true/false", int: "integer", float: "number"}
     if int in types and float in types:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medcnn.engine.config import NONE, REQUIRED, Field, deep_merge, fraction, parse_overrides, positive, read_yaml, validate
+from medcnn.engine.config import NONE, REQUIRED, Field, deep_merge, fraction, parse_overrides, positive, probability, read_yaml, validate
 from medcnn.errors import ConfigError
 
 _NUM = (int, float)
@@ -111,10 +111,10 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "margin_max": Field(_NUM, 0.05, help="... plus this fraction of its longer side ..."),
         "margin_px": Field(_NUM, 4.0, help="... plus this many pixels"),
         "box_jitter": Field(_NUM, 1.0, check=positive, help="scale of the simulated box errors (1 = the default, a few percent of the size)"),
-        "box_tight_prob": Field(_NUM, 0.0, check=fraction, help="share of box prompts given as the object's exact bounding box"),
-        "point_prob": Field(_NUM, 0.3, check=fraction, help="share of box prompts that also get clicks"),
-        "prior_prob": Field(_NUM, 0.15, check=fraction, help="share of box prompts that also get a rough prior mask"),
-        "points_only_prob": Field(_NUM, 0.12, check=fraction, help="share of prompts made of clicks alone"),
+        "box_tight_prob": Field(_NUM, 0.0, check=probability, help="share of box prompts given as the object's exact bounding box"),
+        "point_prob": Field(_NUM, 0.3, check=probability, help="share of box prompts that also get clicks"),
+        "prior_prob": Field(_NUM, 0.15, check=probability, help="share of box prompts that also get a rough prior mask"),
+        "points_only_prob": Field(_NUM, 0.12, check=probability, help="share of prompts made of clicks alone"),
         "val_objects": Field((int,), 4, check=positive, help="validation: objects scored per held-out image"),
         "calibrate": Field((bool,), True, help="at each validation, choose the logit offset (-2..6) that maximises the "
                                               "held-out images' box Dice and store it with the model (prompt.logit_offset)"),

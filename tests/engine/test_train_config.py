@@ -43,12 +43,20 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ("train: {patch_size: [32, 32, 32], epochs: 0}", r"'train\.epochs'.*must be > 0"),
         ("train: {patch_size: [32, 32, 32], loss: bce}", r"'train\.loss': bce needs sigmoid outputs"),
         ("train: {patch_size: [32, 32, 32], loss: focal}", r"'train\.loss': 'focal' is for classification"),
+        ("train: {patch_size: [32, 32, 32]}\nprompt: {box_tight_prob: 1.5}", r"'prompt\.box_tight_prob'.*must be in \[0, 1\]"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, extra: str, pattern: str) -> None:
     text = BASE.replace("train: {patch_size: [32, 32, 32]}", "") + extra
     with pytest.raises(ConfigError, match=pattern):
         load_train_config(_write(tmp_path, text))
+
+
+def test_probabilities_accept_one(tmp_path: Path) -> None:
+    cfg = load_train_config(_write(tmp_path, BASE + "prompt: {box_tight_prob: 1.0, point_prob: 1.0}\n"))
+    assert cfg["prompt"]["box_tight_prob"] == 1.0 and cfg["prompt"]["point_prob"] == 1.0
+    with pytest.raises(ConfigError, match=r"'data\.val_fraction'.*must be in \[0, 1\)"):  # a split still needs training cases
+        load_train_config(_write(tmp_path, BASE.replace("{source: data}", "{source: data, val_fraction: 1.0}")))
 
 
 def test_missing_file_and_model(tmp_path: Path) -> None:
