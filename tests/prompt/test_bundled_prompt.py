@@ -47,9 +47,9 @@ def test_box_dice_on_unseen_generated_objects(seg):
             pred = seg.predict(box=object_bbox(ref)).numpy()
             scores.setdefault(case["source"], []).append(_dice(pred, ref))
     allv = [x for v in scores.values() for x in v]
-    # 0.889 for the shipped file (stage 9: more exact boxes), 0.885 for stage 8 (mirror TTA), 0.881 for stage 7, 0.879 for stage 6 (two residual
-    # units per level), 0.877 for stage 5, 0.874 for stages 3 and 4, 0.817 for the file before those (an untrained
-    # network scores about 0.3); the target is 0.92
+    # 0.889 for the shipped file (stage 9: more exact boxes), 0.885 for stage 8 (mirror TTA), 0.881 for stage 7,
+    # 0.879 for stage 6 (two residual units per level), 0.877 for stage 5, 0.874 for stages 3 and 4, 0.817 for the
+    # file before those (an untrained network scores about 0.3); the target is 0.92
     assert len(allv) >= 20 and np.mean(allv) > 0.84, {k: round(float(np.mean(v)), 3) for k, v in scores.items()}
 
 
