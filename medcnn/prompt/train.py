@@ -119,9 +119,10 @@ def simulate_prompt(rng: np.random.Generator, obj: np.ndarray, opts: dict[str, A
     """A random prompt for the object ``obj`` ((H, W) bool): ``{box, points, labels, prior}`` (any may be None).
 
     Boxes are jittered as a user would draw them (:func:`jitter_box`), or with probability
-    ``opts["box_tight_prob"]`` (default 0) the object's exact bounding box. Modes: box only; box + clicks (inside the object = positive, inside the box outside it =
-    negative); box + prior mask (the object grown, shrunk, shifted or coarsened) with optional
-    clicks; clicks only (with a prior mask sometimes).
+    ``opts["box_tight_prob"]`` (default 0) the object's exact bounding box. Modes: box only;
+    box + clicks (inside the object = positive, inside the box outside it = negative); box + prior
+    mask (the object grown, shrunk, shifted or coarsened) with optional clicks; clicks only (with a
+    prior mask sometimes).
     """
     from scipy import ndimage as ndi
 
