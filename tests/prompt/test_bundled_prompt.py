@@ -90,3 +90,23 @@ def test_3d_box_propagates_through_a_volume(seg):
     pred = seg.predict(box=box).numpy()
     assert pred.shape == ell.shape and _dice(pred, ell) > 0.85
     assert not pred[: zz.min()].any() and not pred[zz.max() + 1:].any()  # nothing outside the box's slices
+
+
+def test_evaluate_volumes_scores_the_largest_part_from_its_3d_box(tmp_path):
+    import nibabel as nib
+
+    from medcnn.prompt.evaluate import evaluate_volumes, main
+
+    d, h, w = 32, 80, 80
+    z, y, x = np.mgrid[0:d, 0:h, 0:w].astype(np.float32)
+    big = ((z - 16) / 11) ** 2 + ((y - 40) / 20) ** 2 + ((x - 34) / 15) ** 2 <= 1
+    small = ((z - 6) / 3) ** 2 + ((y - 10) / 4) ** 2 + ((x - 70) / 4) ** 2 <= 1  # a second, smaller part
+    vol = 0.3 + 0.4 * (big | small) + 0.05 * np.random.default_rng(1).standard_normal(big.shape)
+    nib.save(nib.Nifti1Image(vol.astype(np.float32), np.eye(4)), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image((big | small).astype(np.uint8), np.eye(4)), tmp_path / "seg.nii.gz")
+    (tmp_path / "manifest.csv").write_text("case,image,label\nv1,img.nii.gz,seg.nii.gz\n")
+    rows = evaluate_volumes(tmp_path)
+    assert [r["case"] for r in rows] == ["v1"] and rows[0]["voxels"] == int(big.sum())
+    assert rows[0]["dice"] > 0.85, rows  # scored against the larger part alone: the small one is not in its box
+    assert main(["--volumes", str(tmp_path), "-o", str(tmp_path / "v.csv")]) == 0
+    assert (tmp_path / "v.csv").read_text().startswith("case,voxels,dice")
