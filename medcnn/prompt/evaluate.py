@@ -224,15 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-objects", type=int, default=None, help="objects scored per image (default: all)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    torch.set_grad_enabled(False)
     if args.real_t1 == bool(args.data):
         ap.error("give a DATA folder or --real-t1")
-    if args.real_t1:
-        rows = evaluate_real_t1(args.model)
-    elif args.volumes:
-        rows = evaluate_volumes(args.data, args.model, channel=args.channel)
-    else:
-        rows = evaluate(args.data, args.model, max_objects=args.max_objects)
+    with torch.no_grad():  # scoped: main() may run inside another program (the tests call it)
+        if args.real_t1:
+            rows = evaluate_real_t1(args.model)
+        elif args.volumes:
+            rows = evaluate_volumes(args.data, args.model, channel=args.channel)
+        else:
+            rows = evaluate(args.data, args.model, max_objects=args.max_objects)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         with open(args.output, "w", newline="") as fh:

@@ -110,3 +110,4 @@ def test_evaluate_volumes_scores_the_largest_part_from_its_3d_box(tmp_path):
     assert rows[0]["dice"] > 0.85, rows  # scored against the larger part alone: the small one is not in its box
     assert main(["--volumes", str(tmp_path), "-o", str(tmp_path / "v.csv")]) == 0
     assert (tmp_path / "v.csv").read_text().startswith("case,voxels,dice")
+    assert torch.is_grad_enabled()  # the command leaves no global state behind (training tests run after it)
