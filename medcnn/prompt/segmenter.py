@@ -39,6 +39,38 @@ DEFAULT_MODEL = "medcnn-prompt"
 _MASK_LOGIT = 10.0
 # Logit of slices a 3D prompt did not reach.
 _OUTSIDE = -100.0
+# 3D propagation: each next slice's box is the previous slice's mask box, not grown; a side the new mask reaches is
+# pushed out by _PROPAGATION_STEP (fraction of the extent, at least 2 px) and the slice redone, at most
+# _PROPAGATION_RETRIES times. Whole tumours of the generated brain-tumour volumes (largest part, exact 3D box, FLAIR,
+# `python -m medcnn.prompt.evaluate --volumes`): held-out 40 volumes 0.749 against 0.665 for the former rule (every
+# box grown 10 % / 2 px, whose spill compounded slice after slice); dev (16) 0.796 against 0.726, with step / retries
+# 0.1 / 1: 0.792, 0.1 / 2: 0.782, 0.05 / 2: 0.789. Cost: a 3D box through 64 slices 0.75 s instead of 0.4 s.
+_PROPAGATION_STEP = 0.05
+_PROPAGATION_RETRIES = 1
+
+
+def _grow_touching_sides(mask: torch.Tensor, box: torch.Tensor, limit: tuple[float, float, float, float]
+                         ) -> torch.Tensor | None:
+    """``box`` (i0, j0, i1, j1) with each side that ``mask`` (H, W) reaches pushed out, within ``limit``; None if none."""
+    if not bool(mask.any()):
+        return None
+    rows = torch.nonzero(mask.any(1)).flatten()
+    cols = torch.nonzero(mask.any(0)).flatten()
+    i0, j0, i1, j1 = (float(v) for v in box.tolist())
+    gi = max(2.0, _PROPAGATION_STEP * (i1 - i0))
+    gj = max(2.0, _PROPAGATION_STEP * (j1 - j0))
+    new = [i0, j0, i1, j1]
+    if rows[0] <= np.ceil(i0):
+        new[0] = max(limit[0], i0 - gi)
+    if cols[0] <= np.ceil(j0):
+        new[1] = max(limit[1], j0 - gj)
+    if rows[-1] + 1 >= np.floor(i1):
+        new[2] = min(limit[2], i1 + gi)
+    if cols[-1] + 1 >= np.floor(j1):
+        new[3] = min(limit[3], j1 + gj)
+    if new == [i0, j0, i1, j1]:
+        return None
+    return torch.tensor(new, dtype=torch.float64)
 
 
 @runtime_checkable
@@ -369,9 +401,11 @@ class PromptableSegmenter:
 
         With a 3D box ``(i0, j0, k0, i1, j1, k1)``: the central slice ``(i0 + i1 - 1) // 2`` is
         segmented from the box's in-plane part; each next slice towards ``i0`` and ``i1 - 1`` gets
-        the bounding box of the previous slice's mask, grown by a margin and kept inside the 3D box,
-        and propagation stops on a side once a slice comes out empty. Points correct the slices
-        they lie on (also outside the box's slice range). Without a box, only the slices holding
+        the bounding box of the previous slice's (uncorrected) mask, kept inside the 3D box; a side
+        the new mask reaches is pushed out and the slice redone (``_PROPAGATION_STEP``), so the
+        box follows an object that grows or drifts without a margin that lets spill compound.
+        Propagation stops on a side once a slice comes out empty. Points correct the slices they
+        lie on (also outside the box's slice range) and only those. Without a box, only the slices holding
         points are segmented. Slices not segmented get logit -100.
         """
         d_n, h, w = self._shape
@@ -387,20 +421,26 @@ class PromptableSegmenter:
         inplane = torch.tensor([j0, k0, j1, k1], dtype=torch.float64)
         out[centre] = self._slice_logits(centre, inplane, pts, labs, prior)
         done = {centre}
+        base_centre = out[centre] if centre not in point_slices else self._slice_logits(centre, inplane, None, None, prior)
         for step, stop in ((1, hi_d), (-1, lo_d - 1)):
-            prev = out[centre] > 0
+            prev = base_centre > 0
             d = centre + step
             while d != stop and bool(prev.any()):
                 rows = torch.nonzero(prev.any(1)).flatten()
                 cols = torch.nonzero(prev.any(0)).flatten()
-                margin_r = max(2.0, 0.1 * float(rows[-1] - rows[0] + 1))
-                margin_c = max(2.0, 0.1 * float(cols[-1] - cols[0] + 1))
-                nb = torch.tensor([max(j0, float(rows[0]) - margin_r), max(k0, float(cols[0]) - margin_c),
-                                   min(j1, float(rows[-1]) + 1 + margin_r), min(k1, float(cols[-1]) + 1 + margin_c)],
-                                  dtype=torch.float64)
-                out[d] = self._slice_logits(d, nb, pts, labs, prior)
+                nb = torch.tensor([max(j0, float(rows[0])), max(k0, float(cols[0])),
+                                   min(j1, float(rows[-1]) + 1), min(k1, float(cols[-1]) + 1)], dtype=torch.float64)
+                base = self._slice_logits(d, nb, None, None, prior)
+                for _ in range(_PROPAGATION_RETRIES):  # the mask reaches a side of its box: the object may go on
+                    grown = _grow_touching_sides(base > 0, nb, (j0, k0, j1, k1))
+                    if grown is None:
+                        break
+                    nb = grown
+                    base = self._slice_logits(d, nb, None, None, prior)
+                # clicks correct this slice only; the next box comes from the uncorrected mask
+                out[d] = base if d not in point_slices else self._slice_logits(d, nb, pts, labs, prior)
                 done.add(d)
-                prev = out[d] > 0
+                prev = base > 0
                 d += step
         for d in sorted(point_slices - done):  # clicks on slices propagation did not reach
             out[d] = self._slice_logits(d, None, pts, labs, prior)
