@@ -68,11 +68,16 @@ def _correction(pred: np.ndarray, ref: np.ndarray) -> tuple[tuple[int, int], int
     return None if best is None else (best[1], best[2])
 
 
+def _records(data: str | Path) -> list[dict]:
+    """Cases of a folder or manifest with ``image`` and ``label`` columns (:func:`find_records`)."""
+    return find_records({"source": str(data), "format": "auto", "channels": None, "label": "label", "subject": "subject",
+                         "masks": None, "classes": None, "images": None, "uncertainty": "ignore"})
+
+
 def evaluate(data: str | Path, model: str | None = None, *, max_objects: int | None = None,
              seed: int = 0) -> list[dict]:
     """Per-object Dice rows ``{case, source, object, area_px, mode, dice}`` (see the module docstring)."""
-    recs = find_records({"source": str(data), "format": "auto", "channels": None, "label": "label", "subject": "subject",
-                         "masks": None, "classes": None, "images": None, "uncertainty": "ignore"})
+    recs = _records(data)
     sources = {}
     man = Path(data) / "manifest.csv" if Path(data).is_dir() else Path(data)
     with open(man, newline="") as fh:
@@ -161,9 +166,7 @@ def evaluate_volumes(data: str | Path, model: str | None = None, *, channel: int
     """
     import nibabel as nib
 
-    recs = find_records({"source": str(data), "format": "auto", "channels": None, "label": "label",
-                         "subject": "subject", "masks": None, "classes": None, "images": None,
-                         "uncertainty": "ignore"})
+    recs = _records(data)
     seg = PromptableSegmenter.from_pretrained(model)
     rows = []
     for rec in recs:
