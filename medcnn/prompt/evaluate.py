@@ -40,6 +40,7 @@ import torch
 from scipy import ndimage as ndi
 
 from medcnn.engine.data import find_records
+from medcnn.inference.postprocess import keep_largest_component
 from medcnn.prompt.segmenter import PromptableSegmenter
 from medcnn.metrics.segmentation import dice_score
 from medcnn.prompt.train import jitter_box, load_prompt_case, object_bbox, object_ids
@@ -170,12 +171,10 @@ def evaluate_volumes(data: str | Path, model: str | None = None, *, channel: int
     seg = PromptableSegmenter.from_pretrained(model)
     rows = []
     for rec in recs:
-        fg = np.asarray(nib.load(rec["label"]).dataobj) > 0
-        lab, n = ndi.label(fg)
-        if n == 0:
+        ref = keep_largest_component(np.asarray(nib.load(rec["label"]).dataobj) > 0, connectivity=1)
+        if not ref.any():
             logger.warning("%s: empty label map, skipped", rec["case"])
             continue
-        ref = lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
         idx = np.argwhere(ref)
         box = [int(v) for v in idx.min(0)] + [int(v) + 1 for v in idx.max(0)]
         img = np.asarray(nib.load(rec["image"][channel]).dataobj, dtype=np.float32)

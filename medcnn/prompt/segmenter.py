@@ -49,24 +49,30 @@ _PROPAGATION_STEP = 0.05
 _PROPAGATION_RETRIES = 1
 
 
+def _mask_box(mask: torch.Tensor) -> tuple[float, float, float, float]:
+    """``(i0, j0, i1, j1)`` bounding box of a non-empty ``(H, W)`` bool mask, max exclusive."""
+    rows = torch.nonzero(mask.any(1)).flatten()
+    cols = torch.nonzero(mask.any(0)).flatten()
+    return float(rows[0]), float(cols[0]), float(rows[-1]) + 1, float(cols[-1]) + 1
+
+
 def _grow_touching_sides(mask: torch.Tensor, box: torch.Tensor, limit: tuple[float, float, float, float]
                          ) -> torch.Tensor | None:
     """``box`` (i0, j0, i1, j1) with each side that ``mask`` (H, W) reaches pushed out, within ``limit``; None if none."""
     if not bool(mask.any()):
         return None
-    rows = torch.nonzero(mask.any(1)).flatten()
-    cols = torch.nonzero(mask.any(0)).flatten()
+    r0, c0, r1, c1 = _mask_box(mask)
     i0, j0, i1, j1 = (float(v) for v in box.tolist())
     gi = max(2.0, _PROPAGATION_STEP * (i1 - i0))
     gj = max(2.0, _PROPAGATION_STEP * (j1 - j0))
     new = [i0, j0, i1, j1]
-    if rows[0] <= np.ceil(i0):
+    if r0 <= np.ceil(i0):
         new[0] = max(limit[0], i0 - gi)
-    if cols[0] <= np.ceil(j0):
+    if c0 <= np.ceil(j0):
         new[1] = max(limit[1], j0 - gj)
-    if rows[-1] + 1 >= np.floor(i1):
+    if r1 >= np.floor(i1):
         new[2] = min(limit[2], i1 + gi)
-    if cols[-1] + 1 >= np.floor(j1):
+    if c1 >= np.floor(j1):
         new[3] = min(limit[3], j1 + gj)
     if new == [i0, j0, i1, j1]:
         return None
@@ -426,10 +432,8 @@ class PromptableSegmenter:
             prev = base_centre > 0
             d = centre + step
             while d != stop and bool(prev.any()):
-                rows = torch.nonzero(prev.any(1)).flatten()
-                cols = torch.nonzero(prev.any(0)).flatten()
-                nb = torch.tensor([max(j0, float(rows[0])), max(k0, float(cols[0])),
-                                   min(j1, float(rows[-1]) + 1), min(k1, float(cols[-1]) + 1)], dtype=torch.float64)
+                r0, c0, r1, c1 = _mask_box(prev)
+                nb = torch.tensor([max(j0, r0), max(k0, c0), min(j1, r1), min(k1, c1)], dtype=torch.float64)
                 base = self._slice_logits(d, nb, None, None, prior)
                 for _ in range(_PROPAGATION_RETRIES):  # the mask reaches a side of its box: the object may go on
                     grown = _grow_touching_sides(base > 0, nb, (j0, k0, j1, k1))
