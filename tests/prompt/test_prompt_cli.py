@@ -92,3 +92,20 @@ def test_cli_with_a_sam_checkpoint_and_its_errors(tmp_path) -> None:
     assert bundled.exit_code == 0, bundled.output
     lab = np.asarray(nib.load(tmp_path / "l.nii.gz").dataobj)
     assert lab.shape == (32, 28, 12) and lab.any() and not lab[:, :, :2].any() and not lab[:, :, 11:].any()
+
+
+def test_a_mask_filling_its_box_is_reported(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """A box around one disc is mostly background; a box whose mask fills it (here a bright slab that
+    runs past the box, like two touching lesions) gets a warning naming the box."""
+    img = np.zeros((60, 80), np.uint8)
+    ii, jj = np.mgrid[:60, :80]
+    img[(ii - 20) ** 2 + (jj - 20) ** 2 <= 100] = 200   # a disc of radius 10
+    img[40:58, 30:78] = 200                              # a slab
+    Image.fromarray(img).save(tmp_path / "x.png")
+    seg = PromptableSegmenter(ThresholdBackend())
+    with caplog.at_level("WARNING", logger="medcnn.prompt.apply"):
+        info = prompt_file(tmp_path / "x.png", tmp_path / "m.png", boxes=[(10, 10, 31, 31), (42, 35, 56, 70)], model=seg)
+    assert info["box_fill"][0] == pytest.approx(317 / 441, abs=0.01)   # the disc's pixels over the box's
+    assert info["box_fill"][1] == 1.0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "fills 100 % of box 2" in warned[0]
