@@ -7,7 +7,6 @@ tolerances that bf16 rounding can meet and a wrong device placement, layout or d
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY_OVERRIDES
 
+from medcnn.batch import _read_summary
 from medcnn.cli.main import cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -24,11 +24,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 #: summary columns that are logits, not probabilities or measures: compared after a sigmoid (on the CPU, bf16
 #: against fp32 moves the nodule detector's logit by up to 0.10 on the sample radiographs, 7 % of 1.39)
 _LOGIT_COLUMNS = {"nodule_detector"}
-
-
-def _summary(path: Path) -> dict[str, dict[str, str]]:
-    with open(path, newline="") as fh:
-        return {r["case"]: r for r in csv.DictReader(fh)}
 
 
 def _number(text: str) -> float | None:
@@ -46,7 +41,7 @@ def test_pipeline_on_cuda_matches_cpu(pipeline: str, sample_data: Path, tmp_path
         res = CliRunner().invoke(cli, ["predict", pipeline, str(src), "-o", str(tmp_path / dev), "--device", dev],
                                  catch_exceptions=False)
         assert res.exit_code == 0, res.output
-        outs[dev] = _summary(tmp_path / dev / "summary.csv")
+        outs[dev] = _read_summary(tmp_path / dev / "summary.csv")
     assert outs["cpu"].keys() == outs["cuda"].keys() and outs["cpu"]
     compared = 0
     for case, cpu_row in outs["cpu"].items():
