@@ -138,13 +138,18 @@ def _normalise(crop: torch.Tensor) -> torch.Tensor:
     flat = crop.flatten()
     if flat.numel() > 4096:  # percentiles of a strided subsample: same values within noise, 2x cheaper
         flat = flat[:: flat.numel() // 4096]
-    # one sort and linear interpolation between order statistics = torch.quantile's definition, in
-    # 0.15 ms instead of 1.2 ms (torch.quantile re-sorts for every q and checks its inputs)
-    v = flat.sort().values
-    pos = torch.tensor([0.01, 0.99], dtype=torch.float64) * (v.numel() - 1)
+    # linear interpolation between order statistics = torch.quantile's definition, in 0.15 ms instead of 1.2 ms
+    # (torch.quantile re-sorts for every q and checks its inputs); on the CPU the four order statistics come from
+    # one np.partition (9 us against 90-130 us for sorting the strided 4096-value subsample)
+    n = flat.numel()
+    pos = torch.tensor([0.01, 0.99], dtype=torch.float64) * (n - 1)
     lo_i = pos.floor().long()
-    hi_i = torch.clamp(lo_i + 1, max=v.numel() - 1)
-    w = (pos - lo_i).to(v.dtype)
+    hi_i = torch.clamp(lo_i + 1, max=n - 1)
+    w = (pos - lo_i).to(flat.dtype)
+    if flat.device.type == "cpu":
+        v = torch.from_numpy(np.partition(flat.detach().numpy(), sorted({*lo_i.tolist(), *hi_i.tolist()})))
+    else:
+        v = flat.sort().values
     q = v[lo_i] * (1 - w) + v[hi_i] * w
     return ((crop - q[0]) / (q[1] - q[0]).clamp_min(1e-6)).clamp(-0.5, 1.5)
 
