@@ -275,3 +275,39 @@ def test_checkpoint_inference_tta_reaches_the_backend(tiny_prompt_run, tmp_path)
     a = plain.predict(box=(10, 20, 40, 60), return_logits=True)
     b = mirrored.predict(box=(10, 20, 40, 60), return_logits=True)
     assert a.shape == b.shape == (70, 90) and (a - b).abs().max() > 1e-4
+
+
+def test_crop_percentiles_are_torch_quantiles() -> None:
+    """The crop normalisation's 1st/99th percentiles (order statistics from np.partition) are torch.quantile's."""
+    from medcnn.prompt.lite import _normalise
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(7, 9), (64, 64), (150, 150), (2, 40, 70)]:
+        for ties in (False, True):
+            crop = torch.rand(shape, generator=g) * 3 - 1
+            crop = crop.round() if ties else crop
+            flat = crop.flatten()
+            if flat.numel() > 4096:
+                flat = flat[:: flat.numel() // 4096]
+            lo, hi = torch.quantile(flat, torch.tensor([0.01, 0.99]))
+            expected = ((crop - lo) / (hi - lo).clamp_min(1e-6)).clamp(-0.5, 1.5)
+            torch.testing.assert_close(_normalise(crop), expected, rtol=0, atol=1e-6)
+
+
+def test_click_morphology_near_the_object_equals_the_whole_image() -> None:
+    """Erosion and dilation on the object's grown box give the whole image's result, objects on the border too."""
+    from scipy import ndimage as ndi
+
+    from medcnn.prompt.train import _near, object_bbox
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        obj = np.zeros((60, 50), bool)
+        r, c = rng.integers(0, 60), rng.integers(0, 50)   # sometimes at or over an edge
+        rr, cc = np.mgrid[:60, :50]
+        obj |= (rr - r) ** 2 / rng.uniform(4, 200) + (cc - c) ** 2 / rng.uniform(4, 200) <= 1
+        obj[r, c] = True
+        box = object_bbox(obj)
+        for k in (1, 2, 4):
+            for op in (ndi.binary_erosion, ndi.binary_dilation):
+                assert np.array_equal(_near(op, obj, box, k), op(obj, iterations=k)), (trial, k, op.__name__)
