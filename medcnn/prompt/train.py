@@ -118,7 +118,8 @@ def _sample_pixels(rng: np.random.Generator, mask: np.ndarray, k: int) -> np.nda
 def _near(op: Any, obj: np.ndarray, box: np.ndarray, iterations: int) -> np.ndarray:
     """``op(obj, iterations=...)`` (a scipy binary erosion or dilation) computed on the object's box grown by
     ``iterations + 1`` px only: nothing farther from the object can change, so the result equals the whole image's,
-    at a fraction of the cost (rendering one training prompt: 1.45 -> 1.2 ms on one core, 256 x 256 images)."""
+    at a fraction of the cost (rendering one training prompt, 256 x 256 images, one core, this change alone:
+    1.50 -> 1.21 ms with the machine busy; with the percentile change in lite._normalise, 1.42 -> 0.91 ms idle)."""
     h, w = obj.shape
     g = iterations + 1
     r0, c0 = max(int(box[0]) - g, 0), max(int(box[1]) - g, 0)
