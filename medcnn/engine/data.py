@@ -404,3 +404,58 @@ def split_subjects(
 def kfold_subjects(subjects: Sequence[str], folds: int, seed: int = 0, strata: Sequence[Any] | None = None) -> list[list[str]]:
     """All k validation folds (each a sorted list of subjects); together they partition the subjects."""
     return [split_subjects(subjects, folds=folds, fold=f, seed=seed, strata=strata)[1] for f in range(folds)]
+
+
+def read_case_list(ref: str | Path) -> list[str]:
+    """Case ids from a text file (one per line; blank lines and ``#`` comments skipped) or from a checkpoint.
+
+    Args:
+        ref: a ``.txt`` file, or a medcnn checkpoint (path or bundled model name) whose
+            ``training.val_cases`` (its validation cases) are returned.
+
+    Raises:
+        ConfigError: neither a readable file nor a bundled model, or a checkpoint without ``val_cases``.
+    """
+    from medcnn.predictor import bundled_path
+
+    path = Path(ref)
+    if not path.is_file():
+        bundled = bundled_path(str(ref))
+        if bundled is None:
+            raise ConfigError(f"config key 'data.val_cases': {ref!r} is neither a file nor a bundled model")
+        path = Path(bundled)
+    if path.suffix == ".pt":
+        from medcnn.engine.checkpoint import load_checkpoint
+
+        cases = (load_checkpoint(path).get("training") or {}).get("val_cases")
+        if not cases:
+            raise ConfigError(f"config key 'data.val_cases': {path} lists no validation cases (training.val_cases)")
+        return [str(c) for c in cases]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [s for s in (ln.split("#", 1)[0].strip() for ln in lines) if s]
+
+
+def fixed_split(recs: Sequence[dict], val_cases: Sequence[str], folds: int | None = None) -> tuple[list[str], list[str]]:
+    """``(train_subjects, val_subjects)`` for a given validation case list (``data.val_cases``).
+
+    The subjects of the listed cases validate (with all their cases: a split never cuts a subject); every
+    other subject trains. Listed cases absent from ``recs`` are ignored (logged).
+
+    Raises:
+        ConfigError: with ``folds`` (the two choose the split differently), or no listed case present.
+    """
+    if folds:
+        raise ConfigError("config keys 'data.val_cases' and 'data.folds' exclude each other")
+    wanted = set(val_cases)
+    val_s = sorted({r["subject"] for r in recs if r["case"] in wanted})
+    if not val_s:
+        raise ConfigError(f"config key 'data.val_cases': none of its {len(wanted)} cases is in the data "
+                          f"(e.g. {sorted(wanted)[0] if wanted else 'an empty list'})")
+    missing = len(wanted - {r["case"] for r in recs})
+    if missing:
+        logger.info("data.val_cases: %d of the %d listed cases are not in the data", missing, len(wanted))
+    vs = set(val_s)
+    train_s = sorted({r["subject"] for r in recs} - vs)
+    if not train_s:
+        raise ConfigError("config key 'data.val_cases': the split left no training subject")
+    return train_s, val_s

@@ -37,6 +37,11 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "val_fraction": Field(_NUM, 0.2, check=fraction),
         "folds": Field((int, NONE), None, check=positive, help="k for k-fold cross-validation (null: one split)"),
         "fold": Field((int,), 0),
+        "val_cases": Field((str, NONE), None,
+                           help="a fixed validation set instead of val_fraction: a checkpoint (path or bundled name) "
+                                "whose training.val_cases to reuse, or a text file of case ids (one per line); their "
+                                "subjects' cases validate, all other cases train (fine-tuning on more data while "
+                                "keeping the same held-out cases)"),
         "max_cases": Field((int, NONE), None, check=positive, help="use only the first N training subjects (smoke runs)"),
         "cache": Field((bool, str), True, choices=(True, False, "half"),
                        help="preprocessed training cases: true = kept in memory (float32); half = kept as float16 "

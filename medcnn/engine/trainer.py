@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from medcnn.engine.checkpoint import load_checkpoint, save_checkpoint
 from medcnn.device import cpu_has_native_bf16, resolve_device
-from medcnn.engine.data import find_records, split_subjects
+from medcnn.engine.data import find_records, fixed_split, read_case_list, split_subjects
 from medcnn.errors import ConfigError, MedcnnError
 from medcnn.io.atomic import write_text_atomic
 from medcnn.metrics.segmentation import dice_score
@@ -346,8 +346,11 @@ class Trainer:
     def _split_records(self, recs: list[dict], strata: list | None = None) -> None:
         """Set ``train_recs``/``val_recs``: the configured split over subjects (never cutting one)."""
         d = self.cfg["data"]
-        train_s, val_s = split_subjects([r["subject"] for r in recs], val_fraction=d["val_fraction"], seed=self.cfg["seed"],
-                                        folds=d["folds"], fold=d["fold"], strata=strata)
+        if d["val_cases"]:
+            train_s, val_s = fixed_split(recs, read_case_list(d["val_cases"]), folds=d["folds"])
+        else:
+            train_s, val_s = split_subjects([r["subject"] for r in recs], val_fraction=d["val_fraction"],
+                                            seed=self.cfg["seed"], folds=d["folds"], fold=d["fold"], strata=strata)
         if d["max_cases"]:
             train_s = train_s[: d["max_cases"]]
         ts, vs = set(train_s), set(val_s)
