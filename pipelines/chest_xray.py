@@ -286,6 +286,72 @@ def detector_manifest(out_dir: str | Path, sources: Sequence[tuple[str | Path, s
     return len(rows), sum(r.get("Nodule") == "1" for r in rows)
 
 
+def findings_data(out_dir: str | Path, sources: Sequence[tuple[str | Path, str]]) -> tuple[int, int]:
+    """Write ``out_dir/labels.csv`` (CheXpert layout) merging several generated sets, to train the findings model on.
+
+    Each set's images and finding masks are linked (copied where links are not allowed) into ``out_dir/images``
+    and ``out_dir/masks`` under ``prefix + name``, and its ``Patient`` names get the prefix too, so that two
+    sets' ``cxr-00001`` / ``patient00001`` stay apart; ``data.finding_masks: masks/{case}_{finding}.png`` then
+    finds the masks. Nothing is left out: hold the findings model's validation cases out with
+    ``data.val_cases`` (e.g. ``--set data.val_cases=chest-xray``).
+
+    Args:
+        out_dir: the new folder (``labels.csv``, ``images/``, ``masks/``).
+        sources: ``(folder, prefix)`` per set (``medcnn generate chest-xray`` folders: ``labels.csv``, ``masks/``).
+
+    Returns:
+        ``(radiographs written, finding masks linked)``.
+
+    Raises:
+        InputError: a folder without ``labels.csv``, sets with different columns, or two radiographs of one name.
+    """
+    import shutil
+
+    out = Path(out_dir)
+    for sub in ("images", "masks"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+    def link(src: Path, dst: Path) -> None:
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        try:
+            dst.symlink_to(os.path.relpath(src, dst.parent))
+        except OSError:  # e.g. Windows without the symlink privilege
+            shutil.copy2(src, dst)
+
+    rows: list[dict[str, str]] = []
+    cols: list[str] | None = None
+    names: set[str] = set()
+    n_masks = 0
+    for folder, prefix in sources:
+        labels = Path(folder) / "labels.csv"
+        if not labels.is_file():
+            raise InputError(folder, "no labels.csv (expected a `medcnn generate chest-xray` folder)")
+        stems: set[str] = set()
+        with open(labels, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if cols is None:
+                cols = list(reader.fieldnames or [])
+            elif list(reader.fieldnames or []) != cols:
+                raise InputError(labels, f"its columns differ from the first set's ({', '.join(cols)})")
+            for r in reader:
+                stems.add(Path(r["Path"]).stem)
+                name = prefix + Path(r["Path"]).name
+                if name in names:
+                    raise InputError(labels, f"a second radiograph named {name}: give the sets different prefixes")
+                names.add(name)
+                link(Path(folder) / r["Path"], out / "images" / name)
+                r["Path"], r["Patient"] = f"images/{name}", prefix + r["Patient"]
+                rows.append(r)
+        for m in sorted((Path(folder) / "masks").glob("*.png")):
+            case, _, finding = m.stem.rpartition("_")
+            if case in stems and finding in FINDINGS:
+                link(m, out / "masks" / f"{prefix}{m.name}")
+                n_masks += 1
+    write_csv_atomic(out / "labels.csv", cols or [], rows)
+    return len(rows), n_masks
+
+
 def segment_lungs_heart(models: ChestXrayModels, img: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(H, W)`` bool lung mask (:func:`clean_lungs`) and heart mask (largest component) on ``img``'s grid."""
     seg = models.lungs.predict(img, probabilities=True)
@@ -571,25 +637,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "the weights that fuse a nodule detector with the findings classifier.",
         epilog="examples:\n  python -m medcnn.pipelines.chest_xray runs/cxr_test data/cxr_test -o runs/cxr_test/eval\n"
                "  python -m medcnn.pipelines.chest_xray --fit-fusion runs/cxr_nodule/last.pt data/cxr_train3\n"
-               "  python -m medcnn.pipelines.chest_xray --detector-data data/cxr_det data/cxr_train3 data/cxr_nod7:s7-",
+               "  python -m medcnn.pipelines.chest_xray --detector-data data/cxr_det data/cxr_train3 data/cxr_nod7:s7-\n"
+               "  python -m medcnn.pipelines.chest_xray --findings-data data/cxr_cls data/cxr_train3 data/cxr_nod7:s7-",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", help="the run folder; with --fit-fusion the detector checkpoint; with --detector-data "
-                                    "the folder to write the merged manifest to")
-    ap.add_argument("data_dir", help="the generated set (manifest.csv); with --detector-data the first of them")
+    ap.add_argument("run_dir", help="the run folder; with --fit-fusion the detector checkpoint; with --detector-data / "
+                                    "--findings-data the folder to write the merged set to")
+    ap.add_argument("data_dir", help="the generated set (manifest.csv); with --detector-data / --findings-data the first "
+                                     "of them")
     ap.add_argument("more", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("-o", "--output", default=None, help="write metrics.json, per_case.csv and roc.png here")
     ap.add_argument("--detector-data", action="store_true",
                     help="write RUN_DIR/manifest.csv merging the sets DATA_DIR[:PREFIX]... without the findings "
                          "model's validation cases (training data for a nodule detector)")
+    ap.add_argument("--findings-data", action="store_true",
+                    help="write RUN_DIR/labels.csv (CheXpert layout, images/ and masks/ linked) merging the sets "
+                         "DATA_DIR[:PREFIX]... (training data for the findings model; hold its validation cases out "
+                         "with --set data.val_cases=chest-xray)")
     ap.add_argument("--fit-fusion", action="store_true",
                     help="print inference.score_fusion for `medcnn export --set` (bundled findings and lung models)")
     args = ap.parse_args(argv)
-    if args.detector_data:
+    if args.detector_data or args.findings_data:
         def split(src: str) -> tuple[str, str]:  # FOLDER:PREFIX (a Windows drive's C:\\ is no prefix)
             head, sep, tail = src.rpartition(":")
             return (head, tail) if sep and head and not any(c in tail for c in "/\\") else (src, "")
 
         sources = [split(src) for src in [args.data_dir, *args.more]]
+        if args.findings_data:
+            n, n_masks = findings_data(args.run_dir, sources)
+            sys.stdout.write(f"wrote {n} radiographs ({n_masks} finding masks) to {Path(args.run_dir) / 'labels.csv'}\n")
+            return 0
         n, pos = detector_manifest(args.run_dir, sources)
         sys.stdout.write(f"wrote {n} cases ({pos} with a nodule) to {Path(args.run_dir) / 'manifest.csv'}\n")
         return 0

@@ -446,3 +446,49 @@ def test_detector_data_command_reads_folder_prefix_pairs(monkeypatch, capsys) ->
     assert "wrote 7 cases (3 with a nodule)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         chest_xray.main(["runs/x", "data/a", "extra"])
+
+
+def test_findings_data_merges_sets_into_one_chexpert_folder(tiny_cxr, tiny_cxr_models, tmp_path) -> None:
+    """Two sets merged under prefixes train as one CheXpert folder: every radiograph once, each set's patients
+    apart, each present finding's mask found again, and the findings model's validation cases held out by
+    ``data.val_cases``."""
+    from medcnn.engine import load_checkpoint
+    from medcnn.engine.data import find_records, fixed_split
+    from medcnn.pipelines.chest_xray import findings_data
+
+    out = tmp_path / "cls"
+    n, n_masks = findings_data(out, [(tiny_cxr, ""), (tiny_cxr, "b-")])
+    src = _rows(tiny_cxr / "labels.csv")
+    assert n == 2 * len(src)
+    finding_masks = [p for p in (tiny_cxr / "masks").glob("*.png") if p.stem.rpartition("_")[2] in FINDINGS]
+    assert finding_masks and n_masks == 2 * len(finding_masks)
+    recs = find_records({"source": str(out), "format": "chexpert", "classes": list(FINDINGS), "uncertainty": "ignore",
+                         "images": None, "finding_masks": "masks/{case}_{finding}.png"})
+    by_case = {r["case"]: r for r in recs}
+    assert len(by_case) == n
+    for r in src:
+        case = Path(r["Path"]).stem
+        a, b = by_case[case], by_case["b-" + case]
+        assert b["subject"] == "b-" + a["subject"] and a["label"] == b["label"]
+        assert Path(a["image"][0]).read_bytes() == (tiny_cxr / r["Path"]).read_bytes() == Path(b["image"][0]).read_bytes()
+        assert [m is None for m in a["finding_masks"]] == [m is None for m in b["finding_masks"]]
+        for m_a, m_b in zip(a["finding_masks"], b["finding_masks"]):
+            if m_a:
+                assert Path(m_a).read_bytes() == Path(m_b).read_bytes()
+    assert sum(m is not None for r in recs for m in r["finding_masks"]) > 0
+    val = load_checkpoint(tiny_cxr_models[0])["training"]["val_cases"]
+    train_s, val_s = fixed_split(recs, val)
+    assert set(val_s) == {by_case[c]["subject"] for c in val}
+    assert {by_case["b-" + c]["subject"] for c in val} <= set(train_s), "the other set's copies may train"
+    with pytest.raises(InputError, match="second radiograph named"):
+        findings_data(tmp_path / "dup", [(tiny_cxr, ""), (tiny_cxr, "")])
+
+
+def test_findings_data_command(monkeypatch, capsys) -> None:
+    from medcnn.pipelines import chest_xray
+
+    seen = {}
+    monkeypatch.setattr(chest_xray, "findings_data", lambda out, sources: seen.update(out=out, sources=sources) or (9, 4))
+    assert chest_xray.main(["--findings-data", "data/cls", "data/a", "data/b:s7-"]) == 0
+    assert seen == {"out": "data/cls", "sources": [("data/a", ""), ("data/b", "s7-")]}
+    assert "wrote 9 radiographs (4 finding masks)" in capsys.readouterr().out
