@@ -35,11 +35,13 @@ def test_bundled_checkpoints_are_self_describing_and_small(name: str) -> None:
         assert ck["labels"]["classes"] == FINDINGS
         assert ck["model"]["name"] == "densenet121" and ck["model"]["kwargs"]["spatial_dims"] == 2
         # floors on the run's own validation patients (held-out figures: medcnn/data/models/README.md); the
-        # 256-px file shipped before the 384-px stage (validation Nodule 0.648, mean 0.910) fails them
+        # file shipped before stage 9's larger training set (validation Consolidation 0.945, Nodule 0.714,
+        # mean 0.928) fails them
         m = ck["metrics"]
-        assert m["auroc_Cardiomegaly"] > 0.99 and m["auroc_Effusion"] > 0.95, m
-        assert m["auroc_Consolidation"] > 0.9 and m["auroc_Pneumothorax"] > 0.99, m
-        assert m["auroc_Nodule"] > 0.69 and m["auroc_mean"] > 0.915, m
+        assert m["auroc_Cardiomegaly"] > 0.99 and m["auroc_Effusion"] > 0.97, m
+        assert m["auroc_Consolidation"] > 0.955 and m["auroc_Pneumothorax"] > 0.99, m
+        assert m["auroc_Nodule"] > 0.75 and m["auroc_mean"] > 0.94, m
+        assert len(ck["training"]["val_cases"]) == 252  # the validation radiographs the nodule fusion is fitted on
     else:
         assert ck["task"] == "segmentation" and ck["labels"]["channels"] == ["lungs", "heart"]
         assert ck["metrics"]["dice_lungs"] > 0.93, ck["metrics"]
