@@ -303,11 +303,16 @@ def findings_data(out_dir: str | Path, sources: Sequence[tuple[str | Path, str]]
         ``(radiographs written, finding masks linked)``.
 
     Raises:
-        InputError: a folder without ``labels.csv``, sets with different columns, or two radiographs of one name.
+        InputError: a folder without ``labels.csv``, sets with different columns, two radiographs of one name, or
+            ``out_dir`` being one of the sets (its files would be replaced by links).
     """
     import shutil
 
     out = Path(out_dir)
+    for folder, _ in sources:
+        if out.resolve() == Path(folder).resolve():
+            raise InputError(out, "the merged folder must not be one of the sets it merges (its images would be "
+                                  "replaced by links)")
     for sub in ("images", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
@@ -656,6 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fit-fusion", action="store_true",
                     help="print inference.score_fusion for `medcnn export --set` (bundled findings and lung models)")
     args = ap.parse_args(argv)
+    if sum((args.detector_data, args.findings_data, args.fit_fusion)) > 1:
+        ap.error("--detector-data, --findings-data and --fit-fusion exclude each other")
     if args.detector_data or args.findings_data:
         def split(src: str) -> tuple[str, str]:  # FOLDER:PREFIX (a Windows drive's C:\\ is no prefix)
             head, sep, tail = src.rpartition(":")

@@ -482,6 +482,10 @@ def test_findings_data_merges_sets_into_one_chexpert_folder(tiny_cxr, tiny_cxr_m
     assert {by_case["b-" + c]["subject"] for c in val} <= set(train_s), "the other set's copies may train"
     with pytest.raises(InputError, match="second radiograph named"):
         findings_data(tmp_path / "dup", [(tiny_cxr, ""), (tiny_cxr, "")])
+    before = (tiny_cxr / src[0]["Path"]).read_bytes()
+    with pytest.raises(InputError, match="must not be one of the sets"):
+        findings_data(tiny_cxr, [(tiny_cxr, "")])
+    assert (tiny_cxr / src[0]["Path"]).read_bytes() == before and not (tiny_cxr / src[0]["Path"]).is_symlink()
 
 
 def test_findings_data_command(monkeypatch, capsys) -> None:
@@ -492,3 +496,5 @@ def test_findings_data_command(monkeypatch, capsys) -> None:
     assert chest_xray.main(["--findings-data", "data/cls", "data/a", "data/b:s7-"]) == 0
     assert seen == {"out": "data/cls", "sources": [("data/a", ""), ("data/b", "s7-")]}
     assert "wrote 9 radiographs (4 finding masks)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        chest_xray.main(["--findings-data", "--detector-data", "data/cls", "data/a"])
