@@ -99,22 +99,19 @@ def test_read_case_list_from_text_and_checkpoint(tiny_brain_model, tmp_path) -> 
 def test_trainer_reuses_a_checkpoints_validation_cases(tiny_brats, tiny_brain_model, repo_root, tmp_path) -> None:
     """``data.val_cases: <checkpoint>``: fine-tuning validates on the cases the checkpoint held out, whatever
     ``val_fraction`` and ``seed`` would draw."""
-    from conftest import TINY_OVERRIDES
-
     from medcnn.engine import load_checkpoint
     from medcnn.engine.schema import load_train_config
     from medcnn.engine.trainer import Trainer
 
     stored = load_checkpoint(tiny_brain_model)["training"]["val_cases"]
     cfg = load_train_config(repo_root / "configs" / "brain_tumor.yaml",
-                            [f"data.source={tiny_brats}", *TINY_OVERRIDES, "seed=7", "data.val_fraction=0.5",
-                             f"data.val_cases={tiny_brain_model}"])
+                            [f"data.source={tiny_brats}", "seed=7", "data.val_fraction=0.5", f"data.val_cases={tiny_brain_model}"])
     t = Trainer(cfg, tmp_path / "run")
     t._split_records(_recs_of(cfg))
     assert [r["case"] for r in t.val_recs] == stored
     assert not {r["case"] for r in t.train_recs} & set(stored)
     drawn = Trainer(load_train_config(repo_root / "configs" / "brain_tumor.yaml",
-                                      [f"data.source={tiny_brats}", *TINY_OVERRIDES, "seed=7", "data.val_fraction=0.5"]),
+                                      [f"data.source={tiny_brats}", "seed=7", "data.val_fraction=0.5"]),
                     tmp_path / "drawn")
     drawn._split_records(_recs_of(cfg))
     assert [r["case"] for r in drawn.val_recs] != stored, "the test needs a seed whose own split differs"
