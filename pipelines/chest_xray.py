@@ -239,6 +239,23 @@ def fusion_data(detector: str, data_dir: str | Path, findings: str = "chest-xray
     return p_cls, scores, labels
 
 
+def _set_table(folder: str | Path, name: str, cols: list[str] | None) -> tuple[list[dict[str, str]], list[str]]:
+    """The rows and columns of a generated set's ``name`` CSV; ``cols``: the first set's columns, which it must match.
+
+    Raises:
+        InputError: no such file in ``folder``, or other columns than ``cols``.
+    """
+    path = Path(folder) / name
+    if not path.is_file():
+        raise InputError(folder, f"no {name} (expected a `medcnn generate chest-xray` folder)")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = list(reader.fieldnames or [])
+        if cols is not None and fields != cols:
+            raise InputError(path, f"its columns differ from the first set's ({', '.join(cols)})")
+        return list(reader), fields
+
+
 def detector_manifest(out_dir: str | Path, sources: Sequence[tuple[str | Path, str]],
                       findings: str = "chest-xray") -> tuple[int, int]:
     """Write ``out_dir/manifest.csv``: the cases of several generated sets, to train a nodule detector on.
@@ -265,23 +282,15 @@ def detector_manifest(out_dir: str | Path, sources: Sequence[tuple[str | Path, s
     rows: list[dict[str, str]] = []
     cols: list[str] | None = None
     for folder, prefix in sources:
-        man = Path(folder) / "manifest.csv"
-        if not man.is_file():
-            raise InputError(folder, "no manifest.csv (expected a `medcnn generate chest-xray` folder)")
-        with open(man, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if cols is None:
-                cols = list(reader.fieldnames or [])
-            elif list(reader.fieldnames or []) != cols:
-                raise InputError(man, f"its columns differ from the first set's ({', '.join(cols)})")
-            for r in reader:
-                r["case"], r["subject"] = prefix + r["case"], prefix + r["subject"]
-                if r["case"] in val:
-                    continue
-                for key in ("image", "lungs", "heart", "nodule"):
-                    if r.get(key):
-                        r[key] = Path(os.path.relpath(Path(folder) / r[key], out)).as_posix()
-                rows.append(r)
+        set_rows, cols = _set_table(folder, "manifest.csv", cols)
+        for r in set_rows:
+            r["case"], r["subject"] = prefix + r["case"], prefix + r["subject"]
+            if r["case"] in val:
+                continue
+            for key in ("image", "lungs", "heart", "nodule"):
+                if r.get(key):
+                    r[key] = Path(os.path.relpath(Path(folder) / r[key], out)).as_posix()
+            rows.append(r)
     write_csv_atomic(out / "manifest.csv", cols or [], rows)
     return len(rows), sum(r.get("Nodule") == "1" for r in rows)
 
@@ -329,25 +338,18 @@ def findings_data(out_dir: str | Path, sources: Sequence[tuple[str | Path, str]]
     names: set[str] = set()
     n_masks = 0
     for folder, prefix in sources:
-        labels = Path(folder) / "labels.csv"
-        if not labels.is_file():
-            raise InputError(folder, "no labels.csv (expected a `medcnn generate chest-xray` folder)")
+        set_rows, cols = _set_table(folder, "labels.csv", cols)
         stems: set[str] = set()
-        with open(labels, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if cols is None:
-                cols = list(reader.fieldnames or [])
-            elif list(reader.fieldnames or []) != cols:
-                raise InputError(labels, f"its columns differ from the first set's ({', '.join(cols)})")
-            for r in reader:
-                stems.add(Path(r["Path"]).stem)
-                name = prefix + Path(r["Path"]).name
-                if name in names:
-                    raise InputError(labels, f"a second radiograph named {name}: give the sets different prefixes")
-                names.add(name)
-                link(Path(folder) / r["Path"], out / "images" / name)
-                r["Path"], r["Patient"] = f"images/{name}", prefix + r["Patient"]
-                rows.append(r)
+        for r in set_rows:
+            stems.add(Path(r["Path"]).stem)
+            name = prefix + Path(r["Path"]).name
+            if name in names:
+                raise InputError(Path(folder) / "labels.csv",
+                                 f"a second radiograph named {name}: give the sets different prefixes")
+            names.add(name)
+            link(Path(folder) / r["Path"], out / "images" / name)
+            r["Path"], r["Patient"] = f"images/{name}", prefix + r["Patient"]
+            rows.append(r)
         for m in sorted((Path(folder) / "masks").glob("*.png")):
             case, _, finding = m.stem.rpartition("_")
             if case in stems and finding in FINDINGS:
