@@ -196,10 +196,9 @@ def fit_score_fusion(p_classifier: Sequence[float], detector_logits: Sequence[fl
 
 def _training_info(ref: str) -> dict:
     """A checkpoint's (bundled name or path) ``training`` section: split, case lists, history."""
-    from medcnn.engine import load_checkpoint
-    from medcnn.predictor import bundled_path
+    from medcnn.engine.checkpoint import checkpoint_path, load_checkpoint
 
-    return load_checkpoint(bundled_path(ref) or ref).get("training") or {}
+    return load_checkpoint(checkpoint_path(ref) or ref).get("training") or {}
 
 
 def fusion_data(detector: str, data_dir: str | Path, findings: str = "chest-xray", lungs: str = "chest-xray-lungs",

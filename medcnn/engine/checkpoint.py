@@ -30,6 +30,13 @@ FORMAT = "medcnn.checkpoint"
 VERSION = 1
 
 
+def checkpoint_path(ref: str | Path) -> Path | None:
+    """A checkpoint reference as a path: an existing file as given, else a bundled model's file (``None``: neither)."""
+    from medcnn.predictor import bundled_path  # the predictor imports this module
+
+    return Path(ref) if Path(ref).is_file() else bundled_path(str(ref))
+
+
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     """Write ``ckpt`` atomically (temp file + rename), adding format/version stamps."""
     path = Path(path)

@@ -416,17 +416,12 @@ def read_case_list(ref: str | Path) -> list[str]:
     Raises:
         ConfigError: neither a readable file nor a bundled model, or a checkpoint without ``val_cases``.
     """
-    from medcnn.predictor import bundled_path
+    from medcnn.engine.checkpoint import checkpoint_path, load_checkpoint
 
-    path = Path(ref)
-    if not path.is_file():
-        bundled = bundled_path(str(ref))
-        if bundled is None:
-            raise ConfigError(f"config key 'data.val_cases': {ref!r} is neither a file nor a bundled model")
-        path = Path(bundled)
+    path = checkpoint_path(ref)
+    if path is None:
+        raise ConfigError(f"config key 'data.val_cases': {ref!r} is neither a file nor a bundled model")
     if path.suffix == ".pt":
-        from medcnn.engine.checkpoint import load_checkpoint
-
         cases = (load_checkpoint(path).get("training") or {}).get("val_cases")
         if not cases:
             raise ConfigError(f"config key 'data.val_cases': {path} lists no validation cases (training.val_cases)")

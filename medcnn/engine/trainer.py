@@ -37,7 +37,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from medcnn.engine.checkpoint import load_checkpoint, save_checkpoint
+from medcnn.engine.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from medcnn.device import cpu_has_native_bf16, resolve_device
 from medcnn.engine.data import find_records, fixed_split, read_case_list, split_subjects
 from medcnn.errors import ConfigError, MedcnnError
@@ -403,9 +403,7 @@ class Trainer:
         Raises:
             ConfigError: the checkpoint holds another network or weights of other shapes.
         """
-        from medcnn.predictor import bundled_path
-
-        path = Path(ref) if Path(ref).is_file() else bundled_path(ref)
+        path = checkpoint_path(ref)
         if path is None:
             raise ConfigError(f"config key 'model.init': {ref!r} is neither a checkpoint file nor a bundled model")
         ck = load_checkpoint(path, map_location="cpu")
