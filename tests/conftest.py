@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_overrides import TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,13 +38,6 @@ def tiny_brats(tmp_path_factory) -> Path:
     generate("brain-tumor", out, n=4, seed=0, spacing=(4.0, 4.0, 4.0))
     return out
 
-
-TINY_OVERRIDES = [
-    "train.epochs=1", "train.val_every=1", "train.patch_size=[32,32,32]", "train.batch_size=2",
-    "train.samples_per_case=1", "model.name=unet", "model.kwargs.channels=[8,16,32]", "model.kwargs.strides=[2,2]",
-    "model.kwargs.num_res_units=1", "preprocess.spacing=[4,4,4]",
-    "inference.roi_size=[32,32,32]", "train.augment.names=[spatial,intensity]", "data.val_fraction=0.25",
-]
 
 
 @pytest.fixture(scope="session")

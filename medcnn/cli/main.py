@@ -305,6 +305,7 @@ Examples:
   medcnn prompt ct.nii.gz --box 40,60,30,120,150,70 -o organ.nii.gz
   medcnn prompt ct.nii.gz --box 40,60,30,120,150,70 --points 80,100,50:0 -o organ.nii.gz --model m.pth
   medcnn prompt slice.png --box 10,10,60,90 --box 70,20,120,80 -o two.png --model m.pth   # label map 1, 2
+  medcnn prompt t1.nii.gz --box 30,40,50,90,100,80 --exact-box -o hippo.nii.gz   # box from an annotation
 \b
 Coordinates index the image as medcnn.load returns it: (row, col) for 2D, the file's voxel indices (i, j, k)
 for volumes; boxes are min,...,max with the max exclusive. A point is i,j[,k] with ':0' for background.
@@ -318,15 +319,19 @@ QC picture next to it (OUT stem + _qc.png).
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Mask file to write.")
 @click.option("--model", "model_ref", default=None, help="medcnn-prompt (default, bundled), a checkpoint from medcnn train with task: prompt, or a MedSAM/SAM .pth.")
 @click.option("--slice-axis", type=click.IntRange(0, 2), default=None, help="Volumes: axis to propagate along.")
+@click.option("--exact-box", is_flag=True, help="Each box is its object's exact bounding box (from an annotation or a "
+              "mask), not drawn by hand: the mask stays inside it, and the bundled model uses its exact-box mode.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 def prompt(image: Path, boxes: tuple[str, ...], points: tuple[str, ...], out: Path, model_ref: str | None,
-           slice_axis: int | None, device: str) -> None:
+           slice_axis: int | None, exact_box: bool, device: str) -> None:
     """Segment what a box or points point at in IMAGE (MedSAM-style promptable segmentation)."""
     from medcnn.prompt import PromptableSegmenter
     from medcnn.prompt.apply import prompt_file
 
     if not boxes and not points:
         raise click.UsageError("give at least one --box or --points")
+    if exact_box and not boxes:
+        raise click.UsageError("--exact-box describes a --box; give one")
     box_list = [_numbers(b, "--box") for b in boxes]
     pts, labs = [], []
     for p in points:
@@ -338,7 +343,7 @@ def prompt(image: Path, boxes: tuple[str, ...], points: tuple[str, ...], out: Pa
     seg = PromptableSegmenter.from_pretrained(model_ref, device=device)
     try:
         info = prompt_file(image, out, boxes=box_list or None, points=pts or None, labels=labs or None, model=seg,
-                           slice_axis=slice_axis)
+                           slice_axis=slice_axis, exact_box=exact_box)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     extra = f", {info['volume_ml']} mL" if "volume_ml" in info else ""

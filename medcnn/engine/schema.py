@@ -117,6 +117,9 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "margin_px": Field(_NUM, 4.0, help="... plus this many pixels"),
         "box_jitter": Field(_NUM, 1.0, check=positive, help="scale of the simulated box errors (1 = the default, a few percent of the size)"),
         "box_tight_prob": Field(_NUM, 0.0, check=probability, help="share of box prompts given as the object's exact bounding box"),
+        "exact_channel": Field((bool,), False, help="a sixth input channel tells the network that a box is exact (those "
+                                                   "box_tight_prob prompts; predict(exact_box=True)); from a 5-channel "
+                                                   "model.init its weights start at zero"),
         "point_prob": Field(_NUM, 0.3, check=probability, help="share of box prompts that also get clicks"),
         "prior_prob": Field(_NUM, 0.15, check=probability, help="share of box prompts that also get a rough prior mask"),
         "points_only_prob": Field(_NUM, 0.12, check=probability, help="share of prompts made of clicks alone"),

@@ -420,12 +420,17 @@ class Trainer:
                     logger.info("model.init: %s is %s in %s and %s here; it starts fresh",
                                 k, tuple(state[k].shape), path.name, tuple(v.shape))
                 state[k] = v
+        state = self._adapt_init_state(state, net, path)
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ConfigError(f"config key 'model.init': weights of {path} do not fit this network "
                               f"({str(exc).splitlines()[0][:200]})") from None
         self._log_main("initialised %s from %s", self.cfg["model"]["name"], path)
+
+    def _adapt_init_state(self, state: dict[str, torch.Tensor], net: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+        """Hook for tasks whose network may differ from ``model.init``'s in a known way (default: none)."""
+        return state
 
     def _random_transforms(self):
         from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd

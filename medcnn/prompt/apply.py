@@ -72,6 +72,7 @@ def prompt_file(
     model: Any = None,
     slice_axis: int | None = None,
     qc_path: str | Path | None = None,
+    exact_box: bool = False,
 ) -> dict[str, Any]:
     """Segment the object(s) the prompts point at and write the result next to nothing else.
 
@@ -85,6 +86,7 @@ def prompt_file(
             (``None``: the bundled model).
         slice_axis: volumes: the spatial axis (0, 1, 2) to propagate along (default: coarsest spacing).
         qc_path: PNG to draw the result on (default: ``out`` with ``_qc.png``; ``""`` for none).
+        exact_box: the boxes are exact bounding boxes (see ``PromptableSegmenter.predict``).
 
     Returns:
         ``{"out", "qc", "shape", "objects", "voxels", "volume_ml" (volumes) or "area_frac" (2D), "box_fill"}``
@@ -123,7 +125,8 @@ def prompt_file(
         bx = [_order(b[:sd], perm) + _order(b[sd:], perm) if len(b) == 2 * sd else list(b) for b in boxes]
     pts = None if not points else [_order(p, perm) if len(p) == sd else list(p) for p in points]
     seg.set_image(data)
-    result = seg.predict(box=None if bx is None else (bx[0] if len(bx) == 1 else bx), points=pts, labels=labels)
+    result = seg.predict(box=None if bx is None else (bx[0] if len(bx) == 1 else bx), points=pts, labels=labels,
+                         exact_box=exact_box)
     lab = result.to(torch.uint8)
     if sd == 3:
         lab = lab.permute(*inv)

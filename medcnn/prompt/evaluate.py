@@ -8,6 +8,8 @@ Every object of every image (label value = object) is prompted the ways a user w
 mask is scored on the image's own pixel grid:
 
 * ``box``: its tight bounding box;
+* ``box_exact``: the same box declared exact (``predict(..., exact_box=True)``: the mask is kept
+  inside it, and the model uses what it learnt of exact boxes);
 * ``box_jitter``: a box drawn a little loose or tight (:func:`medcnn.prompt.train.jitter_box`);
 * ``click``: one positive click at the object's most interior pixel;
 * ``box_refine``: the jittered box, then one click in the largest error region (positive on a
@@ -25,6 +27,7 @@ largest connected part of each label map's foreground, prompted with its exact 3
 vendored MNI152 T1 template, upsampled to 1 mm, each structure given its tight box::
 
     python -m medcnn.prompt.evaluate --real-t1
+    python -m medcnn.prompt.evaluate --real-t1 --exact-box     # the boxes declared exact (also with --volumes)
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from medcnn.prompt.train import jitter_box, load_prompt_case, object_bbox, objec
 
 logger = logging.getLogger(__name__)
 
-MODES = ("box", "box_jitter", "click", "box_refine")
+MODES = ("box", "box_exact", "box_jitter", "click", "box_refine")
 #: the template regions scored by :func:`evaluate_real_t1` (those the ``brain`` generator source cuts objects from)
 T1_STRUCTURES = ("brain", "ventricles", "deep_gm", "hippocampus", "cerebellum", "brainstem")
 
@@ -96,7 +99,7 @@ def evaluate(data: str | Path, model: str | None = None, *, max_objects: int | N
                 ref = (sl["label"] == obj_id).numpy()
                 box = object_bbox(ref)
                 loose = jitter_box(rng, box, ref.shape)
-                out = {"box": seg.predict(box=box).numpy(), "box_jitter": None}
+                out = {"box": seg.predict(box=box).numpy(), "box_exact": seg.predict(box=box, exact_box=True).numpy()}
                 logits = seg.predict(box=loose, return_logits=True)
                 out["box_jitter"] = logits.numpy() > 0
                 out["click"] = seg.predict(points=[_interior(ref)], labels=[1]).numpy()
@@ -110,7 +113,7 @@ def evaluate(data: str | Path, model: str | None = None, *, max_objects: int | N
 
 
 def evaluate_real_t1(model: str | None = None, *, zoom: float = 2.0, step: int = 2,
-                     min_px: int = 40) -> list[dict]:
+                     min_px: int = 40, exact_box: bool = False) -> list[dict]:
     """Box-prompt Dice on real T1 MRI: slices of the vendored MNI152 template (real intensities).
 
     Every ``step``-th slice along each axis is upsampled ``zoom`` times (bilinear; the 2 mm template
@@ -126,6 +129,7 @@ def evaluate_real_t1(model: str | None = None, *, zoom: float = 2.0, step: int =
         zoom: in-plane upsampling of each slice.
         step: slice stride along each axis.
         min_px: smallest object scored, in upsampled pixels.
+        exact_box: declare the boxes exact (``predict(..., exact_box=True)``).
 
     Returns:
         Rows ``{axis, slice, structure, area_px, dice}``.
@@ -148,19 +152,20 @@ def evaluate_real_t1(model: str | None = None, *, zoom: float = 2.0, step: int =
             seg.set_image(torch.from_numpy(ndi.zoom(np.take(anat.t1, k, axis=axis), zoom, order=1))[None].float())
             for name, parts in masks.items():
                 for ref in parts:
-                    dice = dice_score(seg.predict(box=object_bbox(ref)).numpy(), ref)
+                    dice = dice_score(seg.predict(box=object_bbox(ref), exact_box=exact_box).numpy(), ref)
                     rows.append({"axis": axis, "slice": k, "structure": name, "area_px": int(ref.sum()), "dice": dice})
     return rows
 
 
-def evaluate_volumes(data: str | Path, model: str | None = None, *, channel: int = -1) -> list[dict]:
+def evaluate_volumes(data: str | Path, model: str | None = None, *, channel: int = -1,
+                     exact_box: bool = False) -> list[dict]:
     """3D box-prompt Dice through slice-to-slice propagation, on labelled volumes.
 
     For each case of ``data`` (a folder or manifest :func:`medcnn.engine.data.find_records` reads,
     e.g. ``medcnn generate brain-tumor`` output) the largest connected part of the label map's
     foreground is prompted with its exact 3D box ``(i0, j0, k0, i1, j1, k1)`` on image channel
     ``channel`` (the file's own voxel axes, no reorientation; -1 = the last listed, FLAIR for the
-    BraTS layout) and scored by Dice over the whole volume.
+    BraTS layout) and scored by Dice over the whole volume; ``exact_box`` declares the box exact.
 
     Returns:
         Rows ``{case, voxels, dice}``.
@@ -180,7 +185,7 @@ def evaluate_volumes(data: str | Path, model: str | None = None, *, channel: int
         img = np.asarray(nib.load(rec["image"][channel]).dataobj, dtype=np.float32)
         seg.set_image(torch.from_numpy(img)[None])
         rows.append({"case": rec["case"], "voxels": int(ref.sum()),
-                     "dice": dice_score(seg.predict(box=box).numpy(), ref)})
+                     "dice": dice_score(seg.predict(box=box, exact_box=exact_box).numpy(), ref)})
     return rows
 
 
@@ -221,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-t1", action="store_true", help="score real T1 MRI (the vendored MNI152 template) instead")
     ap.add_argument("--volumes", action="store_true", help="DATA holds labelled volumes: score 3D box propagation")
     ap.add_argument("--channel", type=int, default=-1, help="with --volumes: image channel prompted (default: the last)")
+    ap.add_argument("--exact-box", action="store_true",
+                    help="with --real-t1 or --volumes: declare the boxes exact (a folder always scores both ways)")
     ap.add_argument("--model", default=None, help="checkpoint or bundled name (default: medcnn-prompt)")
     ap.add_argument("-o", "--output", default=None, help="per-object CSV")
     ap.add_argument("--max-objects", type=int, default=None, help="objects scored per image (default: all)")
@@ -230,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give a DATA folder or --real-t1")
     with torch.no_grad():  # scoped: main() may run inside another program (the tests call it)
         if args.real_t1:
-            rows = evaluate_real_t1(args.model)
+            rows = evaluate_real_t1(args.model, exact_box=args.exact_box)
         elif args.volumes:
-            rows = evaluate_volumes(args.data, args.model, channel=args.channel)
+            rows = evaluate_volumes(args.data, args.model, channel=args.channel, exact_box=args.exact_box)
         else:
             rows = evaluate(args.data, args.model, max_objects=args.max_objects)
     if args.output:

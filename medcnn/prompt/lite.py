@@ -15,7 +15,11 @@ Network input, ``(5, S, S)`` per prompt (:func:`prompt_inputs`):
 1. the box, 1 inside (0 everywhere when there is no box);
 2. positive clicks, Gaussian spots (sigma 2 px in the crop);
 3. negative clicks, likewise;
-4. the prior mask (``sigmoid`` of ``mask_input``; 0 when none is given).
+4. the prior mask (``sigmoid`` of ``mask_input``; 0 when none is given);
+5. only in networks trained with ``prompt.exact_channel``: 1 everywhere when the box is the
+   object's exact bounding box (``predict(..., exact_box=True)``), else 0. Hand-drawn boxes are
+   loose by a few per cent; a box taken from an annotation touches the object on all four sides,
+   and a network told which it has need not trade one for the other (models README, stage 11).
 
 The output logits ``(1, S, S)`` are resampled back onto the region of the image
 (:func:`paste_logits`); outside the region the logit is ``-20``. With the checkpoint's
@@ -40,7 +44,7 @@ from torch import nn
 
 from medcnn.inference.tta import mirror_predictor
 
-__all__ = ["CropSpec", "LitePromptBackend", "crop_region", "extract", "paste_logits", "prompt_inputs"]
+__all__ = ["CropSpec", "LitePromptBackend", "clip_to_box", "crop_region", "extract", "paste_logits", "prompt_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,9 @@ class CropSpec:
             (:mod:`medcnn.prompt.train`). Networks trained with Dice + BCE on soft crop targets
             draw masks too tight at offset 0: the previous bundled file covered a median 82-89 %
             of the reference area, and an offset of 3 raised its dev box Dice from 0.838 to 0.881.
+        logit_offset_exact: the offset for exact boxes (``exact_box``; masks then also kept inside
+            the box), calibrated on held-out exact boxes; ``None``: ``logit_offset``.
+        exact_channel: the network reads a sixth channel saying the box is exact.
     """
 
     size: int = 96
@@ -71,18 +78,32 @@ class CropSpec:
     margin_max: float = 0.05
     margin_px: float = 4.0
     logit_offset: float = 0.0
+    logit_offset_exact: float | None = None
+    exact_channel: bool = False
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the network input (5, or 6 with :attr:`exact_channel`)."""
+        return IN_CHANNELS + int(self.exact_channel)
+
+    def offset(self, exact_box: bool = False) -> float:
+        """The logit offset for a loose (hand-drawn) or an exact box."""
+        return self.logit_offset_exact if exact_box and self.logit_offset_exact is not None else self.logit_offset
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> CropSpec:
         d = dict(d or {})
         return cls(size=int(d.get("crop_size", d.get("size", 96))), margin=float(d.get("margin", 0.15)),
                    margin_max=float(d.get("margin_max", 0.05)), margin_px=float(d.get("margin_px", 4.0)),
-                   logit_offset=float(d.get("logit_offset", 0.0)))
+                   logit_offset=float(d.get("logit_offset", 0.0)),
+                   logit_offset_exact=None if d.get("logit_offset_exact") is None else float(d["logit_offset_exact"]),
+                   exact_channel=bool(d.get("exact_channel", False)))
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         """The checkpoint's ``prompt`` section (what :meth:`from_dict` reads back)."""
         return {"crop_size": self.size, "margin": self.margin, "margin_max": self.margin_max,
-                "margin_px": self.margin_px, "logit_offset": self.logit_offset}
+                "margin_px": self.margin_px, "logit_offset": self.logit_offset,
+                "logit_offset_exact": self.logit_offset_exact, "exact_channel": self.exact_channel}
 
 
 def crop_region(shape: tuple[int, int], spec: CropSpec, box: Any = None, points: Any = None,
@@ -155,7 +176,8 @@ def _normalise(crop: torch.Tensor) -> torch.Tensor:
 
 
 def prompt_inputs(image: torch.Tensor, region: tuple[int, int, int, int], spec: CropSpec, box: Any = None,
-                  points: Any = None, labels: Any = None, prior: torch.Tensor | None = None) -> torch.Tensor:
+                  points: Any = None, labels: Any = None, prior: torch.Tensor | None = None,
+                  exact: bool = False) -> torch.Tensor:
     """Render one prompt as the network input.
 
     Args:
@@ -166,14 +188,18 @@ def prompt_inputs(image: torch.Tensor, region: tuple[int, int, int, int], spec: 
         points: ``(P, 2)`` pixel indices ``(i, j)`` or ``None``.
         labels: ``(P,)`` 1 foreground / 0 background.
         prior: ``(H, W)`` logits or ``None``.
+        exact: ``box`` is the object's exact bounding box (channel 5 of ``spec.exact_channel``
+            networks; ignored by others).
 
     Returns:
-        ``(5, S, S)`` float32 (see the module docstring for the channels).
+        ``(5, S, S)`` float32, ``(6, S, S)`` with ``spec.exact_channel`` (see the module docstring).
     """
     s = spec.size
     r0, c0, r1, c1 = region
     sy, sx = (r1 - r0) / s, (c1 - c0) / s
-    out = torch.zeros(IN_CHANNELS, s, s)
+    out = torch.zeros(spec.in_channels, s, s)
+    if spec.exact_channel and exact and box is not None:
+        out[IN_CHANNELS] = 1.0
     out[0] = _normalise(extract(image, region, s))
     # image coordinate of each crop pixel centre
     yi = r0 + (torch.arange(s, dtype=torch.float32) + 0.5) * sy
@@ -199,6 +225,22 @@ def prompt_inputs(image: torch.Tensor, region: tuple[int, int, int, int], spec: 
     return out
 
 
+def clip_to_box(logits: torch.Tensor, box: Sequence[float], fill: float = _OUTSIDE_LOGIT) -> torch.Tensor:
+    """Logits with every pixel whose centre lies outside ``box`` set to ``fill`` (a new tensor).
+
+    Args:
+        logits: ``(..., *S)`` with ``k`` trailing spatial axes.
+        box: ``(lo_1, ..., lo_k, hi_1, ..., hi_k)``, max exclusive (pixel ``i`` is inside when
+            ``lo <= i + 0.5 < hi``, as the box channel of :func:`prompt_inputs` draws it).
+    """
+    k = len(box) // 2
+    keep = tuple(slice(max(math.ceil(float(lo) - 0.5), 0), max(math.ceil(float(hi) - 0.5), 0))
+                 for lo, hi in zip(box[:k], box[k:]))
+    out = torch.full_like(logits, fill)
+    out[(..., *keep)] = logits[(..., *keep)]
+    return out
+
+
 def paste_logits(logits: torch.Tensor, region: tuple[int, int, int, int], shape: tuple[int, int]) -> torch.Tensor:
     """``(S, S)`` crop logits -> ``(H, W)`` image logits (``-20`` outside the region)."""
     r0, c0, r1, c1 = region
@@ -212,7 +254,7 @@ class LitePromptBackend:
     """:class:`~medcnn.prompt.segmenter.PromptBackend` for the light crop model.
 
     Args:
-        net: network mapping ``(N, 5, S, S)`` to ``(N, 1, S, S)`` logits.
+        net: network mapping ``(N, C, S, S)`` to ``(N, 1, S, S)`` logits (``C = spec.in_channels``).
         spec: crop settings the network was trained with.
         device: where the network runs.
         optimize: on a CPU, run a frozen TorchScript trace of ``net`` (see below).
@@ -241,7 +283,7 @@ class LitePromptBackend:
             try:
                 with torch.inference_mode(), warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit: still the fastest CPU path here
-                    example = torch.zeros(1, IN_CHANNELS, spec.size, spec.size)
+                    example = torch.zeros(1, spec.in_channels, spec.size, spec.size)
                     self._run = torch.jit.freeze(torch.jit.trace(self.net, example))
             except Exception as exc:  # noqa: BLE001 - an optimisation, never a reason to fail
                 logger.debug("prompt model stays eager (trace failed: %s)", exc)
@@ -255,8 +297,13 @@ class LitePromptBackend:
 
     @torch.inference_mode()
     def predict_logits(self, *, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
-                       labels: torch.Tensor | None = None, mask_input: torch.Tensor | None = None) -> torch.Tensor:
-        """``(N, H, W)`` logits for ``N`` boxes (``N = 1`` without boxes); see ``PromptBackend``."""
+                       labels: torch.Tensor | None = None, mask_input: torch.Tensor | None = None,
+                       exact_box: bool = False) -> torch.Tensor:
+        """``(N, H, W)`` logits for ``N`` boxes (``N = 1`` without boxes); see ``PromptBackend``.
+
+        ``exact_box``: the boxes are exact bounding boxes (the exact-box channel and offset of the
+        checkpoint, where it has them; the caller keeps the mask inside the box).
+        """
         if self.image is None:
             raise RuntimeError("call set_image(image) before predict_logits()")
         shape = tuple(self.image.shape)
@@ -266,7 +313,7 @@ class LitePromptBackend:
         for b in (boxes.tolist() if boxes is not None else [None]):
             region = crop_region(shape, self.spec, b, pts, mask_input)
             regions.append(region)
-            inputs.append(prompt_inputs(self.image, region, self.spec, b, pts, labs, mask_input))
+            inputs.append(prompt_inputs(self.image, region, self.spec, b, pts, labs, mask_input, exact=exact_box))
         x = torch.stack(inputs).to(self.device)
-        out = self._run(x).float().cpu()[:, 0] + self.spec.logit_offset
+        out = self._run(x).float().cpu()[:, 0] + self.spec.offset(exact_box)
         return torch.stack([paste_logits(o, r, shape) for o, r in zip(out, regions)])

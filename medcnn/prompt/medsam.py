@@ -335,6 +335,7 @@ class MedSAMBackend:
         points: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
+        exact_box: bool = False,
     ) -> torch.Tensor:
         """Decode prompts on the embedded image.
 
@@ -343,6 +344,8 @@ class MedSAMBackend:
             points: ``(P, 2)`` ``(i, j)`` shared by every box, or ``None``.
             labels: ``(P,)`` 1 foreground / 0 background.
             mask_input: ``(H, W)`` logits on the image grid (a previous prediction), or ``None``.
+            exact_box: accepted for the common interface; MedSAM reads every box alike (the
+                segmenter keeps the mask inside an exact box).
 
         Returns:
             ``(N, H, W)`` float32 logits on the image grid (``N`` = 1 without boxes): the logit of

@@ -17,6 +17,7 @@ with ``medcnn train configs/prompt.yaml``) use :class:`~medcnn.prompt.lite.LiteP
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from os import PathLike
@@ -118,6 +119,9 @@ class PromptBackend(Protocol):
             the mask is ``logits > 0``.
         """
 
+    # A backend may also accept ``exact_box: bool`` (the boxes are exact bounding boxes); the
+    # segmenter passes it only to backends that declare it (and keeps every exact box's mask inside it).
+
 
 def _lite_backend(path: Path, device: str | torch.device, missing_ok: bool = False) -> PromptBackend | None:
     """A :class:`~medcnn.prompt.lite.LitePromptBackend` from a medcnn ``task: prompt`` checkpoint.
@@ -164,6 +168,8 @@ class PromptableSegmenter:
     def __init__(self, backend: PromptBackend, *, name: str = "custom") -> None:
         self.backend = backend
         self.name = name
+        # backends without the exact_box keyword (third-party ones) still serve exact boxes: the mask is kept in the box
+        self._exact_kw = "exact_box" in inspect.signature(backend.predict_logits).parameters
         self._shape: tuple[int, ...] | None = None
         self._volume: torch.Tensor | None = None  # (C, D, H, W) of a 3D image; slices embedded on demand
         self._embedded: int | None = None  # slice index whose embedding the backend holds
@@ -324,6 +330,7 @@ class PromptableSegmenter:
         labels: Sequence[int] | np.ndarray | None = None,
         mask_input: torch.Tensor | np.ndarray | None = None,
         return_logits: bool = False,
+        exact_box: bool = False,
     ) -> torch.Tensor:
         """Segment the current image from prompts (cheap; reuses the embedding of :meth:`set_image`).
 
@@ -341,6 +348,11 @@ class PromptableSegmenter:
             mask_input: ``(H, W)`` prior: float logits (e.g. an earlier ``return_logits`` result)
                 or a bool mask.
             return_logits: return float logits instead of a mask.
+            exact_box: each box is its object's exact bounding box (taken from an annotation or a
+                mask, touching the object on all four sides), not drawn by hand: the mask is kept
+                inside the box, and the light model uses its exact-box calibration (and input
+                channel, where it was trained with one). Default ``False``: a drawn box, which may
+                be a little loose or tight. For a volume, the mask is kept inside the 3D box.
 
         Returns:
             one box (or points only): ``(H, W)`` bool mask, or ``(H, W)`` float32 logits
@@ -368,11 +380,18 @@ class PromptableSegmenter:
         prior = None if mask_input is None else self._mask_input(mask_input, shape)
         if several and prior is not None and boxes is not None and boxes.shape[0] > 1:
             raise ValueError("mask_input refines a single object: give it with one box, not several")
+        if exact_box and boxes is None:
+            raise ValueError("exact_box=True needs a box")
         if self._volume is not None:
             logits = torch.stack([self._propagate(None if boxes is None else b, pts, labs, prior)
                                   for b in (boxes if boxes is not None else [None])])
         else:
-            logits = self.backend.predict_logits(boxes=boxes, points=pts, labels=labs, mask_input=prior)
+            extra = {"exact_box": True} if exact_box and self._exact_kw else {}
+            logits = self.backend.predict_logits(boxes=boxes, points=pts, labels=labs, mask_input=prior, **extra)
+        if exact_box:
+            from medcnn.prompt.lite import clip_to_box
+
+            logits = torch.stack([clip_to_box(lg, b.tolist(), fill=_OUTSIDE) for lg, b in zip(logits, boxes)])
         if not several:
             logits = logits[0]
             return logits if return_logits else logits > 0

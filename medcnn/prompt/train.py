@@ -35,7 +35,7 @@ from medcnn.engine.data import find_records
 from medcnn.engine.trainer import Trainer
 from medcnn.errors import ConfigError
 from medcnn.metrics.segmentation import dice_score
-from medcnn.prompt.lite import CropSpec, LitePromptBackend, crop_region, extract, prompt_inputs
+from medcnn.prompt.lite import CropSpec, LitePromptBackend, clip_to_box, crop_region, extract, prompt_inputs
 
 __all__ = ["CALIBRATION_OFFSETS", "PromptTrainer", "box_dice", "calibrate_offset", "jitter_box", "load_prompt_case",
            "object_bbox", "object_ids", "simulate_prompt"]
@@ -130,7 +130,8 @@ def _near(op: Any, obj: np.ndarray, box: np.ndarray, iterations: int) -> np.ndar
 
 
 def simulate_prompt(rng: np.random.Generator, obj: np.ndarray, opts: dict[str, Any]) -> dict[str, Any]:
-    """A random prompt for the object ``obj`` ((H, W) bool): ``{box, points, labels, prior}`` (any may be None).
+    """A random prompt for the object ``obj`` ((H, W) bool): ``{box, points, labels, prior, exact}`` (any of the
+    first four may be None; ``exact``: the box is the exact bounding box).
 
     Boxes are jittered as a user would draw them (:func:`jitter_box`), or with probability
     ``opts["box_tight_prob"]`` (default 0) the object's exact bounding box. Modes: box only;
@@ -147,10 +148,11 @@ def simulate_prompt(rng: np.random.Generator, obj: np.ndarray, opts: dict[str, A
     use_box = u >= p_only
     use_points = (not use_box) or rng.random() < p_points
     use_prior = rng.random() < (p_prior if use_box else 0.3)
-    out: dict[str, Any] = {"box": None, "points": None, "labels": None, "prior": None}
+    out: dict[str, Any] = {"box": None, "points": None, "labels": None, "prior": None, "exact": False}
     if use_box:
         tight = opts.get("box_tight_prob", 0.0) > 0 and rng.random() < opts["box_tight_prob"]
         out["box"] = box.copy() if tight else jitter_box(rng, box, (h, w), scale=opts["box_jitter"])
+        out["exact"] = bool(tight)
     if use_points:
         n_pos = int(rng.integers(1, 4)) if not use_box else int(rng.integers(0, 3))
         n_neg = int(rng.integers(0, 3))
@@ -225,7 +227,7 @@ class _PromptSamples(torch.utils.data.Dataset):
         image = it["image"].float()
         pr = simulate_prompt(rng, obj, self.opts)
         region = crop_region(tuple(image.shape), self.spec, pr["box"], pr["points"], pr["prior"])
-        x = prompt_inputs(image, region, self.spec, pr["box"], pr["points"], pr["labels"], pr["prior"])
+        x = prompt_inputs(image, region, self.spec, pr["box"], pr["points"], pr["labels"], pr["prior"], exact=pr["exact"])
         y = extract(torch.from_numpy(obj).float(), region, self.spec.size)[None]
         x, y = _augment(rng, x, y)
         return {"image": x, "label": y}
@@ -259,8 +261,11 @@ CALIBRATION_OFFSETS: tuple[float, ...] = tuple(np.arange(-2.0, 6.01, 0.5).round(
 
 
 def box_dice(backend: LitePromptBackend, items: list[dict], *, jitter: bool = False, seed: int = 0,
-             max_objects: int = 4, offsets: Sequence[float] = (0.0,)) -> np.ndarray:
+             max_objects: int = 4, offsets: Sequence[float] = (0.0,), exact: bool = False) -> np.ndarray:
     """Dice on the full image grid of each object given its bounding box (tight or jittered).
+
+    With ``exact`` (tight boxes only), the boxes are given as exact (``exact_box``) and the masks are
+    kept inside them, as :meth:`~medcnn.prompt.segmenter.PromptableSegmenter.predict` does.
 
     Returns:
         ``(N, K)`` float64: object ``n``'s Dice with ``offsets[k]`` added to the backend's logits.
@@ -274,15 +279,16 @@ def box_dice(backend: LitePromptBackend, items: list[dict], *, jitter: bool = Fa
             box = object_bbox(obj)
             if jitter:
                 box = jitter_box(rng, box, obj.shape)
-            logits = backend.predict_logits(boxes=torch.from_numpy(box)[None])[0].numpy()
+            logits = backend.predict_logits(boxes=torch.from_numpy(box)[None], exact_box=exact)[0]
+            logits = (clip_to_box(logits, box.tolist()) if exact else logits).numpy()
             scores.append([dice_score(logits > -float(o), obj) for o in offsets])
     return np.asarray(scores, dtype=np.float64).reshape(-1, len(offsets))
 
 
-def calibrate_offset(tight: np.ndarray, loose: np.ndarray, offsets: Sequence[float]) -> int:
-    """Index of the offset with the best mean of tight- and jittered-box Dice (``(N, K)`` each);
-    ties go to the offset nearest 0."""
-    score = (tight.mean(0) + loose.mean(0)) / 2
+def calibrate_offset(tight: np.ndarray, loose: np.ndarray | None, offsets: Sequence[float]) -> int:
+    """Index of the offset with the best mean of tight- and jittered-box Dice (``(N, K)`` each; ``loose``
+    ``None``: tight alone); ties go to the offset nearest 0."""
+    score = (tight.mean(0) + loose.mean(0)) / 2 if loose is not None else tight.mean(0)
     order = sorted(range(len(offsets)), key=lambda k: (-round(float(score[k]), 6), abs(offsets[k])))
     return order[0]
 
@@ -318,7 +324,7 @@ class PromptTrainer(Trainer):
             raise ConfigError("data: no training image with an object after the split")
         self._log_main("%d training images (%d objects), %d validation images", len(self.train_items),
                        sum(len(s["objects"]) for s in self.train_items), len(self.val_items))
-        self.in_channels = 5
+        self.in_channels = self.spec.in_channels
         self.spatial_dims = 2
 
     def _out_channels(self) -> int:
@@ -335,6 +341,20 @@ class PromptTrainer(Trainer):
     def _cases_per_step(self) -> int:
         return self.t["batch_size"]
 
+    def _adapt_init_state(self, state: dict[str, torch.Tensor], net: nn.Module, path: Any) -> dict[str, torch.Tensor]:
+        """A 5-channel ``model.init`` for a network with the exact-box channel: the weights reading the new
+        channel start at zero, so training starts from exactly the initial model's outputs."""
+        if not self.spec.exact_channel:
+            return state
+        out = dict(state)
+        for k, v in net.state_dict().items():
+            old = state.get(k)
+            if (old is not None and old.ndim == v.ndim >= 2 and old.shape[1] == v.shape[1] - 1
+                    and old.shape[0] == v.shape[0] and old.shape[2:] == v.shape[2:]):
+                out[k] = torch.cat([old, torch.zeros_like(v[:, :1])], 1)
+                self._log_main("model.init: %s gains the exact-box input channel (zero weights)", k)
+        return out
+
     def _loss(self) -> nn.Module:
         return _SoftDiceBCE()
 
@@ -349,12 +369,17 @@ class PromptTrainer(Trainer):
         backend = LitePromptBackend(net, spec, device=self.env.device, optimize=False, tta=inf["tta"],
                                     tta_axes=inf["tta_axes"])
         offsets = CALIBRATION_OFFSETS if opts["calibrate"] else (self.spec.logit_offset,)
+        offsets_exact = CALIBRATION_OFFSETS if opts["calibrate"] else (self.spec.offset(True),)
         tight = box_dice(backend, self.val_items, max_objects=opts["val_objects"], offsets=offsets)
         loose = box_dice(backend, self.val_items, jitter=True, seed=self.cfg["seed"], max_objects=opts["val_objects"],
                          offsets=offsets)
+        exact = box_dice(backend, self.val_items, max_objects=opts["val_objects"], offsets=offsets_exact, exact=True)
         k = calibrate_offset(tight, loose, offsets)
-        self.spec = dataclasses.replace(self.spec, logit_offset=float(offsets[k]))
-        out = {"dice_box": float(tight[:, k].mean()), "dice_jitter": float(loose[:, k].mean()), "logit_offset": float(offsets[k])}
+        ke = calibrate_offset(exact, None, offsets_exact)
+        self.spec = dataclasses.replace(self.spec, logit_offset=float(offsets[k]),
+                                        logit_offset_exact=float(offsets_exact[ke]))
+        out = {"dice_box": float(tight[:, k].mean()), "dice_jitter": float(loose[:, k].mean()), "logit_offset": float(offsets[k]),
+               "dice_box_exact": float(exact[:, ke].mean()), "logit_offset_exact": float(offsets_exact[ke])}
         if opts["calibrate"]:
             out["dice_box_offset0"] = float(tight[:, offsets.index(0.0)].mean())
         out["dice_mean"] = out["dice_box"]
@@ -363,5 +388,6 @@ class PromptTrainer(Trainer):
     def _export(self, metrics: dict[str, float], epoch: int) -> dict:
         ck = super()._export(metrics, epoch)
         ck["prompt"] = self.spec.to_dict()
-        ck["preprocess"]["channel_names"] = ["image", "box", "positive_clicks", "negative_clicks", "prior"]
+        ck["preprocess"]["channel_names"] = ["image", "box", "positive_clicks", "negative_clicks", "prior",
+                                             *(["exact_box"] if self.spec.exact_channel else [])]
         return ck

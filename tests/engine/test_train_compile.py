@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES
+from tiny_overrides import TINY_OVERRIDES
 
 from medcnn.engine import load_checkpoint, train
 

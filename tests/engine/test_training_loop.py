@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
+from tiny_overrides import TINY_OVERRIDES
 
 from medcnn.engine import TrainingError, load_checkpoint, train
 

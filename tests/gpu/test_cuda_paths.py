@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_OVERRIDES
+from tiny_overrides import TINY_OVERRIDES
 
 from medcnn.batch import _read_summary
 from medcnn.cli.main import cli

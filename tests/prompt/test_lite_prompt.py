@@ -311,3 +311,107 @@ def test_click_morphology_near_the_object_equals_the_whole_image() -> None:
         for k in (1, 2, 4):
             for op in (ndi.binary_erosion, ndi.binary_dilation):
                 assert np.array_equal(_near(op, obj, box, k), op(obj, iterations=k)), (trial, k, op.__name__)
+
+
+# ----------------------------------------------------------------------------- exact boxes (stage 11)
+def test_clip_to_box_keeps_the_pixels_whose_centre_lies_in_the_box():
+    from medcnn.prompt.lite import clip_to_box
+
+    lg = torch.arange(2 * 6 * 7, dtype=torch.float32).reshape(2, 6, 7)
+    out = clip_to_box(lg, (1, 2, 4, 5), fill=-7.0)
+    keep = torch.zeros(6, 7, dtype=torch.bool)
+    keep[1:4, 2:5] = True
+    assert torch.equal(out[:, keep], lg[:, keep]) and bool((out[:, ~keep] == -7.0).all())
+    # fractional sides: pixel i is inside when lo <= i + 0.5 < hi, as the box channel draws it
+    frac = clip_to_box(lg[0], (0.6, 0.4, 3.5, 2.6), fill=-7.0) > -7.0
+    assert frac.nonzero()[:, 0].unique().tolist() == [1, 2] and frac.nonzero()[:, 1].unique().tolist() == [0, 1, 2]
+    vol = clip_to_box(torch.zeros(4, 5, 6), (1, 0, 2, 3, 5, 4), fill=-1.0)  # a 3D box
+    assert int((vol == 0).sum()) == 2 * 5 * 2
+
+
+def test_exact_channel_is_drawn_only_for_exact_boxes_of_exact_channel_specs():
+    img = torch.rand(50, 60)
+    spec = CropSpec(size=32, exact_channel=True)
+    region = crop_region((50, 60), spec, (10, 10, 30, 40))
+    assert spec.in_channels == 6 and SPEC.in_channels == 5
+    x = prompt_inputs(img, region, spec, box=(10, 10, 30, 40), exact=True)
+    assert x.shape == (6, 32, 32) and bool((x[5] == 1).all())
+    assert not prompt_inputs(img, region, spec, box=(10, 10, 30, 40))[5].any()
+    assert not prompt_inputs(img, region, spec, points=[(20, 20)], labels=[1], exact=True)[5].any()
+    assert prompt_inputs(img, region, SPEC, box=(10, 10, 30, 40), exact=True).shape[0] == 5
+    back = CropSpec.from_dict({**spec.to_dict(), "logit_offset": 2.5, "logit_offset_exact": 3.0})
+    assert back.exact_channel and back.offset(True) == 3.0 and back.offset(False) == 2.5
+    old = CropSpec.from_dict({"crop_size": 96, "logit_offset": 2.5})  # a checkpoint written before stage 11
+    assert not old.exact_channel and old.logit_offset_exact is None and old.offset(True) == 2.5
+
+
+def test_exact_box_keeps_the_mask_in_the_box_and_uses_the_exact_offset():
+    from promptfake import ThresholdBackend
+
+    img = torch.zeros(1, 40, 50)
+    img[0, 5:30, 5:40] = 1.0
+    seg = PromptableSegmenter(ThresholdBackend())  # a backend without the exact_box keyword
+    seg.set_image(img)
+    drawn = seg.predict(box=(10, 10, 20, 30))
+    assert bool(drawn[10:20, 10:30].all()) and int(drawn.sum()) == 200
+    # a click outside the box: a drawn box keeps it, an exact box does not
+    assert bool(seg.predict(box=(10, 10, 20, 30), points=[(25, 35)])[25, 35])
+    exact = seg.predict(box=(10, 10, 20, 30), points=[(25, 35)], exact_box=True)
+    assert int(exact.sum()) == 200 and not bool(exact[25, 35])
+    with pytest.raises(ValueError, match="needs a box"):
+        seg.predict(points=[(25, 35)], exact_box=True)
+    # the light backend: the exact-box offset, and -100 outside the box
+    be = LitePromptBackend(_Ramp(), CropSpec(size=32, logit_offset=1.0, logit_offset_exact=1.25), optimize=False)
+    lite = PromptableSegmenter(be)
+    lite.set_image(img)
+    a = lite.predict(box=(10, 10, 20, 30), return_logits=True)
+    b = lite.predict(box=(10, 10, 20, 30), return_logits=True, exact_box=True)
+    assert torch.allclose(b[10:20, 10:30], a[10:20, 10:30] + 0.25, atol=1e-5)
+    assert float(b[:10].max()) == -100.0 and float(a[9, 10:30].max()) > -20  # the drawn box's mask may leave the box
+    labels = lite.predict(box=[(10, 10, 20, 30), (22, 5, 35, 15)], exact_box=True)
+    assert set(labels[10:20, 10:30].unique().tolist()) == {1} and not bool((labels[:, 31:] == 1).any())
+
+
+def test_a_five_channel_init_reaches_the_exact_channel_network_unchanged():
+    from medcnn.models.registry import prompt_unet
+    from medcnn.prompt.train import PromptTrainer
+
+    torch.manual_seed(0)
+    five, six = prompt_unet(channels=(4, 8), strides=(2,)), prompt_unet(in_channels=6, channels=(4, 8), strides=(2,))
+
+    class _Stub:  # what the hook reads of a trainer
+        spec = CropSpec(exact_channel=True)
+
+        def _log_main(self, *args):
+            pass
+
+    state = PromptTrainer._adapt_init_state(_Stub(), five.state_dict(), six, "init.pt")
+    six.load_state_dict(state, strict=True)
+    five.eval(), six.eval()
+    x = torch.rand(2, 6, 32, 32)
+    with torch.no_grad():
+        ref = five(x[:, :5])
+        for v in (0.0, 1.0):
+            x[:, 5] = v
+            torch.testing.assert_close(six(x), ref)
+
+
+def test_fine_tuning_with_the_exact_channel_from_a_five_channel_model(tiny_prompt_run, repo_root):
+    from medcnn.engine import load_checkpoint
+
+    root = tiny_prompt_run
+    res = CliRunner().invoke(cli, [
+        "train", str(repo_root / "configs" / "prompt.yaml"), "--set", f"data.source={root / 'data'}",
+        "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "data.num_workers=0",
+        "--set", "prompt.crop_size=64", "--set", "prompt.val_objects=1", "--set", "prompt.exact_channel=true",
+        "--set", "prompt.box_tight_prob=0.5", "--set", f"model.init={root / 'run' / 'best.pt'}", "-o", str(root / "exact")])
+    assert res.exit_code == 0, res.output
+    ck = load_checkpoint(root / "exact" / "best.pt")
+    assert ck["prompt"]["exact_channel"] is True and ck["preprocess"]["channel_names"][-1] == "exact_box"
+    assert ck["prompt"]["logit_offset_exact"] == ck["metrics"]["logit_offset_exact"] in CALIBRATION_OFFSETS
+    assert 0.0 <= ck["metrics"]["dice_box_exact"] <= 1.0
+    assert next(v for k, v in ck["state_dict"].items() if v.ndim == 4).shape[1] == 6
+    seg = PromptableSegmenter.from_pretrained(root / "exact" / "best.pt")
+    seg.set_image(torch.rand(1, 70, 90))
+    m = seg.predict(box=(10, 20, 40, 60), exact_box=True)
+    assert m.shape == (70, 90) and not m[:10].any() and not m[:, 60:].any()

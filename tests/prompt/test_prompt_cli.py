@@ -109,3 +109,30 @@ def test_a_mask_filling_its_box_is_reported(tmp_path, caplog: pytest.LogCaptureF
     assert info["box_fill"][1] == 1.0
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and "fills 100 % of box 2" in warned[0]
+
+
+def test_exact_box_keeps_the_mask_in_the_box_2d_and_3d(tmp_path) -> None:
+    obj, _ = _cylinder_nifti(tmp_path / "ct.nii.gz")
+    seg = PromptableSegmenter(ThresholdBackend())
+    # a foreground click on slice k=1, outside the box's slices 2..10
+    args = dict(boxes=[(6, 4, 2, 24, 22, 11)], points=[(14, 12, 1)], labels=[1], model=seg, qc_path="")
+    prompt_file(tmp_path / "ct.nii.gz", tmp_path / "drawn.nii.gz", **args)
+    prompt_file(tmp_path / "ct.nii.gz", tmp_path / "exact.nii.gz", exact_box=True, **args)
+    drawn = np.asarray(nib.load(tmp_path / "drawn.nii.gz").dataobj) > 0
+    exact = np.asarray(nib.load(tmp_path / "exact.nii.gz").dataobj) > 0
+    assert drawn[14, 12, 1] and not exact[:, :, :2].any() and np.array_equal(exact, obj)
+    # the CLI, bundled model, 2D: a disc in an exact box; the mask never leaves the box
+    img = np.zeros((64, 64), np.uint8)
+    ii, jj = np.mgrid[:64, :64]
+    img[(ii - 30) ** 2 + (jj - 34) ** 2 <= 100] = 220
+    Image.fromarray(img).save(tmp_path / "disc.png")
+    res = CliRunner().invoke(cli, ["prompt", str(tmp_path / "disc.png"), "--box", "20,24,41,45", "--exact-box",
+                                   "-o", str(tmp_path / "disc_mask.png")])
+    assert res.exit_code == 0, res.output
+    m = np.asarray(Image.open(tmp_path / "disc_mask.png")) > 0
+    ref = img > 0
+    assert not m[:20].any() and not m[41:].any() and not m[:, :24].any() and not m[:, 45:].any()
+    assert 2 * (m & ref).sum() / (m.sum() + ref.sum()) > 0.9
+    bad = CliRunner().invoke(cli, ["prompt", str(tmp_path / "disc.png"), "--points", "30,34", "--exact-box",
+                                   "-o", str(tmp_path / "b.png")])
+    assert bad.exit_code == 2 and "--exact-box" in bad.output
