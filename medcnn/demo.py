@@ -126,7 +126,8 @@ def _run_pipeline(task: str, folder: Path, out_dir: Path) -> list[dict] | None:
 
 def _run_prompt(folder: Path, out_dir: Path) -> list[dict] | None:
     """The bundled promptable model on ``sample_data/prompt``: one box per object (the bounding box of its
-    reference mask), the label map and a QC picture per image, box-prompt Dice against the reference."""
+    reference mask, so given as exact: ``exact_box``), the label map and a QC picture per image, box-prompt Dice
+    against the reference."""
     import numpy as np
 
     from medcnn.engine.data import records_from_manifest
@@ -147,7 +148,8 @@ def _run_prompt(folder: Path, out_dir: Path) -> list[dict] | None:
             objs = [v for v in np.unique(ref) if v > 0]
             boxes = [tuple(object_bbox(ref == v)) for v in objs]
             out = out_dir / "prompt" / f"{rec['case']}_mask.png"
-            info = prompt_file(rec["image"][0], out, boxes=boxes, model=seg, qc_path=out_dir / "qc" / f"prompt_{rec['case']}.png")
+            info = prompt_file(rec["image"][0], out, boxes=boxes, model=seg, exact_box=True,
+                               qc_path=out_dir / "qc" / f"prompt_{rec['case']}.png")
             pred = np.asarray(load(out)[0].numpy()).round().astype(np.int64)
             if len(objs) == 1:
                 pred = (pred > 0).astype(np.int64)

@@ -28,6 +28,12 @@ vendored MNI152 T1 template, upsampled to 1 mm, each structure given its tight b
 
     python -m medcnn.prompt.evaluate --real-t1
     python -m medcnn.prompt.evaluate --real-t1 --exact-box     # the boxes declared exact (also with --volumes)
+
+``--calibrate-exact OUT.pt`` chooses a light-model checkpoint's exact-box logit offset on DATA (images it
+never trained on, e.g. its own validation images) and writes a copy of the checkpoint with it
+(:func:`calibrate_exact`); ``medcnn train`` does the same at every validation::
+
+    python -m medcnn.prompt.evaluate data/val_manifest.csv --model runs/prompt/best.pt --calibrate-exact calibrated.pt
 """
 
 from __future__ import annotations
@@ -110,6 +116,53 @@ def evaluate(data: str | Path, model: str | None = None, *, max_objects: int | N
                     rows.append({"case": rec["case"], "source": sources.get(rec["case"], ""), "object": obj_id,
                                  "area_px": int(ref.sum()), "mode": mode, "dice": dice_score(out[mode], ref)})
     return rows
+
+
+def calibrate_exact(data: str | Path, model: str | Path, out: str | Path, *, max_objects: int = 4) -> dict:
+    """Choose a light promptable checkpoint's exact-box offset (``prompt.logit_offset_exact``) on held-out images.
+
+    Every object of ``data`` (at most ``max_objects`` per image, as the training's validation) is given its
+    exact box with each offset of :data:`~medcnn.prompt.train.CALIBRATION_OFFSETS`; the offset with the best
+    mean Dice is written into a copy of the checkpoint at ``out`` (weights and everything else unchanged).
+
+    Returns:
+        ``{"offset", "dice", "objects"}``.
+
+    Raises:
+        InputError: ``model`` is not a light promptable checkpoint (MedSAM files have no offset).
+    """
+    import dataclasses
+
+    from medcnn.engine.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    from medcnn.errors import InputError
+    from medcnn.prompt.lite import LitePromptBackend
+    from medcnn.prompt.train import CALIBRATION_OFFSETS, box_dice, calibrate_offset
+
+    path = checkpoint_path(str(model))
+    if path is None:
+        raise InputError(Path(model), "not a checkpoint file or bundled model name")
+    backend = PromptableSegmenter.from_pretrained(path).backend
+    if not isinstance(backend, LitePromptBackend):
+        raise InputError(path, "not a light promptable checkpoint (medcnn train, task: prompt): nothing to calibrate")
+    backend.spec = dataclasses.replace(backend.spec, logit_offset=0.0, logit_offset_exact=None)
+    items = []
+    for rec in _records(data):
+        for sl in load_prompt_case(rec["image"][0], rec["label"]):
+            sl["objects"] = object_ids(sl["label"])
+            if sl["objects"]:
+                items.append(sl)
+    if not items:
+        raise InputError(Path(data), "no image with an object to calibrate on")
+    scores = box_dice(backend, items, max_objects=max_objects, offsets=CALIBRATION_OFFSETS, exact=True)
+    k = calibrate_offset(scores, None, CALIBRATION_OFFSETS)
+    ck = load_checkpoint(path)
+    ck["prompt"] = {**ck.get("prompt", {}), "logit_offset_exact": float(CALIBRATION_OFFSETS[k])}
+    ck["metrics"] = {**ck.get("metrics", {}), "dice_box_exact": float(scores[:, k].mean()),
+                     "logit_offset_exact": float(CALIBRATION_OFFSETS[k])}
+    save_checkpoint(ck, out)
+    logger.info("exact-box offset %.1f (Dice %.4f over %d objects) -> %s", CALIBRATION_OFFSETS[k], scores[:, k].mean(),
+                len(scores), out)
+    return {"offset": float(CALIBRATION_OFFSETS[k]), "dice": float(scores[:, k].mean()), "objects": len(scores)}
 
 
 def evaluate_real_t1(model: str | None = None, *, zoom: float = 2.0, step: int = 2,
@@ -228,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channel", type=int, default=-1, help="with --volumes: image channel prompted (default: the last)")
     ap.add_argument("--exact-box", action="store_true",
                     help="with --real-t1 or --volumes: declare the boxes exact (a folder always scores both ways)")
+    ap.add_argument("--calibrate-exact", metavar="OUT.pt", default=None,
+                    help="choose MODEL's exact-box logit offset on DATA and write a copy of MODEL with it")
     ap.add_argument("--model", default=None, help="checkpoint or bundled name (default: medcnn-prompt)")
     ap.add_argument("-o", "--output", default=None, help="per-object CSV")
     ap.add_argument("--max-objects", type=int, default=None, help="objects scored per image (default: all)")
@@ -235,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.real_t1 == bool(args.data):
         ap.error("give a DATA folder or --real-t1")
+    if args.calibrate_exact:
+        if args.real_t1 or args.volumes or not args.model:
+            ap.error("--calibrate-exact needs DATA (2D images, not --real-t1/--volumes) and --model")
+        with torch.no_grad():
+            got = calibrate_exact(args.data, args.model, args.calibrate_exact)
+        sys.stdout.write(f"exact-box offset {got['offset']:.1f}: Dice {got['dice']:.4f} over {got['objects']} objects "
+                         f"-> {args.calibrate_exact}\n")
+        return 0
     with torch.no_grad():  # scoped: main() may run inside another program (the tests call it)
         if args.real_t1:
             rows = evaluate_real_t1(args.model, exact_box=args.exact_box)

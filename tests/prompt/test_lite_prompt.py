@@ -415,3 +415,44 @@ def test_fine_tuning_with_the_exact_channel_from_a_five_channel_model(tiny_promp
     seg.set_image(torch.rand(1, 70, 90))
     m = seg.predict(box=(10, 20, 40, 60), exact_box=True)
     assert m.shape == (70, 90) and not m[:10].any() and not m[:, 60:].any()
+
+
+def test_calibrate_exact_writes_the_best_exact_offset_into_a_copy(tiny_prompt_run, tmp_path):
+    from medcnn.engine import load_checkpoint
+    from medcnn.prompt.evaluate import calibrate_exact, main
+    from medcnn.prompt.lite import clip_to_box
+    from medcnn.prompt.train import load_prompt_case, object_ids
+
+    src = tiny_prompt_run / "run" / "best.pt"
+    got = calibrate_exact(tiny_prompt_run / "data", src, tmp_path / "cal.pt", max_objects=2)
+    old, new = load_checkpoint(src), load_checkpoint(tmp_path / "cal.pt")
+    assert new["prompt"]["logit_offset_exact"] == got["offset"] in CALIBRATION_OFFSETS
+    assert new["prompt"]["logit_offset"] == old["prompt"]["logit_offset"] and new["metrics"]["dice_box_exact"] == got["dice"]
+    assert all(torch.equal(new["state_dict"][k], v) for k, v in old["state_dict"].items())
+    # by hand: no other offset does better on the same objects
+    be = PromptableSegmenter.from_pretrained(src).backend
+    scores = {o: [] for o in CALIBRATION_OFFSETS}
+    from medcnn.prompt.evaluate import _records
+
+    for rec in _records(tiny_prompt_run / "data"):
+        for sl in load_prompt_case(rec["image"][0], rec["label"]):
+            be.set_image(sl["image"].float()[None])
+            for v in object_ids(sl["label"])[:2]:
+                ref = (sl["label"] == v).numpy()
+                box = object_bbox(ref)
+                lg = clip_to_box(be.predict_logits(boxes=torch.from_numpy(box)[None], exact_box=True)[0], box.tolist())
+                lg = lg - be.spec.logit_offset  # the calibration adds its own offsets to the raw network logits
+                for o in CALIBRATION_OFFSETS:
+                    scores[o].append(2 * float(((lg + o > 0).numpy() & ref).sum()) / max(1, (lg + o > 0).sum().item() + ref.sum()))
+    assert got["objects"] == len(scores[0.0])
+    assert max(np.mean(v) for v in scores.values()) == pytest.approx(got["dice"], abs=1e-9)
+    with pytest.raises(SystemExit):
+        main(["--real-t1", "--calibrate-exact", str(tmp_path / "x.pt"), "--model", str(src)])
+    with pytest.raises(InputError, match="nothing to calibrate"):
+        from medcnn.prompt import build_sam
+
+        sam = build_sam("vit_b", img_size=64, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+                        encoder_global_attn_indexes=(1,), window_size=3, prompt_embed_dim=32, decoder_mlp_dim=64,
+                        iou_head_hidden_dim=32)
+        torch.save(sam.state_dict(), tmp_path / "sam.pth")
+        calibrate_exact(tiny_prompt_run / "data", tmp_path / "sam.pth", tmp_path / "y.pt")
