@@ -299,6 +299,16 @@ class PromptTrainer(Trainer):
     def _build_data(self) -> None:
         cfg = self.cfg
         self.spec = CropSpec.from_dict(cfg["prompt"])
+        if cfg["model"].get("init") and not self.spec.exact_channel:
+            from medcnn.engine.checkpoint import checkpoint_path, load_checkpoint
+
+            path = checkpoint_path(str(cfg["model"]["init"]))
+            init = load_checkpoint(path) if path is not None else {}
+            if (init.get("prompt") or {}).get("exact_channel"):
+                # dropping a trained input channel would lose what it learnt: fine-tunes keep it
+                self.spec = dataclasses.replace(self.spec, exact_channel=True)
+                self._log_main("model.init %s reads the exact-box channel: kept (prompt.exact_channel); set "
+                               "prompt.box_tight_prob > 0 to go on training it", path.name)
         if cfg["data"]["cache"] is not True:  # slices are always kept, as float16 already
             raise ConfigError("config key 'data.cache': prompt training keeps its slices in memory (as float16); "
                               "leave data.cache at true")
@@ -364,7 +374,7 @@ class PromptTrainer(Trainer):
         net = self.net.module if hasattr(self.net, "module") else self.net
         net.eval()
         opts = self.cfg["prompt"]
-        spec = dataclasses.replace(self.spec, logit_offset=0.0)
+        spec = dataclasses.replace(self.spec, logit_offset=0.0, logit_offset_exact=None)  # raw logits: offsets added below
         inf = self.cfg["inference"]
         backend = LitePromptBackend(net, spec, device=self.env.device, optimize=False, tta=inf["tta"],
                                     tta_axes=inf["tta_axes"])

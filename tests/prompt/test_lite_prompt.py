@@ -402,7 +402,7 @@ def test_fine_tuning_with_the_exact_channel_from_a_five_channel_model(tiny_promp
     root = tiny_prompt_run
     res = CliRunner().invoke(cli, [
         "train", str(repo_root / "configs" / "prompt.yaml"), "--set", f"data.source={root / 'data'}",
-        "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "data.num_workers=0",
+        "--set", "train.epochs=2", "--set", "train.val_every=1", "--set", "train.batch_size=4", "--set", "data.num_workers=0",
         "--set", "prompt.crop_size=64", "--set", "prompt.val_objects=1", "--set", "prompt.exact_channel=true",
         "--set", "prompt.box_tight_prob=0.5", "--set", f"model.init={root / 'run' / 'best.pt'}", "-o", str(root / "exact")])
     assert res.exit_code == 0, res.output
@@ -411,6 +411,30 @@ def test_fine_tuning_with_the_exact_channel_from_a_five_channel_model(tiny_promp
     assert ck["prompt"]["logit_offset_exact"] == ck["metrics"]["logit_offset_exact"] in CALIBRATION_OFFSETS
     assert 0.0 <= ck["metrics"]["dice_box_exact"] <= 1.0
     assert next(v for k, v in ck["state_dict"].items() if v.ndim == 4).shape[1] == 6
+    # the second validation calibrates from the raw logits again (it once added the first one's exact offset
+    # to them, so the stored offsets alternated): the stored offset is the best on the validation images
+    import csv
+
+    from medcnn.prompt.evaluate import calibrate_exact
+
+    last = load_checkpoint(root / "exact" / "last.pt")
+    assert last["metrics"]["epoch"] == 2
+    rows = list(csv.DictReader(open(root / "data" / "manifest.csv")))
+    with open(root / "data" / "val.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["case"] in set(last["training"]["val_cases"]))
+    again = calibrate_exact(root / "data" / "val.csv", root / "exact" / "last.pt", root / "again.pt", max_objects=1)
+    assert again["offset"] == last["prompt"]["logit_offset_exact"]
+    assert again["dice"] == pytest.approx(last["metrics"]["dice_box_exact"], abs=1e-6)
+    # fine-tuning such a model with the config as shipped (exact_channel: false) keeps its channel
+    res = CliRunner().invoke(cli, [
+        "train", str(repo_root / "configs" / "prompt.yaml"), "--set", f"data.source={root / 'data'}",
+        "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "data.num_workers=0",
+        "--set", "prompt.crop_size=64", "--set", "prompt.val_objects=1",
+        "--set", f"model.init={root / 'exact' / 'last.pt'}", "-o", str(root / "exact_ft")])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(root / "exact_ft" / "best.pt")["prompt"]["exact_channel"] is True
     seg = PromptableSegmenter.from_pretrained(root / "exact" / "best.pt")
     seg.set_image(torch.rand(1, 70, 90))
     m = seg.predict(box=(10, 20, 40, 60), exact_box=True)
