@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_prompt.py --threads 1 --medsam   # + a ViT-B MedSAM slice, side by side
 
 Measures on a generated 256 x 256 slice (a ``medcnn generate prompt``-style image, one object per
-box): ``set_image`` (target <= 50 ms), ``predict`` with one box (<= 10 ms per prompt), with four
+box): ``set_image`` (target <= 50 ms), ``predict`` with one box (<= 10 ms per prompt; also declared exact), with four
 boxes at once (per prompt), box + click + prior refinement, and a 3D box through 64 slices of
 256 x 256 (<= 3 s). ``--medsam`` also runs the same 256 x 256 slice through the full ViT-B MedSAM
 path (random weights in the official layout; the time does not depend on the weights) and prints
@@ -64,6 +64,7 @@ def main() -> None:
     t_set, b_set = _time(lambda: seg.set_image(img), args.repeats)
     seg.set_image(img)
     t_one, b_one = _time(lambda: seg.predict(box=box), args.repeats)
+    t_exact, b_exact = _time(lambda: seg.predict(box=box, exact_box=True), args.repeats)
     four = (boxes * 4)[:4]
     t_four, b_four = _time(lambda: seg.predict(box=four), args.repeats)
     logits = seg.predict(box=box, return_logits=True)
@@ -83,6 +84,7 @@ def main() -> None:
     rows = [
         ("set_image, 256x256 slice", t_set * 1e3, b_set * 1e3, "ms", 50),
         ("predict, one box", t_one * 1e3, b_one * 1e3, "ms", 10),
+        ("predict, one box declared exact (exact_box=True)", t_exact * 1e3, b_exact * 1e3, "ms", 10),
         ("predict, 4 boxes at once (per prompt)", t_four / 4 * 1e3, b_four / 4 * 1e3, "ms", 10),
         ("predict, box + click + prior", t_ref * 1e3, b_ref * 1e3, "ms", 10),
         (f"3D box through 64 slices of 256x256 ({n_slices} segmented)", t_3d, b_3d, "s", 3),
