@@ -8,7 +8,7 @@ with the prompt rendered as images. Objects of any size are thus seen at the sam
 the per-prompt cost is one small network pass (see ``benchmarks/bench_prompt.py``) while
 :meth:`LitePromptBackend.set_image` only keeps a grey copy of the image.
 
-Network input, ``(5, S, S)`` per prompt (:func:`prompt_inputs`):
+Network input, ``(5, S, S)`` per prompt, ``(6, S, S)`` with the exact-box channel (:func:`prompt_inputs`):
 
 0. the image crop, normalised by its own 1st and 99th percentiles (so CT, MR, X-ray and
    photographs look alike to the model);
