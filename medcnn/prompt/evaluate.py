@@ -52,7 +52,7 @@ from medcnn.engine.data import find_records
 from medcnn.inference.postprocess import keep_largest_component
 from medcnn.prompt.segmenter import PromptableSegmenter
 from medcnn.metrics.segmentation import dice_score
-from medcnn.prompt.train import jitter_box, load_prompt_case, object_bbox, object_ids
+from medcnn.prompt.train import jitter_box, load_prompt_case, load_prompt_items, object_bbox, object_ids
 
 logger = logging.getLogger(__name__)
 
@@ -145,12 +145,7 @@ def calibrate_exact(data: str | Path, model: str | Path, out: str | Path, *, max
     if not isinstance(backend, LitePromptBackend):
         raise InputError(path, "not a light promptable checkpoint (medcnn train, task: prompt): nothing to calibrate")
     backend.spec = dataclasses.replace(backend.spec, logit_offset=0.0, logit_offset_exact=None)
-    items = []
-    for rec in _records(data):
-        for sl in load_prompt_case(rec["image"][0], rec["label"]):
-            sl["objects"] = object_ids(sl["label"])
-            if sl["objects"]:
-                items.append(sl)
+    items = [sl for rec in _records(data) for sl in load_prompt_items(rec["image"][0], rec["label"])]
     if not items:
         raise InputError(Path(data), "no image with an object to calibrate on")
     scores = box_dice(backend, items, max_objects=max_objects, offsets=CALIBRATION_OFFSETS, exact=True)

@@ -38,7 +38,7 @@ from medcnn.metrics.segmentation import dice_score
 from medcnn.prompt.lite import CropSpec, LitePromptBackend, clip_to_box, crop_region, extract, prompt_inputs
 
 __all__ = ["CALIBRATION_OFFSETS", "PromptTrainer", "box_dice", "calibrate_offset", "jitter_box", "load_prompt_case",
-           "object_bbox", "object_ids", "simulate_prompt"]
+           "load_prompt_items", "object_bbox", "object_ids", "simulate_prompt"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,16 @@ def load_prompt_case(image_path: str, label_path: str) -> list[dict[str, Any]]:
         sl = y.select(axis, k)
         if bool(sl.any()):
             out.append({"image": x.select(axis, k).contiguous().half(), "label": sl.contiguous()})
+    return out
+
+
+def load_prompt_items(image_path: str, label_path: str) -> list[dict[str, Any]]:
+    """The slices of :func:`load_prompt_case` that hold an object, each with its ``objects`` (:func:`object_ids`)."""
+    out = []
+    for s in load_prompt_case(image_path, label_path):
+        s["objects"] = object_ids(s["label"])
+        if s["objects"]:
+            out.append(s)
     return out
 
 
@@ -317,13 +327,7 @@ class PromptTrainer(Trainer):
         self._split_records(find_records(cfg["data"]))
 
         def prep(rec: dict) -> list[dict]:
-            slices = load_prompt_case(rec["image"][0], rec["label"])
-            out = []
-            for s in slices:
-                s["objects"] = object_ids(s["label"])
-                if s["objects"]:
-                    out.append(s)
-            return out
+            return load_prompt_items(rec["image"][0], rec["label"])
 
         workers = 2
         with ThreadPoolExecutor(workers) as pool:
