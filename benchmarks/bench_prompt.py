@@ -2,13 +2,16 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_prompt.py --threads 1 --repeats 30
     OMP_NUM_THREADS=1 python benchmarks/bench_prompt.py --threads 1 --medsam   # + a ViT-B MedSAM slice, side by side
+    OMP_NUM_THREADS=1 python benchmarks/bench_prompt.py --threads 1 --compare-trace   # the CPU trace's options side by side
 
 Measures on a generated 256 x 256 slice (a ``medcnn generate prompt``-style image, one object per
 box): ``set_image`` (target <= 50 ms), ``predict`` with one box (<= 10 ms per prompt; also declared exact), with four
 boxes at once (per prompt), box + click + prior refinement, and a 3D box through 64 slices of
 256 x 256 (<= 3 s). ``--medsam`` also runs the same 256 x 256 slice through the full ViT-B MedSAM
 path (random weights in the official layout; the time does not depend on the weights) and prints
-the ratio. Median of ``--repeats`` runs after a warm-up; timings include everything a user call
+the ratio. ``--compare-trace`` times ``predict`` (one box) with the CPU trace as shipped (channels-last
+layout, oneDNN Graph fusion) against the plain NCHW trace and each option alone, interleaved, and
+checks that the logits agree. Median of ``--repeats`` runs after a warm-up; timings include everything a user call
 does (validation, crop, network, paste back).
 """
 
@@ -32,12 +35,42 @@ def _time(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(ts), min(ts)
 
 
+def _compare_trace(seg, img, box, repeats: int) -> None:
+    """``predict`` with the CPU trace's options (``optimised_cpu_network``), interleaved rounds."""
+    from medcnn.inference.tta import mirror_predictor
+    from medcnn.prompt.lite import optimised_cpu_network
+
+    be = seg.backend
+    options = {"plain NCHW trace": (False, False), "channels-last": (True, False), "oneDNN fusion": (False, True),
+               "channels-last + oneDNN fusion (shipped)": (True, True)}
+    runs = {}
+    for name, (cl, fusion) in options.items():
+        run = optimised_cpu_network(be.net, be.spec.in_channels, be.spec.size, channels_last=cl, onednn_fusion=fusion)
+        runs[name] = mirror_predictor(run, be.tta_axes, batched=True) if be.tta else run
+    seg.set_image(img)
+    logits, times = {}, {name: [] for name in runs}
+    for _ in range(5):  # interleaved rounds: drifts of a shared machine hit all alike
+        for name, run in runs.items():
+            be._run = run
+            logits[name] = seg.predict(box=box, return_logits=True)
+            times[name].append(_time(lambda: seg.predict(box=box), max(1, repeats // 5))[0])
+    base = next(iter(runs))
+    ref = statistics.median(times[base]) * 1e3
+    print(f"predict, one box, interleaved ({seg.backend.spec.size} px crops):")
+    for name in runs:
+        med = statistics.median(times[name]) * 1e3
+        diff = float((logits[name] - logits[base]).abs().max())
+        print(f"  {name:42s}{med:8.2f} ms median  {ref / med:5.2f}x   largest logit difference {diff:.1e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--model", default=None, help="checkpoint (default: the bundled medcnn-prompt)")
     ap.add_argument("--medsam", action="store_true", help="also time the ViT-B MedSAM path on the same slice")
+    ap.add_argument("--compare-trace", action="store_true",
+                    help="also time predict with the CPU trace's options (layout, oneDNN fusion) side by side, interleaved")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -93,6 +126,9 @@ def main() -> None:
     for name, med, best, unit, target in rows:
         ok = "meets" if med <= target else "MISSES"
         print(f"{name:58s}{med:9.2f}{unit:>1s}{best:9.2f}{unit:>1s}  <= {target} {unit}  {ok}")
+
+    if args.compare_trace:
+        _compare_trace(seg, img, box, args.repeats)
 
     if args.medsam:
         from medcnn.prompt import MedSAMBackend, build_sam

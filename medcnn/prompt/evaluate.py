@@ -34,6 +34,12 @@ never trained on, e.g. its own validation images) and writes a copy of the check
 (:func:`calibrate_exact`); ``medcnn train`` does the same at every validation::
 
     python -m medcnn.prompt.evaluate data/val_manifest.csv --model runs/prompt/best.pt --calibrate-exact calibrated.pt
+
+``--fit-offsets OUT.pt`` fits a light-model checkpoint's per-prompt offsets (:mod:`medcnn.prompt.offsets`) on DATA
+(images neither the network nor your evaluation uses) and writes a copy of the checkpoint with them
+(:func:`fit_offsets`); it prints the cross-validated Dice of fixed and per-prompt offsets::
+
+    python -m medcnn.prompt.evaluate data/prompt_cal --model runs/prompt/best.pt --fit-offsets adaptive.pt
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import csv
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,7 +151,8 @@ def calibrate_exact(data: str | Path, model: str | Path, out: str | Path, *, max
     backend = PromptableSegmenter.from_pretrained(path).backend
     if not isinstance(backend, LitePromptBackend):
         raise InputError(path, "not a light promptable checkpoint (medcnn train, task: prompt): nothing to calibrate")
-    backend.spec = dataclasses.replace(backend.spec, logit_offset=0.0, logit_offset_exact=None)
+    backend.spec = dataclasses.replace(backend.spec, logit_offset=0.0, logit_offset_exact=None, offset_model=None,
+                                       offset_model_exact=None)
     items = [sl for rec in _records(data) for sl in load_prompt_items(rec["image"][0], rec["label"])]
     if not items:
         raise InputError(Path(data), "no image with an object to calibrate on")
@@ -152,12 +160,126 @@ def calibrate_exact(data: str | Path, model: str | Path, out: str | Path, *, max
     k = calibrate_offset(scores, None, CALIBRATION_OFFSETS)
     ck = load_checkpoint(path)
     ck["prompt"] = {**ck.get("prompt", {}), "logit_offset_exact": float(CALIBRATION_OFFSETS[k])}
+    if ck["prompt"].pop("offset_model", None) is not None:  # fitted around the old offset: refit with --fit-offsets
+        logger.warning("%s: its per-prompt offset models were fitted around the old offsets and are dropped from %s; "
+                       "refit them with --fit-offsets", path, out)
     ck["metrics"] = {**ck.get("metrics", {}), "dice_box_exact": float(scores[:, k].mean()),
                      "logit_offset_exact": float(CALIBRATION_OFFSETS[k])}
     save_checkpoint(ck, out)
     logger.info("exact-box offset %.1f (Dice %.4f over %d objects) -> %s", CALIBRATION_OFFSETS[k], scores[:, k].mean(),
                 len(scores), out)
     return {"offset": float(CALIBRATION_OFFSETS[k]), "dice": float(scores[:, k].mean()), "objects": len(scores)}
+
+
+#: the offset grid :func:`fit_offsets` scores each object on
+FIT_OFFSETS = tuple(np.arange(0.0, 6.001, 0.25).round(2).tolist())
+
+
+def _offset_curves(backend, data: str | Path, *, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Per object and kind of box: :func:`~medcnn.prompt.offsets.offset_features` and Dice over :data:`FIT_OFFSETS`.
+
+    Kinds: ``exact`` (the tight box declared exact: mask kept inside it), ``tight`` and ``jitter``
+    (drawn boxes, :func:`~medcnn.prompt.train.jitter_box`). Returns ``{kind: {"features", "dice", "case"}}``.
+    """
+    from medcnn.prompt.lite import clip_to_box, paste_logits
+    from medcnn.prompt.offsets import offset_features
+
+    rng = np.random.default_rng(seed)
+    grid = np.asarray(FIT_OFFSETS)
+    got: dict[str, dict[str, list]] = {k: {"features": [], "dice": [], "case": []} for k in ("exact", "tight", "jitter")}
+    from tqdm.auto import tqdm
+
+    for rec in tqdm(_records(data), desc="offset curves", unit="image"):
+        for sl in load_prompt_case(rec["image"][0], rec["label"]):
+            backend.set_image(sl["image"].float()[None])
+            for obj_id in object_ids(sl["label"]):
+                ref = (sl["label"] == obj_id).numpy()
+                tight = object_bbox(ref)
+                for kind, box, exact in (("exact", tight, True), ("tight", tight, False),
+                                         ("jitter", jitter_box(rng, tight, ref.shape), False)):
+                    b = torch.as_tensor(np.asarray(box, dtype=np.float64))[None]
+                    regions, x, raw = backend.crop_logits(boxes=b, exact_box=exact)
+                    base = backend.spec.offset(exact)
+                    full = paste_logits(raw[0], regions[0], ref.shape)
+                    if exact:
+                        full = clip_to_box(full, b[0].tolist())
+                    got[kind]["features"].append(offset_features(raw, x[:, 1], b[:, 2:] - b[:, :2], base)[0].numpy())
+                    got[kind]["dice"].append([dice_score((full + o > 0).numpy(), ref) for o in grid])
+                    got[kind]["case"].append(rec["case"])
+    return {k: {f: np.asarray(v) for f, v in d.items()} for k, d in got.items()}
+
+
+def _cross_validated(curves: dict[str, np.ndarray], base: float, folds: int = 5, alpha: float = 1.0) -> np.ndarray:
+    """Each object's Dice with the offset predicted by a model fitted on the other folds (folds by case)."""
+    from medcnn.prompt.offsets import fit_offset_model
+
+    cases = sorted(set(curves["case"].tolist()))
+    fold_of = {c: i % folds for i, c in enumerate(cases)}
+    fold = np.array([fold_of[c] for c in curves["case"]])
+    grid = np.asarray(FIT_OFFSETS)
+    dice = np.empty(len(fold))
+    for f in range(folds):
+        test = fold == f
+        model = fit_offset_model(curves["features"][~test], curves["dice"][~test], FIT_OFFSETS, base, alpha=alpha)
+        off = model.predict(torch.from_numpy(curves["features"][test]), base).numpy()
+        k = np.abs(grid[None] - off[:, None]).argmin(1)  # the grid's nearest offset (the grid is 0.25 apart)
+        dice[test] = curves["dice"][test][np.arange(test.sum()), k]
+    return dice
+
+
+def fit_offsets(data: str | Path, model: str | Path, out: str | Path, *, alpha: float = 1.0, seed: int = 0) -> dict:
+    """Fit a light promptable checkpoint's per-prompt offset models on held-out images and write a copy with them.
+
+    Every object of ``data`` is prompted with its exact box (declared exact), its tight box and a
+    jittered box (drawn); two :class:`~medcnn.prompt.offsets.OffsetModel` are fitted by ridge
+    regression (``alpha``) to each object's best offset on its own image grid: one for exact boxes,
+    one for drawn boxes (tight and jittered together, as a drawn box may be either). The copy at
+    ``out`` stores them as ``prompt.offset_model`` (weights and everything else unchanged).
+
+    Returns:
+        ``{"objects", "exact": {...}, "tight": {...}, "jitter": {...}}``: per kind, the Dice with the fixed
+        offset and the 5-fold cross-validated Dice with per-prompt offsets (folds by case), fitted on ``data``.
+
+    Raises:
+        InputError: ``model`` is not a light promptable checkpoint, or ``data`` holds too few objects.
+    """
+    import dataclasses
+
+    from medcnn.engine.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    from medcnn.errors import InputError
+    from medcnn.prompt.lite import LitePromptBackend
+    from medcnn.prompt.offsets import fit_offset_model
+
+    path = checkpoint_path(str(model))
+    if path is None:
+        raise InputError(Path(model), "not a checkpoint file or bundled model name")
+    backend = PromptableSegmenter.from_pretrained(path).backend
+    if not isinstance(backend, LitePromptBackend):
+        raise InputError(path, "not a light promptable checkpoint (medcnn train, task: prompt): no offsets to fit")
+    backend.spec = dataclasses.replace(backend.spec, offset_model=None, offset_model_exact=None)
+    curves = _offset_curves(backend, data, seed=seed)
+    n = len(curves["exact"]["dice"])
+    if n < 50:
+        raise InputError(Path(data), f"{n} objects: too few to fit per-prompt offsets (use a few hundred images)")
+    grid = list(FIT_OFFSETS)
+    report: dict[str, Any] = {"objects": n}
+    for kind in ("exact", "tight", "jitter"):
+        base = backend.spec.offset(kind == "exact")
+        k = int(np.argmin(np.abs(np.asarray(grid) - base)))
+        report[kind] = {"fixed": float(curves[kind]["dice"][:, k].mean())}
+    drawn = {f: np.concatenate([curves["tight"][f], curves["jitter"][f]]) for f in ("features", "dice", "case")}
+    report["exact"]["adaptive_cv"] = float(_cross_validated(curves["exact"], backend.spec.offset(True), alpha=alpha).mean())
+    cv = _cross_validated(drawn, backend.spec.offset(False), alpha=alpha)  # one drawn model for both kinds
+    report["tight"]["adaptive_cv"], report["jitter"]["adaptive_cv"] = float(cv[:n].mean()), float(cv[n:].mean())
+    exact_model = fit_offset_model(curves["exact"]["features"], curves["exact"]["dice"], grid, backend.spec.offset(True),
+                                   alpha=alpha)
+    drawn_model = fit_offset_model(drawn["features"], drawn["dice"], grid, backend.spec.offset(False), alpha=alpha)
+    ck = load_checkpoint(path)
+    ck["prompt"] = {**ck.get("prompt", {}), "offset_model": {"drawn": drawn_model.to_dict(), "exact": exact_model.to_dict()}}
+    ck["metrics"] = {**ck.get("metrics", {}), "offset_model_fit": report}
+    save_checkpoint(ck, out)
+    logger.info("per-prompt offsets fitted on %d objects -> %s", n, out)
+    return report
 
 
 def evaluate_real_t1(model: str | None = None, *, zoom: float = 2.0, step: int = 2,
@@ -278,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --real-t1 or --volumes: declare the boxes exact (a folder always scores both ways)")
     ap.add_argument("--calibrate-exact", metavar="OUT.pt", default=None,
                     help="choose MODEL's exact-box logit offset on DATA and write a copy of MODEL with it")
+    ap.add_argument("--fit-offsets", metavar="OUT.pt", default=None,
+                    help="fit MODEL's per-prompt offsets on DATA and write a copy of MODEL with them")
     ap.add_argument("--model", default=None, help="checkpoint or bundled name (default: medcnn-prompt)")
     ap.add_argument("-o", "--output", default=None, help="per-object CSV")
     ap.add_argument("--max-objects", type=int, default=None, help="objects scored per image (default: all)")
@@ -285,6 +409,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.real_t1 == bool(args.data):
         ap.error("give a DATA folder or --real-t1")
+    if args.calibrate_exact and args.fit_offsets:
+        ap.error("give --calibrate-exact or --fit-offsets, not both (calibrate first, then fit on the calibrated copy)")
+    if args.fit_offsets:
+        if args.real_t1 or args.volumes or not args.model:
+            ap.error("--fit-offsets needs DATA (2D images, not --real-t1/--volumes) and --model")
+        with torch.no_grad():
+            rep = fit_offsets(args.data, args.model, args.fit_offsets)
+        lines = [f"per-prompt offsets fitted on {rep['objects']} objects -> {args.fit_offsets}",
+                 f"{'box':8s}{'fixed':>10s}{'per-prompt (5-fold CV)':>25s}"]
+        lines += [f"{k:8s}{rep[k]['fixed']:10.4f}{rep[k]['adaptive_cv']:25.4f}" for k in ("exact", "tight", "jitter")]
+        sys.stdout.write("\n".join(lines) + "\n")
+        return 0
     if args.calibrate_exact:
         if args.real_t1 or args.volumes or not args.model:
             ap.error("--calibrate-exact needs DATA (2D images, not --real-t1/--volumes) and --model")

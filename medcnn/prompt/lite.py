@@ -43,8 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from medcnn.inference.tta import mirror_predictor
+from medcnn.prompt.offsets import OffsetModel, offset_features
 
-__all__ = ["CropSpec", "LitePromptBackend", "clip_to_box", "crop_region", "extract", "paste_logits", "prompt_inputs"]
+__all__ = ["CropSpec", "LitePromptBackend", "clip_to_box", "crop_region", "extract", "optimised_cpu_network", "paste_logits",
+           "prompt_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,9 @@ class CropSpec:
         logit_offset_exact: the offset for exact boxes (``exact_box``; masks then also kept inside
             the box), calibrated on held-out exact boxes; ``None``: ``logit_offset``.
         exact_channel: the network reads a sixth channel saying the box is exact.
+        offset_model, offset_model_exact: per-prompt offsets for drawn and exact boxes
+            (:mod:`medcnn.prompt.offsets`) used instead of the fixed ones for box prompts without
+            clicks or prior masks; ``None``: the fixed offset.
     """
 
     size: int = 96
@@ -80,6 +85,8 @@ class CropSpec:
     logit_offset: float = 0.0
     logit_offset_exact: float | None = None
     exact_channel: bool = False
+    offset_model: OffsetModel | None = None
+    offset_model_exact: OffsetModel | None = None
 
     @property
     def in_channels(self) -> int:
@@ -90,20 +97,31 @@ class CropSpec:
         """The logit offset for a loose (hand-drawn) or an exact box."""
         return self.logit_offset_exact if exact_box and self.logit_offset_exact is not None else self.logit_offset
 
+    def adaptive(self, exact_box: bool = False) -> OffsetModel | None:
+        """The per-prompt offset model for a drawn or an exact box (``None``: the fixed offset)."""
+        return self.offset_model_exact if exact_box else self.offset_model
+
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> CropSpec:
         d = dict(d or {})
+        models = d.get("offset_model") or {}
+        adaptive = {k: None if models.get(k) is None else OffsetModel.from_dict(models[k]) for k in ("drawn", "exact")}
         return cls(size=int(d.get("crop_size", d.get("size", 96))), margin=float(d.get("margin", 0.15)),
                    margin_max=float(d.get("margin_max", 0.05)), margin_px=float(d.get("margin_px", 4.0)),
                    logit_offset=float(d.get("logit_offset", 0.0)),
                    logit_offset_exact=None if d.get("logit_offset_exact") is None else float(d["logit_offset_exact"]),
-                   exact_channel=bool(d.get("exact_channel", False)))
+                   exact_channel=bool(d.get("exact_channel", False)), offset_model=adaptive["drawn"],
+                   offset_model_exact=adaptive["exact"])
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint's ``prompt`` section (what :meth:`from_dict` reads back)."""
-        return {"crop_size": self.size, "margin": self.margin, "margin_max": self.margin_max,
-                "margin_px": self.margin_px, "logit_offset": self.logit_offset,
-                "logit_offset_exact": self.logit_offset_exact, "exact_channel": self.exact_channel}
+        out = {"crop_size": self.size, "margin": self.margin, "margin_max": self.margin_max,
+               "margin_px": self.margin_px, "logit_offset": self.logit_offset,
+               "logit_offset_exact": self.logit_offset_exact, "exact_channel": self.exact_channel}
+        if self.offset_model is not None or self.offset_model_exact is not None:
+            out["offset_model"] = {k: None if m is None else m.to_dict()
+                                   for k, m in (("drawn", self.offset_model), ("exact", self.offset_model_exact))}
+        return out
 
 
 def crop_region(shape: tuple[int, int], spec: CropSpec, box: Any = None, points: Any = None,
@@ -250,6 +268,62 @@ def paste_logits(logits: torch.Tensor, region: tuple[int, int, int, int], shape:
     return full
 
 
+def optimised_cpu_network(net: nn.Module, in_channels: int, size: int, *, channels_last: bool = True,
+                          onednn_fusion: bool = True) -> Any:
+    """A frozen TorchScript trace of ``net`` for CPU inference (``net`` itself is left untouched).
+
+    The trace folds batch norm into the convolutions and drops the Python overhead of MONAI's ~110
+    modules: 8.9 ms instead of 14.5 ms median (4.4 vs 5.7 ms best) per 96x96 prompt on one core
+    of the project's CPU machine, outputs equal within 6e-6 (measured side by side, interleaved).
+    Measured on one core of an AVX2 EPYC (Zen 3) of the project's machine kind, the bundled model's
+    batch of two 96x96 crops (its mirror TTA), interleaved rounds (``benchmarks/bench_prompt.py
+    --compare-trace``, ``benchmarks/RESULTS.md``):
+
+    * ``channels_last``: the trace runs on a copy of the network in channels-last memory layout, fed
+      channels-last inputs, so oneDNN's convolutions need no layout reorders between layers (about
+      1.1x; logits within 2e-5 of the plain trace);
+    * ``onednn_fusion``: each call runs with TorchScript's oneDNN Graph fuser switched on (convolution,
+      PReLU and residual additions fused: 8.6 -> 7.0 ms, identical outputs). The switch is
+      process-wide in torch, so it is turned on for the call only and restored after it.
+
+    Any failure keeps the eager network.
+
+    Args:
+        net: network mapping ``(N, in_channels, size, size)`` to ``(N, 1, size, size)`` logits.
+        in_channels: channels of the network input.
+        size: side of the square network input.
+
+    Returns:
+        a callable with ``net``'s signature.
+    """
+    import copy
+
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    fusion = onednn_fusion and hasattr(torch.jit, "enable_onednn_fusion")
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit: still the fastest CPU path here
+            example = torch.zeros(1, in_channels, size, size).contiguous(memory_format=layout)
+            model = copy.deepcopy(net).eval().to(memory_format=layout) if channels_last else net.eval()
+            traced = torch.jit.freeze(torch.jit.trace(model, example))
+    except Exception as exc:  # noqa: BLE001 - an optimisation, never a reason to fail
+        logger.debug("prompt model stays eager (trace failed: %s)", exc)
+        return net
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=layout)
+        if not fusion:
+            return traced(x).contiguous()
+        before = torch.jit.onednn_fusion_enabled()
+        torch.jit.enable_onednn_fusion(True)
+        try:
+            return traced(x).contiguous()
+        finally:
+            torch.jit.enable_onednn_fusion(before)
+
+    return run
+
+
 class LitePromptBackend:
     """:class:`~medcnn.prompt.segmenter.PromptBackend` for the light crop model.
 
@@ -257,7 +331,8 @@ class LitePromptBackend:
         net: network mapping ``(N, C, S, S)`` to ``(N, 1, S, S)`` logits (``C = spec.in_channels``).
         spec: crop settings the network was trained with.
         device: where the network runs.
-        optimize: on a CPU, run a frozen TorchScript trace of ``net`` (see below).
+        optimize: on a CPU, run a frozen channels-last TorchScript trace of ``net``
+            (:func:`optimised_cpu_network`).
         tta: average the logits over mirror images of each crop (the checkpoint's
             ``inference.tta``), all flips in one batched network call.
         tta_axes: crop axes mirrored by ``tta`` (``0`` rows, ``1`` columns; ``None``: both, four
@@ -276,18 +351,7 @@ class LitePromptBackend:
         self.tta, self.tta_axes = bool(tta), (None if tta_axes is None else tuple(tta_axes))
         self._run: Any = self.net
         if optimize and self.device.type == "cpu":
-            # A frozen TorchScript trace folds batch norm into the convolutions and drops the Python
-            # overhead of MONAI's ~110 modules: 8.9 ms instead of 14.5 ms median (4.4 vs 5.7 ms best) per
-            # 96x96 prompt on one core of the project's CPU machine, outputs equal within 6e-6
-            # (measured side by side, interleaved). Any failure keeps the eager network.
-            try:
-                with torch.inference_mode(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit: still the fastest CPU path here
-                    example = torch.zeros(1, spec.in_channels, spec.size, spec.size)
-                    self._run = torch.jit.freeze(torch.jit.trace(self.net, example))
-            except Exception as exc:  # noqa: BLE001 - an optimisation, never a reason to fail
-                logger.debug("prompt model stays eager (trace failed: %s)", exc)
-                self._run = self.net
+            self._run = optimised_cpu_network(self.net, spec.in_channels, spec.size)
         if self.tta:
             self._run = mirror_predictor(self._run, self.tta_axes, batched=True)
 
@@ -298,11 +362,34 @@ class LitePromptBackend:
     @torch.inference_mode()
     def predict_logits(self, *, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
                        labels: torch.Tensor | None = None, mask_input: torch.Tensor | None = None,
-                       exact_box: bool = False) -> torch.Tensor:
+                       exact_box: bool = False, per_prompt_offsets: bool = True) -> torch.Tensor:
         """``(N, H, W)`` logits for ``N`` boxes (``N = 1`` without boxes); see ``PromptBackend``.
 
         ``exact_box``: the boxes are exact bounding boxes (the exact-box channel and offset of the
-        checkpoint, where it has them; the caller keeps the mask inside the box).
+        checkpoint, where it has them; the caller keeps the mask inside the box). The offset added to
+        the logits is the checkpoint's per-prompt offset model for prompts that are boxes alone
+        (:mod:`medcnn.prompt.offsets`, where it has one, unless ``per_prompt_offsets`` is off), else its
+        fixed offset.
+        """
+        regions, x, raw = self.crop_logits(boxes=boxes, points=points, labels=labels, mask_input=mask_input,
+                                           exact_box=exact_box)
+        offsets = torch.full((len(raw),), self.spec.offset(exact_box))
+        model = self.spec.adaptive(exact_box)
+        if per_prompt_offsets and model is not None and boxes is not None and points is None and mask_input is None:
+            feats = offset_features(raw, x[:, 1].cpu(), boxes[:, 2:] - boxes[:, :2], self.spec.offset(exact_box))
+            offsets = model.predict(feats, self.spec.offset(exact_box))
+        out = raw + offsets[:, None, None]
+        return torch.stack([paste_logits(o, r, tuple(self.image.shape)) for o, r in zip(out, regions)])
+
+    @torch.inference_mode()
+    def crop_logits(self, *, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                    labels: torch.Tensor | None = None, mask_input: torch.Tensor | None = None,
+                    exact_box: bool = False) -> tuple[list[tuple[int, int, int, int]], torch.Tensor, torch.Tensor]:
+        """The network's raw logits on each prompt's crop (no offset; mirror-TTA averaged where set).
+
+        Returns:
+            ``(regions, inputs, logits)``: each prompt's image region (:func:`crop_region`), the network
+            inputs ``(N, C, S, S)`` and the logits ``(N, S, S)`` float32 on the CPU.
         """
         if self.image is None:
             raise RuntimeError("call set_image(image) before predict_logits()")
@@ -315,5 +402,4 @@ class LitePromptBackend:
             regions.append(region)
             inputs.append(prompt_inputs(self.image, region, self.spec, b, pts, labs, mask_input, exact=exact_box))
         x = torch.stack(inputs).to(self.device)
-        out = self._run(x).float().cpu()[:, 0] + self.spec.offset(exact_box)
-        return torch.stack([paste_logits(o, r, shape) for o, r in zip(out, regions)])
+        return regions, x, self._run(x).float().cpu()[:, 0]

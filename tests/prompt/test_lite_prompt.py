@@ -259,6 +259,53 @@ def test_backend_tta_averages_the_mirrored_crops_in_one_call():
         assert (got - ref).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("channels_last,fusion", [(False, False), (True, False), (False, True), (True, True)])
+def test_optimised_cpu_network_matches_the_network_and_leaves_it_alone(channels_last, fusion):
+    """The CPU trace (channels-last, oneDNN fusion) gives the eager network's logits and leaves no state behind."""
+    from monai.networks.nets import UNet
+
+    from medcnn.prompt.lite import optimised_cpu_network
+
+    torch.manual_seed(0)
+    net = UNet(2, 6, 1, channels=(8, 16, 32), strides=(2, 2), num_res_units=2, norm="batch").eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, which the frozen trace folds into the convolutions
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    run = optimised_cpu_network(net, 6, 32, channels_last=channels_last, onednn_fusion=fusion)
+    assert run is not net  # traced, not the eager fallback
+    fusion_before = torch.jit.onednn_fusion_enabled()
+    with torch.no_grad():
+        for n in (3, 2, 3, 3, 1):  # repeated calls: the fuser compiles on the third call of a shape
+            x = torch.randn(n, 6, 32, 32)
+            want = net(x)
+            got = run(x)
+            assert got.shape == want.shape and got.is_contiguous()
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert torch.jit.onednn_fusion_enabled() == fusion_before  # the process-wide switch is restored after each call
+    for k, v in net.state_dict().items():  # same values, same (NCHW) layout: the trace ran on a copy
+        assert torch.equal(v, before[k]) and v.is_contiguous(), k
+    assert not net.model[0].conv.unit0.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_optimised_cpu_network_falls_back_to_the_eager_network():
+    from medcnn.prompt.lite import optimised_cpu_network
+
+    class Untraceable(torch.nn.Conv2d):
+        def forward(self, x):
+            if torch.jit.is_tracing():
+                raise RuntimeError("cannot be traced")
+            return super().forward(x)
+
+    net = Untraceable(5, 1, 3, padding=1)
+    assert optimised_cpu_network(net, 5, 32) is net
+    be = LitePromptBackend(net, CropSpec(size=32))  # optimize=True: still works, eagerly
+    be.set_image(torch.rand(1, 40, 50))
+    assert be.predict_logits(boxes=torch.tensor([(5.0, 5.0, 30.0, 40.0)])).shape == (1, 40, 50)
+
+
 def test_checkpoint_inference_tta_reaches_the_backend(tiny_prompt_run, tmp_path):
     from medcnn.engine.checkpoint import export_checkpoint
 
@@ -480,3 +527,37 @@ def test_calibrate_exact_writes_the_best_exact_offset_into_a_copy(tiny_prompt_ru
                         iou_head_hidden_dim=32)
         torch.save(sam.state_dict(), tmp_path / "sam.pth")
         calibrate_exact(tiny_prompt_run / "data", tmp_path / "sam.pth", tmp_path / "y.pt")
+
+
+def test_fit_offsets_writes_per_prompt_offset_models_into_a_copy(tiny_prompt_run, tmp_path, capsys):
+    from medcnn.engine import load_checkpoint
+    from medcnn.prompt.evaluate import calibrate_exact, fit_offsets, main
+    from medcnn.synth import generate
+
+    generate("prompt", tmp_path / "cal", n=24, seed=6, progress=False)  # images the tiny model never saw
+    src = tiny_prompt_run / "run" / "best.pt"
+    rep = fit_offsets(tmp_path / "cal", src, tmp_path / "fit.pt")
+    assert rep["objects"] >= 50 and set(rep) == {"objects", "exact", "tight", "jitter"}
+    assert all(0.0 <= rep[k][m] <= 1.0 for k in ("exact", "tight", "jitter") for m in ("fixed", "adaptive_cv"))
+    old, new = load_checkpoint(src), load_checkpoint(tmp_path / "fit.pt")
+    assert all(torch.equal(new["state_dict"][k], v) for k, v in old["state_dict"].items())
+    assert set(new["prompt"]["offset_model"]) == {"drawn", "exact"} and new["metrics"]["offset_model_fit"] == rep
+    assert {k: v for k, v in new["prompt"].items() if k != "offset_model"} == old["prompt"]
+    be = PromptableSegmenter.from_pretrained(tmp_path / "fit.pt").backend
+    assert be.spec.adaptive(False) is not None and be.spec.adaptive(True) is not None
+    # the copy segments (per-prompt offsets on boxes alone), and recalibrating it drops the now stale models
+    seg = PromptableSegmenter.from_pretrained(tmp_path / "fit.pt")
+    seg.set_image(torch.rand(1, 64, 64))
+    assert seg.predict(box=(10, 10, 40, 50)).shape == (64, 64)
+    calibrate_exact(tmp_path / "cal", tmp_path / "fit.pt", tmp_path / "recal.pt", max_objects=1)
+    assert "offset_model" not in load_checkpoint(tmp_path / "recal.pt")["prompt"]
+    assert main([str(tmp_path / "cal"), "--model", str(src), "--fit-offsets", str(tmp_path / "fit2.pt")]) == 0
+    assert "per-prompt (5-fold CV)" in capsys.readouterr().out and (tmp_path / "fit2.pt").is_file()
+    for bad in (["--real-t1", "--fit-offsets", "x.pt", "--model", str(src)],
+                [str(tmp_path / "cal"), "--fit-offsets", "x.pt"],
+                [str(tmp_path / "cal"), "--model", str(src), "--fit-offsets", "x.pt", "--calibrate-exact", "y.pt"]):
+        with pytest.raises(SystemExit):
+            main(bad)
+    with pytest.raises(InputError, match="too few"):
+        generate("prompt", tmp_path / "few", n=2, seed=7, progress=False)
+        fit_offsets(tmp_path / "few", src, tmp_path / "few.pt")
