@@ -40,6 +40,7 @@ never trained on, e.g. its own validation images) and writes a copy of the check
 (:func:`fit_offsets`); it prints the cross-validated Dice of fixed and per-prompt offsets::
 
     python -m medcnn.prompt.evaluate data/prompt_cal --model runs/prompt/best.pt --fit-offsets adaptive.pt
+    python -m medcnn.prompt.evaluate data/cal_a data/cal_b --model runs/prompt/best.pt --fit-offsets adaptive.pt
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def calibrate_exact(data: str | Path, model: str | Path, out: str | Path, *, max
 FIT_OFFSETS = tuple(np.arange(0.0, 6.001, 0.25).round(2).tolist())
 
 
-def _offset_curves(backend, data: str | Path, *, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+def _offset_curves(backend, data: str | Path | list[str | Path], *, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """Per object and kind of box: :func:`~medcnn.prompt.offsets.offset_features` and Dice over :data:`FIT_OFFSETS`.
 
     Kinds: ``exact`` (the tight box declared exact: mask kept inside it), ``tight`` and ``jitter``
@@ -189,7 +190,10 @@ def _offset_curves(backend, data: str | Path, *, seed: int = 0) -> dict[str, dic
     got: dict[str, dict[str, list]] = {k: {"features": [], "dice": [], "case": []} for k in ("exact", "tight", "jitter")}
     from tqdm.auto import tqdm
 
-    for rec in tqdm(_records(data), desc="offset curves", unit="image"):
+    folders = [data] if isinstance(data, (str, Path)) else list(data)
+    recs = [{**r, "case": f"{Path(d).name}/{r['case']}" if len(folders) > 1 else r["case"]}
+            for d in folders for r in _records(d)]  # several folders: case ids kept apart by the folder's name
+    for rec in tqdm(recs, desc="offset curves", unit="image"):
         for sl in load_prompt_case(rec["image"][0], rec["label"]):
             backend.set_image(sl["image"].float()[None])
             for obj_id in object_ids(sl["label"]):
@@ -227,13 +231,15 @@ def _cross_validated(curves: dict[str, np.ndarray], base: float, folds: int = 5,
     return dice
 
 
-def fit_offsets(data: str | Path, model: str | Path, out: str | Path, *, alpha: float = 1.0, seed: int = 0) -> dict:
+def fit_offsets(data: str | Path | list[str | Path], model: str | Path, out: str | Path, *, alpha: float = 1.0,
+                seed: int = 0) -> dict:
     """Fit a light promptable checkpoint's per-prompt offset models on held-out images and write a copy with them.
 
-    Every object of ``data`` is prompted with its exact box (declared exact), its tight box and a
-    jittered box (drawn); two :class:`~medcnn.prompt.offsets.OffsetModel` are fitted by ridge
-    regression (``alpha``) to each object's best offset on its own image grid: one for exact boxes,
-    one for drawn boxes (tight and jittered together, as a drawn box may be either). The copy at
+    Every object of ``data`` (a folder or manifest, or a list of them) is prompted with its exact box
+    (declared exact), its tight box and a jittered box (drawn); two
+    :class:`~medcnn.prompt.offsets.OffsetModel` are fitted by ridge regression (``alpha``) to each
+    object's best offset on its own image grid: one for exact boxes, one for drawn boxes (tight and
+    jittered together, as a drawn box may be either). The copy at
     ``out`` stores them as ``prompt.offset_model`` (weights and everything else unchanged).
 
     Returns:
@@ -260,7 +266,8 @@ def fit_offsets(data: str | Path, model: str | Path, out: str | Path, *, alpha: 
     curves = _offset_curves(backend, data, seed=seed)
     n = len(curves["exact"]["dice"])
     if n < 50:
-        raise InputError(Path(data), f"{n} objects: too few to fit per-prompt offsets (use a few hundred images)")
+        raise InputError(Path(data if isinstance(data, (str, Path)) else data[0]),
+                         f"{n} objects: too few to fit per-prompt offsets (use a few hundred images)")
     grid = list(FIT_OFFSETS)
     report: dict[str, Any] = {"objects": n}
     for kind in ("exact", "tight", "jitter"):
@@ -392,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="examples:\n  python -m medcnn.prompt.evaluate data/prompt_test -o runs/prompt_eval.csv\n"
                                         "  python -m medcnn.prompt.evaluate --real-t1 --model runs/prompt/best.pt\n"
                                         "  python -m medcnn.prompt.evaluate --volumes data/bt_dev")
-    ap.add_argument("data", nargs="?", help="folder with manifest.csv (image, label[, source]) or a manifest CSV")
+    ap.add_argument("data", nargs="*", help="folder with manifest.csv (image, label[, source]) or a manifest CSV "
+                                            "(several with --fit-offsets)")
     ap.add_argument("--real-t1", action="store_true", help="score real T1 MRI (the vendored MNI152 template) instead")
     ap.add_argument("--volumes", action="store_true", help="DATA holds labelled volumes: score 3D box propagation")
     ap.add_argument("--channel", type=int, default=-1, help="with --volumes: image channel prompted (default: the last)")
@@ -409,13 +417,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.real_t1 == bool(args.data):
         ap.error("give a DATA folder or --real-t1")
+    if len(args.data) > 1 and not args.fit_offsets:
+        ap.error("several DATA folders only with --fit-offsets")
+    data = args.data[0] if len(args.data) == 1 else args.data
     if args.calibrate_exact and args.fit_offsets:
         ap.error("give --calibrate-exact or --fit-offsets, not both (calibrate first, then fit on the calibrated copy)")
     if args.fit_offsets:
         if args.real_t1 or args.volumes or not args.model:
             ap.error("--fit-offsets needs DATA (2D images, not --real-t1/--volumes) and --model")
         with torch.no_grad():
-            rep = fit_offsets(args.data, args.model, args.fit_offsets)
+            rep = fit_offsets(data, args.model, args.fit_offsets)
         lines = [f"per-prompt offsets fitted on {rep['objects']} objects -> {args.fit_offsets}",
                  f"{'box':8s}{'fixed':>10s}{'per-prompt (5-fold CV)':>25s}"]
         lines += [f"{k:8s}{rep[k]['fixed']:10.4f}{rep[k]['adaptive_cv']:25.4f}" for k in ("exact", "tight", "jitter")]
@@ -425,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.real_t1 or args.volumes or not args.model:
             ap.error("--calibrate-exact needs DATA (2D images, not --real-t1/--volumes) and --model")
         with torch.no_grad():
-            got = calibrate_exact(args.data, args.model, args.calibrate_exact)
+            got = calibrate_exact(data, args.model, args.calibrate_exact)
         sys.stdout.write(f"exact-box offset {got['offset']:.1f}: Dice {got['dice']:.4f} over {got['objects']} objects "
                          f"-> {args.calibrate_exact}\n")
         return 0
@@ -433,9 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.real_t1:
             rows = evaluate_real_t1(args.model, exact_box=args.exact_box)
         elif args.volumes:
-            rows = evaluate_volumes(args.data, args.model, channel=args.channel, exact_box=args.exact_box)
+            rows = evaluate_volumes(data, args.model, channel=args.channel, exact_box=args.exact_box)
         else:
-            rows = evaluate(args.data, args.model, max_objects=args.max_objects)
+            rows = evaluate(data, args.model, max_objects=args.max_objects)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         with open(args.output, "w", newline="") as fh:

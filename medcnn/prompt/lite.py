@@ -3,7 +3,7 @@
 MedSAM embeds the whole image once at 1024x1024 with a ViT-B (about 20 s per slice on this
 project's CPU) and decodes each prompt from that embedding at 256x256. The light model inverts
 the trade: each prompt selects a region (the box, grown by a margin), the region is resampled to
-``crop_size x crop_size`` (96 in the bundled model) and a 0.8M-parameter U-Net reads it together
+``crop_size x crop_size`` (96 in the bundled model) and a 1.6M-parameter U-Net reads it together
 with the prompt rendered as images. Objects of any size are thus seen at the same resolution, and
 the per-prompt cost is one small network pass (see ``benchmarks/bench_prompt.py``) while
 :meth:`LitePromptBackend.set_image` only keeps a grey copy of the image.
@@ -21,7 +21,8 @@ Network input, ``(5, S, S)`` per prompt, ``(6, S, S)`` with the exact-box channe
    loose by a few per cent; a box taken from an annotation touches the object on all four sides,
    and a network told which it has need not trade one for the other (models README, stage 11).
 
-The output logits ``(1, S, S)`` are resampled back onto the region of the image
+The output logits ``(1, S, S)``, plus the checkpoint's logit offset (fixed, or chosen per box prompt
+from the crop's logits: :mod:`medcnn.prompt.offsets`), are resampled back onto the region of the image
 (:func:`paste_logits`); outside the region the logit is ``-20``. With the checkpoint's
 ``inference.tta`` the logits are first averaged over mirror images of the crop
 (:func:`medcnn.inference.tta.flip_tta`, one batched network call). The same functions build the
@@ -45,8 +46,8 @@ from torch import nn
 from medcnn.inference.tta import mirror_predictor
 from medcnn.prompt.offsets import OffsetModel, offset_features
 
-__all__ = ["CropSpec", "LitePromptBackend", "clip_to_box", "crop_region", "extract", "optimised_cpu_network", "paste_logits",
-           "prompt_inputs"]
+__all__ = ["CropSpec", "LitePromptBackend", "clip_to_box", "crop_region", "extract", "optimised_cpu_network",
+           "paste_logits", "prompt_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def optimised_cpu_network(net: nn.Module, in_channels: int, size: int, *, channe
     import copy
 
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    fusion = onednn_fusion and hasattr(torch.jit, "enable_onednn_fusion")
+    fusion = onednn_fusion and all(hasattr(torch.jit, f) for f in ("enable_onednn_fusion", "onednn_fusion_enabled"))
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit: still the fastest CPU path here
@@ -331,7 +332,7 @@ class LitePromptBackend:
         net: network mapping ``(N, C, S, S)`` to ``(N, 1, S, S)`` logits (``C = spec.in_channels``).
         spec: crop settings the network was trained with.
         device: where the network runs.
-        optimize: on a CPU, run a frozen channels-last TorchScript trace of ``net``
+        optimize: on a CPU, run a frozen channels-last TorchScript trace of ``net`` with oneDNN fusion
             (:func:`optimised_cpu_network`).
         tta: average the logits over mirror images of each crop (the checkpoint's
             ``inference.tta``), all flips in one batched network call.
