@@ -558,6 +558,11 @@ def test_fit_offsets_writes_per_prompt_offset_models_into_a_copy(tiny_prompt_run
                 [str(tmp_path / "cal"), "--model", str(src), "--fit-offsets", "x.pt", "--calibrate-exact", "y.pt"]):
         with pytest.raises(SystemExit):
             main(bad)
+    generate("prompt", tmp_path / "few", n=2, seed=7, progress=False)
     with pytest.raises(InputError, match="too few"):
-        generate("prompt", tmp_path / "few", n=2, seed=7, progress=False)
         fit_offsets(tmp_path / "few", src, tmp_path / "few.pt")
+    # several folders fit as one set (case ids kept apart by folder), only with --fit-offsets
+    both = fit_offsets([tmp_path / "cal", tmp_path / "few"], src, tmp_path / "both.pt")
+    assert both["objects"] > rep["objects"]
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "cal"), str(tmp_path / "few"), "--model", str(src)])
