@@ -124,3 +124,23 @@ def test_backend_uses_per_prompt_offsets_for_boxes_alone():
     for k, (h, wd) in enumerate(((30, 40), (25, 20))):
         want = min(max(np.log(h * wd) - 4.0, 0.0), 6.0)
         torch.testing.assert_close(got[k][inside[k]], f[k][inside[k]] - 1.0 + want, atol=1e-5, rtol=0)
+
+
+def test_3d_propagation_keeps_the_fixed_offset():
+    from medcnn.prompt import PromptableSegmenter
+
+    n_f = len(FEATURE_NAMES)
+    spec = CropSpec(size=32, logit_offset=1.0)
+    far = OffsetModel(mean=(0.0,) * n_f, scale=(1.0,) * n_f, weights=(0.0,) * n_f, bias=6.0)
+    vol = torch.rand(1, 6, 48, 40)
+    box3d = (1, 10, 8, 5, 30, 28)
+    got = {}
+    for name, s in (("fixed", spec), ("adaptive", dataclasses.replace(spec, offset_model=far))):
+        seg = PromptableSegmenter(LitePromptBackend(_Ramp(), s, optimize=False), name=name)
+        seg.set_image(vol)
+        got[name] = seg.predict(box=box3d, return_logits=True)
+        seg.set_image(vol[:, 2])  # a 2D box prompt on the same backend does use the model
+        got[name + "_2d"] = seg.predict(box=box3d[1:3] + box3d[4:6], return_logits=True)
+    torch.testing.assert_close(got["adaptive"], got["fixed"])
+    inside = got["fixed_2d"] > -20
+    torch.testing.assert_close(got["adaptive_2d"][inside], got["fixed_2d"][inside] + 5.0)
