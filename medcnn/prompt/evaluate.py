@@ -126,6 +126,29 @@ def evaluate(data: str | Path, model: str | None = None, *, max_objects: int | N
     return rows
 
 
+def _lite_checkpoint(model: str | Path, nothing: str) -> tuple[Path, Any]:
+    """A light promptable checkpoint's path and backend, its per-prompt offset models off (fixed offsets only).
+
+    Raises:
+        InputError: not a checkpoint file or bundled name, or not a light promptable checkpoint (``nothing`` says
+            what that means for the caller).
+    """
+    import dataclasses
+
+    from medcnn.engine.checkpoint import checkpoint_path
+    from medcnn.errors import InputError
+    from medcnn.prompt.lite import LitePromptBackend
+
+    path = checkpoint_path(str(model))
+    if path is None:
+        raise InputError(Path(model), "not a checkpoint file or bundled model name")
+    backend = PromptableSegmenter.from_pretrained(path).backend
+    if not isinstance(backend, LitePromptBackend):
+        raise InputError(path, f"not a light promptable checkpoint (medcnn train, task: prompt): {nothing}")
+    backend.spec = dataclasses.replace(backend.spec, offset_model=None, offset_model_exact=None)
+    return path, backend
+
+
 def calibrate_exact(data: str | Path, model: str | Path, out: str | Path, *, max_objects: int = 4) -> dict:
     """Choose a light promptable checkpoint's exact-box offset (``prompt.logit_offset_exact``) on held-out images.
 
@@ -141,19 +164,12 @@ def calibrate_exact(data: str | Path, model: str | Path, out: str | Path, *, max
     """
     import dataclasses
 
-    from medcnn.engine.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    from medcnn.engine.checkpoint import load_checkpoint, save_checkpoint
     from medcnn.errors import InputError
-    from medcnn.prompt.lite import LitePromptBackend
     from medcnn.prompt.train import CALIBRATION_OFFSETS, box_dice, calibrate_offset
 
-    path = checkpoint_path(str(model))
-    if path is None:
-        raise InputError(Path(model), "not a checkpoint file or bundled model name")
-    backend = PromptableSegmenter.from_pretrained(path).backend
-    if not isinstance(backend, LitePromptBackend):
-        raise InputError(path, "not a light promptable checkpoint (medcnn train, task: prompt): nothing to calibrate")
-    backend.spec = dataclasses.replace(backend.spec, logit_offset=0.0, logit_offset_exact=None, offset_model=None,
-                                       offset_model_exact=None)
+    path, backend = _lite_checkpoint(model, "nothing to calibrate")
+    backend.spec = dataclasses.replace(backend.spec, logit_offset=0.0, logit_offset_exact=None)
     items = [sl for rec in _records(data) for sl in load_prompt_items(rec["image"][0], rec["label"])]
     if not items:
         raise InputError(Path(data), "no image with an object to calibrate on")
@@ -249,20 +265,11 @@ def fit_offsets(data: str | Path | list[str | Path], model: str | Path, out: str
     Raises:
         InputError: ``model`` is not a light promptable checkpoint, or ``data`` holds too few objects.
     """
-    import dataclasses
-
-    from medcnn.engine.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    from medcnn.engine.checkpoint import load_checkpoint, save_checkpoint
     from medcnn.errors import InputError
-    from medcnn.prompt.lite import LitePromptBackend
     from medcnn.prompt.offsets import fit_offset_model
 
-    path = checkpoint_path(str(model))
-    if path is None:
-        raise InputError(Path(model), "not a checkpoint file or bundled model name")
-    backend = PromptableSegmenter.from_pretrained(path).backend
-    if not isinstance(backend, LitePromptBackend):
-        raise InputError(path, "not a light promptable checkpoint (medcnn train, task: prompt): no offsets to fit")
-    backend.spec = dataclasses.replace(backend.spec, offset_model=None, offset_model_exact=None)
+    path, backend = _lite_checkpoint(model, "no offsets to fit")
     curves = _offset_curves(backend, data, seed=seed)
     n = len(curves["exact"]["dice"])
     if n < 50:
