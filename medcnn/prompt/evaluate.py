@@ -199,7 +199,6 @@ def _offset_curves(backend, data: str | Path | list[str | Path], *, seed: int = 
     (drawn boxes, :func:`~medcnn.prompt.train.jitter_box`). Returns ``{kind: {"features", "dice", "case"}}``.
     """
     from medcnn.prompt.lite import clip_to_box, paste_logits
-    from medcnn.prompt.offsets import offset_features
 
     rng = np.random.default_rng(seed)
     grid = np.asarray(FIT_OFFSETS)
@@ -219,11 +218,10 @@ def _offset_curves(backend, data: str | Path | list[str | Path], *, seed: int = 
                                          ("jitter", jitter_box(rng, tight, ref.shape), False)):
                     b = torch.as_tensor(np.asarray(box, dtype=np.float64))[None]
                     regions, x, raw = backend.crop_logits(boxes=b, exact_box=exact)
-                    base = backend.spec.offset(exact)
                     full = paste_logits(raw[0], regions[0], ref.shape)
                     if exact:
                         full = clip_to_box(full, b[0].tolist())
-                    got[kind]["features"].append(offset_features(raw, x[:, 1], b[:, 2:] - b[:, :2], base)[0].numpy())
+                    got[kind]["features"].append(backend.offset_features(x, raw, b, exact)[0].numpy())
                     got[kind]["dice"].append([dice_score((full + o > 0).numpy(), ref) for o in grid])
                     got[kind]["case"].append(rec["case"])
     return {k: {f: np.asarray(v) for f, v in d.items()} for k, d in got.items()}

@@ -374,13 +374,28 @@ class LitePromptBackend:
         """
         regions, x, raw = self.crop_logits(boxes=boxes, points=points, labels=labels, mask_input=mask_input,
                                            exact_box=exact_box)
-        offsets = torch.full((len(raw),), self.spec.offset(exact_box))
+        fixed = self.spec.offset(exact_box)
+        offsets = torch.full((len(raw),), fixed)
         model = self.spec.adaptive(exact_box)
         if per_prompt_offsets and model is not None and boxes is not None and points is None and mask_input is None:
-            feats = offset_features(raw, x[:, 1].cpu(), boxes[:, 2:] - boxes[:, :2], self.spec.offset(exact_box))
-            offsets = model.predict(feats, self.spec.offset(exact_box))
+            offsets = model.predict(self.offset_features(x, raw, boxes, exact_box), fixed)
         out = raw + offsets[:, None, None]
         return torch.stack([paste_logits(o, r, tuple(self.image.shape)) for o, r in zip(out, regions)])
+
+    def offset_features(self, inputs: torch.Tensor, logits: torch.Tensor, boxes: torch.Tensor,
+                        exact_box: bool = False) -> torch.Tensor:
+        """:func:`~medcnn.prompt.offsets.offset_features` of box prompts from :meth:`crop_logits`' inputs and logits.
+
+        Args:
+            inputs: ``(N, C, S, S)`` network inputs (channel 1 is the box).
+            logits: ``(N, S, S)`` raw crop logits.
+            boxes: ``(N, 4)`` the boxes ``(i0, j0, i1, j1)`` in image pixels.
+            exact_box: the boxes are exact (their fixed offset is the features' base).
+
+        Returns:
+            ``(N, F)`` float64.
+        """
+        return offset_features(logits, inputs[:, 1], boxes[:, 2:] - boxes[:, :2], self.spec.offset(exact_box))
 
     @torch.inference_mode()
     def crop_logits(self, *, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
