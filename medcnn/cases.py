@@ -49,7 +49,8 @@ class Case:
         inputs: input paths in the order the pipeline expects (e.g. t1n, t1c, t2w, t2f).
         label: reference label file if one was found next to the inputs.
         error: set when discovery already knows the case cannot run (e.g. a contrast is missing).
-        extra: free-form details (e.g. BIDS subject/session).
+        extra: free-form details (e.g. BIDS subject/session; ``labels``: the label convention of ``label``
+            when it is not BraTS 2023, e.g. ``"brats2021"`` for a case with BraTS 2021 file names).
     """
 
     id: str
@@ -75,6 +76,7 @@ def _brain_case_from_folder(folder: Path) -> Case | None:
     """A BraTS-style case folder (2023 or 2021 suffixes), or None if it is not one."""
     found: dict[str, Path] = {}
     label = None
+    brats21 = False
     for f in _visible_files(folder):
         stem = _strip_suffix(f.name)
         refused = f.name.lower().endswith(_REFUSED_SUFFIXES)  # e.g. a MINC contrast: fails with the format hint
@@ -88,12 +90,16 @@ def _brain_case_from_folder(folder: Path) -> Case | None:
             label = f
             continue
         key = _BRATS23.get(tag) if stem[m.start()] == "-" else None
+        if key is None and tag in _BRATS21:
+            brats21 = True
         key = key or _BRATS21.get(tag) or _BRATS23.get(tag)
         if key and (key not in found or (not refused and found[key].name.lower().endswith(_REFUSED_SUFFIXES))):
             found[key] = f
     if not found:
         return None
     case = Case(id=folder.name, inputs=[found[c] for c in BRAIN_CONTRASTS if c in found], label=label)
+    if label is not None and brats21:  # BraTS 2021 names come with BraTS 2021 label values (ET = 4)
+        case.extra["labels"] = "brats2021"
     missing = [c for c in BRAIN_CONTRASTS if c not in found]
     if missing:
         case.error = f"missing contrast(s) {', '.join(missing)} (need t1n, t1c, t2w, t2f)"

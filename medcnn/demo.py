@@ -79,6 +79,10 @@ def _process(task: str, case: Case, qc_dir: Path) -> dict:
         label = load(case.label, mode="nearest")[0]
         if tuple(label.shape) != tuple(img.shape[1:]):
             raise InputError(case.label, f"label grid {tuple(label.shape)} does not match image {tuple(img.shape[1:])}")
+        if case.extra.get("labels"):  # drawn in BraTS 2023 colours whatever the file's convention
+            from medcnn.metrics.labels import label_mapping, remap_labels
+
+            label = remap_labels(label.round(), label_mapping(case.extra["labels"]), str(case.label))
     elif task == "chest-xray":
         m = _find_masks(case)
         if m is not None:
@@ -116,7 +120,7 @@ def _run_pipeline(task: str, folder: Path, out_dir: Path) -> list[dict] | None:
         result = " ".join(f"{k}={v}" for k, v in fields.items() if v != "")
         case = cases.get(r["case"])
         if r["status"] == "ok" and case is not None and case.label is not None:
-            result += " " + _reference_scores(sub / f"{case.id}.nii.gz", case.label)
+            result += " " + _reference_scores(sub / f"{case.id}.nii.gz", case.label, case.extra.get("labels"))
         elif r["status"] == "ok" and case is not None and task == "chest-xray" and _find_masks(case) is not None:
             result += " " + _mask_dice(sub / f"{case.id}_lungs.png", _find_masks(case))
         rows.append({"task": task, "case": r["case"], "inputs": r["inputs"], "status": r["status"], "error": r["error"],
@@ -163,12 +167,13 @@ def _run_prompt(folder: Path, out_dir: Path) -> list[dict] | None:
     return rows
 
 
-def _reference_scores(pred_path: Path, ref_path: Path) -> str:
-    """``dice_WT=... dice_TC=... dice_ET=...`` of a predicted label map against its reference."""
+def _reference_scores(pred_path: Path, ref_path: Path, labels: str | None = None) -> str:
+    """``dice_WT=... dice_TC=... dice_ET=...`` of a predicted label map against its reference (whose label
+    convention is ``labels``, e.g. ``brats2021``; None: BraTS 2023)."""
     from medcnn.validation import region_dice
 
     pred = load(pred_path, mode="nearest")[0].numpy().round().astype("int64")
-    return " ".join(f"{k}={v:.3f}" for k, v in region_dice(pred, ref_path).items())
+    return " ".join(f"{k}={v:.3f}" for k, v in region_dice(pred, ref_path, labels=labels).items())
 
 
 def _mask_dice(pred_path: Path, ref_path: Path) -> str:

@@ -13,10 +13,12 @@ from medcnn.errors import MedcnnError
 logger = logging.getLogger(__name__)
 
 
-def region_dice(pred: np.ndarray, ref_path: Path, regions: Any = None) -> dict[str, float]:
+def region_dice(pred: np.ndarray, ref_path: Path, regions: Any = None, labels: str | None = None) -> dict[str, float]:
     """Dice per region of a label map ``pred (*spatial)`` against the reference label file ``ref_path``.
 
-    Both must be on the same grid (the reference file's own grid). Regions default to BraTS WT/TC/ET.
+    Both must be on the same grid (the reference file's own grid). Regions default to BraTS WT/TC/ET;
+    ``labels`` names the reference's label convention (e.g. ``"brats2021"``, :mod:`medcnn.metrics.labels`),
+    remapped onto BraTS 2023 values first.
 
     Returns:
         ``{"dice_WT": ..., ...}``.
@@ -25,6 +27,10 @@ def region_dice(pred: np.ndarray, ref_path: Path, regions: Any = None) -> dict[s
     from medcnn.metrics.segmentation import BRATS_REGIONS, segmentation_metrics
 
     ref = load(ref_path, mode="nearest")[0].numpy().round().astype(np.int64)
+    if labels:
+        from medcnn.metrics.labels import label_mapping, remap_labels
+
+        ref = remap_labels(ref, label_mapping(labels), str(ref_path))
     m = segmentation_metrics(pred, ref, spacing=(1.0, 1.0, 1.0), regions=regions or dict(BRATS_REGIONS))
     return {f"dice_{r}": float(v["dice"]) for r, v in m.items()}
 
@@ -57,7 +63,7 @@ def score_cases(pipeline_name: str, model: Any, folder: Path) -> dict[str, dict[
             if case.label is None or case.error:
                 continue
             img = pipe.load(case)
-            out[case.id] = region_dice(model.predict(img)[0].numpy(), case.label, regions)
+            out[case.id] = region_dice(model.predict(img)[0].numpy(), case.label, regions, case.extra.get("labels"))
     finally:
         inference.clear()
         inference.update(saved)

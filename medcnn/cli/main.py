@@ -355,9 +355,14 @@ Examples:
   medcnn evaluate out/bt data/brats_synth -o metrics.csv       # folders: pairs cases by id
   medcnn evaluate pred.nii.gz ref-seg.nii.gz -o metrics.csv      # one case
   medcnn evaluate out/ labelsTr/ -o m.csv --region WT=1,2,3 --region TC=1,3 --region ET=3 --nsd-tolerance 2
+  medcnn evaluate out/bt BraTS2021_Training_Data/ -o m.csv --labels brats2021    # references with ET = 4
+  medcnn evaluate nnunet_out/ BraTS2021_Training_Data/ -o m.csv --pred-labels nnunet-brats --labels brats2021
 \b
 Writes one row per case and region (dice, hd95_mm, nsd, pred_ml, ref_ml, status, error) and a mean row
 per region. BraTS conventions: empty vs empty scores Dice 1, NSD 1, HD95 0.
+Label conventions (NCR, ED, ET): brats2023 1, 2, 3 (medcnn's output); brats2021 1, 2, 4; nnunet-brats 2, 1, 3;
+or MAP.yaml ({NCR: 1, ED: 2, ET: 4} or {4: 3, ...}). Without --labels, a reference value outside the regions'
+labels fails the case naming it (only a warning with your own --region).
 """)
 @click.argument("pred", type=click.Path(path_type=Path))
 @click.argument("ref", type=click.Path(path_type=Path))
@@ -365,7 +370,12 @@ per region. BraTS conventions: empty vs empty scores Dice 1, NSD 1, HD95 0.
 @click.option("--region", "regions", multiple=True, metavar="NAME=L1,L2",
               help="Region as a set of labels (repeatable; default BraTS WT/TC/ET).")
 @click.option("--nsd-tolerance", type=float, default=1.0, show_default=True, help="NSD tolerance in mm.")
-def evaluate(pred: Path, ref: Path, out_csv: Path, regions: tuple[str, ...], nsd_tolerance: float) -> None:
+@click.option("--labels", "ref_labels", default=None, metavar="brats2021|brats2023|nnunet-brats|MAP.yaml",
+              help="Label convention of the references, remapped onto BraTS 2023 values (1 NCR, 2 ED, 3 ET).")
+@click.option("--pred-labels", default=None, metavar="brats2021|brats2023|nnunet-brats|MAP.yaml",
+              help="Label convention of the predictions (default: medcnn's BraTS 2023 values).")
+def evaluate(pred: Path, ref: Path, out_csv: Path, regions: tuple[str, ...], nsd_tolerance: float,
+             ref_labels: str | None, pred_labels: str | None) -> None:
     """Dice, HD95 and NSD of predicted label maps PRED against references REF, per case and region."""
     from medcnn.metrics.evaluate import evaluate_folders
     from medcnn.metrics.segmentation import BRATS_REGIONS
@@ -381,7 +391,16 @@ def evaluate(pred: Path, ref: Path, out_csv: Path, regions: tuple[str, ...], nsd
                 raise click.UsageError(f"--region {spec!r}: expected NAME=1,2,3") from None
             if not name.strip() or not reg[name.strip()]:
                 raise click.UsageError(f"--region {spec!r}: expected NAME=1,2,3")
-    rows = evaluate_folders(pred, ref, out_csv, regions=reg, nsd_tolerance_mm=nsd_tolerance)
+    from medcnn.metrics.labels import label_mapping
+
+    for opt, spec in (("--labels", ref_labels), ("--pred-labels", pred_labels)):
+        if spec is not None:
+            try:
+                label_mapping(spec)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint=opt) from None
+    rows = evaluate_folders(pred, ref, out_csv, regions=reg, nsd_tolerance_mm=nsd_tolerance, labels=ref_labels,
+                            pred_labels=pred_labels, on_unknown="warn" if regions else "error")
     for r in rows:
         if r["case"] == "mean":
             click.echo(f"{r['region']:>4}: Dice {float(r['dice']):.4f}  HD95 {float(r['hd95_mm']):.2f} mm  NSD {float(r['nsd']):.4f}")

@@ -247,7 +247,10 @@ def records_from_brats(folder: Path) -> list[dict]:
         if c.error or c.label is None:
             logger.warning("%s: skipped for training (%s)", c.id, c.error or "no label file")
             continue
-        out.append({"case": c.id, "subject": subject_of(c.id), "image": [str(p) for p in c.inputs], "label": str(c.label)})
+        rec = {"case": c.id, "subject": subject_of(c.id), "image": [str(p) for p in c.inputs], "label": str(c.label)}
+        if c.extra.get("labels"):  # BraTS 2021 file names: BraTS 2021 label values
+            rec["labels"] = c.extra["labels"]
+        out.append(rec)
     return out
 
 

@@ -31,6 +31,11 @@ TRAIN_SCHEMA: dict[str, Any] = {
                                     "model.kwargs.finding_maps: true"),
         "channels": Field((list, NONE), None, help="manifest columns holding the input channels, in order"),
         "label": Field((str,), "label", help="manifest column of the label map / class label"),
+        "labels": Field((str, dict, NONE), None,
+                        help="segmentation: label convention of the label files (brats2021, brats2023, nnunet-brats, a "
+                             "YAML map {name: value} or {value: value}, or the map itself), remapped onto labels.names "
+                             "(BraTS 2023 when unset); null: the files use labels.names' values (BraTS 2021 case folders "
+                             "are recognised by their file names)"),
         "subject": Field((str,), "subject", help="manifest column identifying the subject (splits never cut a subject)"),
         "classes": Field((list, NONE), None, help="classification: class names in label order, e.g. [CN, AD]; "
                                                   "chexpert/nih: the findings (multi-label)"),
@@ -170,6 +175,7 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> d
     if overrides:
         raw = deep_merge(raw, _cwd_paths(parse_overrides(overrides), TRAIN_SCHEMA))
     cfg = validate(raw, TRAIN_SCHEMA, base_dir=path.parent.resolve())
+    _check_label_convention(cfg, path.parent.resolve())
     _cross_checks(cfg)
     cfg["name"] = cfg["name"] or path.stem
     cfg["_path"] = str(path)
@@ -187,6 +193,31 @@ def _cwd_paths(over: dict, schema: dict) -> dict:
         elif isinstance(spec, Field) and spec.path and isinstance(value, str) and not Path(value).expanduser().is_absolute():
             out[key] = str(Path.cwd() / value)
     return out
+
+
+def label_target(cfg: dict) -> dict[str, int]:
+    """``{name: value}`` a segmentation model is trained on: ``labels.names`` inverted, else BraTS 2023."""
+    from medcnn.metrics.labels import BRATS2023
+
+    names = cfg["labels"]["names"]
+    return {str(v): int(k) for k, v in names.items()} if names else dict(BRATS2023)
+
+
+def _check_label_convention(cfg: dict, base_dir: Path) -> None:
+    """Resolve a relative YAML ``data.labels`` (against ``base_dir``, the config's folder, else the current folder)
+    and check that it maps onto the model's labels."""
+    from medcnn.metrics.labels import CONVENTIONS, label_mapping
+
+    spec = cfg["data"].get("labels")
+    if spec is None:
+        return
+    if isinstance(spec, str) and spec not in CONVENTIONS and not Path(spec).expanduser().is_absolute():
+        here = (base_dir / spec).expanduser()
+        cfg["data"]["labels"] = spec = str((here if here.exists() else Path.cwd() / spec).resolve())
+    try:
+        label_mapping(spec, label_target(cfg))
+    except ValueError as exc:
+        raise ConfigError(f"config key 'data.labels': {exc}") from None
 
 
 def check_region_min_ml(inference: dict, regions: dict) -> None:

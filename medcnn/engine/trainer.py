@@ -42,6 +42,8 @@ from medcnn.device import cpu_has_native_bf16, resolve_device
 from medcnn.engine.data import find_records, fixed_split, read_case_list, split_subjects
 from medcnn.errors import ConfigError, MedcnnError
 from medcnn.io.atomic import write_text_atomic
+from medcnn.engine.schema import label_target
+from medcnn.metrics.labels import BRATS2023, label_mapping, remap_labels, unexpected_labels
 from medcnn.metrics.segmentation import dice_score
 from medcnn.models import create_model, model_arguments
 from medcnn.preprocessing import crop, load_for_model, prepare, square_resize
@@ -185,15 +187,22 @@ class _PrepareCase:
     given, are the only ones kept."""
 
     def __init__(self, task: str, spec: dict, classes: list[str] | None, map_classes: Sequence[int], half: bool = False,
-                 keys: Sequence[str] | None = None) -> None:
+                 keys: Sequence[str] | None = None, labels: Any = None, label_target: dict[str, int] | None = None,
+                 label_values: Sequence[int] | None = None) -> None:
         self.task, self.spec, self.classes, self.map_classes = task, spec, classes, list(map_classes)
         self.half, self.keys = half, keys
+        # label convention of the files (data.labels, else the record's own), the model's labels and the values allowed
+        self.labels, self.label_target, self.label_values = labels, label_target, label_values
+
+    def _label_map(self, rec: dict) -> dict[int, int] | None:
+        spec = self.labels if self.labels is not None else rec.get("labels")
+        return None if spec is None else label_mapping(spec, self.label_target or dict(BRATS2023))
 
     def __call__(self, rec: dict) -> dict:
         if self.task == "classification":
             out = _prepare_cls_case(rec, self.spec, self.classes or [], self.map_classes)
         else:
-            out = _prepare_seg_case(rec, self.spec)
+            out = _prepare_seg_case(rec, self.spec, self._label_map(rec), self.label_values)
         if self.half:
             out["image"] = out["image"].to(torch.float16)
         return out if self.keys is None else {k: out[k] for k in self.keys if k in out}
@@ -206,9 +215,13 @@ class _Plaind:
         return {k: (v.as_tensor() if hasattr(v, "as_tensor") else v) for k, v in d.items()}
 
 
-def _prepare_seg_case(rec: dict, spec: dict) -> dict:
+def _prepare_seg_case(rec: dict, spec: dict, label_map: dict[int, int] | None = None,
+                      label_values: Sequence[int] | None = None) -> dict:
     """Image and target on the model grid: ``(C, *spatial)`` float32 and ``(1, *spatial)`` uint8 labels,
-    or ``(R, *spatial)`` uint8 binary masks when the record lists several mask files (``data.masks``)."""
+    or ``(R, *spatial)`` uint8 binary masks when the record lists several mask files (``data.masks``).
+
+    A label map is remapped by ``label_map`` (file value -> model value); without one, a value outside
+    ``label_values`` (when given) is refused, naming the file and the values."""
     img = load_for_model(rec["image"], spec)
     several = isinstance(rec["label"], list)
     given = [f for f in rec["label"] if f is not None] if several else [rec["label"]]
@@ -224,13 +237,29 @@ def _prepare_seg_case(rec: dict, spec: dict) -> dict:
     x, info = prepare(img, spec)
     if several:
         return {"image": x, "label": _masks_like_input(lab, info, spec), "case": rec["case"]}
-    y = crop(lab.as_tensor(), info["box"]).round().to(torch.uint8)
+    y = crop(lab.as_tensor(), info["box"]).round().to(torch.int64)
+    y = _model_labels(y, rec["label"], label_map, label_values).to(torch.uint8)
     if info.get("square"):  # an integer label map: resize each label's mask, keep the most covered label per pixel
         values = torch.unique(y)
         onehot = torch.stack([(y[0] == v) for v in values]).to(torch.float32)
         cover = square_resize(onehot, int(spec["square_size"]))[0]
         y = values[cover.argmax(0)][None].to(torch.uint8)
     return {"image": x, "label": y, "case": rec["case"]}
+
+
+def _model_labels(y: torch.Tensor, where: str, label_map: dict[int, int] | None, label_values: Sequence[int] | None) -> torch.Tensor:
+    """Integer labels ``(1, *spatial)`` in the model's values: remapped, or checked against ``label_values``."""
+    try:
+        if label_map is not None:
+            return remap_labels(y, label_map, str(where))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if label_values:
+        bad = unexpected_labels(y, label_values)
+        if bad:
+            raise ConfigError(f"{where}: label value(s) {', '.join(map(str, bad))} not among the model's labels "
+                              f"{sorted(set(label_values))}; set data.labels (brats2021 for ET = 4, nnunet-brats, a YAML map)")
+    return y
 
 
 def _check_same_grid(target: torch.Tensor, img: torch.Tensor, where: str, what: str) -> None:
@@ -329,7 +358,13 @@ class Trainer:
             self._log_main("finding maps trained for %s", ", ".join(cfg["data"]["classes"][i] for i in self.map_classes))
         cache = cfg["data"]["cache"]
         classes = cfg["data"]["classes"] if self.task == "classification" else None
-        self._prepare = prep = _PrepareCase(self.task, spec, classes, self.map_classes, half=cache == "half")
+        label_values = None
+        if self.task == "segmentation" and not self.mask_names:
+            declared = [int(k) for k in cfg["labels"]["names"]] + [v for r in cfg["labels"]["regions"].values() for v in r]
+            label_values = sorted(set(declared)) or None
+        self._prepare = prep = _PrepareCase(self.task, spec, classes, self.map_classes, half=cache == "half",
+                                            labels=cfg["data"].get("labels"), label_target=label_target(cfg),
+                                            label_values=label_values)
         if not self.train_recs:
             raise ConfigError("data: no training case after the split")
         workers = max(1, min(4, os.cpu_count() or 1))

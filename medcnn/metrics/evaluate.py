@@ -30,6 +30,7 @@ from medcnn.errors import InputError
 from medcnn.io.api import load
 from medcnn.io.atomic import atomic_path
 from medcnn.io.geometry import voxel_spacing
+from medcnn.metrics.labels import LabelSpec, describe, label_mapping, remap_labels, unexpected_labels
 from medcnn.metrics.segmentation import BRATS_REGIONS, METRIC_KEYS, RegionSpec, normalize_regions, segmentation_metrics
 
 logger = logging.getLogger(__name__)
@@ -180,10 +181,26 @@ def _grid_mismatch(p_shape: tuple[int, ...], p_aff: np.ndarray, r_shape: tuple[i
     return None
 
 
+def _check_labels(arr: np.ndarray, path: Path, mapping: dict[int, int] | None, allowed: set[int], on_unknown: str) -> np.ndarray:
+    """``arr`` remapped by ``mapping``; without one, values outside ``allowed`` raise or warn (``on_unknown``)."""
+    if mapping is not None:
+        return np.asarray(remap_labels(arr, mapping, str(path)))
+    bad = unexpected_labels(arr, allowed)
+    if bad:
+        msg = (f"label value(s) {', '.join(map(str, bad))} outside the regions' labels {sorted(allowed)}"
+               + ("; a BraTS 2021 reference (ET = 4) needs --labels brats2021" if 4 in bad else "")
+               + "; give --labels (brats2021, nnunet-brats, MAP.yaml) or --region")
+        if on_unknown == "error":
+            raise InputError(path, msg)
+        logger.warning("%s: %s (ignored)", path, msg)
+    return arr
+
+
 def _evaluate_case(
-    case: str, pred: Path | None, ref: Path | None, regions: RegionSpec, nsd_tolerance_mm: float
+    case: str, pred: Path | None, ref: Path | None, regions: RegionSpec, nsd_tolerance_mm: float,
+    maps: tuple[dict[int, int] | None, dict[int, int] | None] = (None, None), on_unknown: str = "warn",
 ) -> list[dict[str, Any]]:
-    """Rows of one case, one per region."""
+    """Rows of one case, one per region; ``maps`` remap the (prediction, reference) label values."""
 
     def rows(status: str, error: str, metrics: dict[str, dict[str, float]] | None = None) -> list[dict[str, Any]]:
         return [
@@ -198,6 +215,9 @@ def _evaluate_case(
     try:
         p, p_aff = _load_labels(pred)
         r, r_aff = _load_labels(ref)
+        allowed = {v for labs in normalize_regions(regions).values() for v in labs}
+        p = _check_labels(p, pred, maps[0], allowed, on_unknown)
+        r = _check_labels(r, ref, maps[1], allowed, on_unknown)
         why = _grid_mismatch(tuple(p.shape), p_aff, tuple(r.shape), r_aff)
         if why is not None:
             raise InputError(pred, f"{why} ({ref})")
@@ -250,6 +270,10 @@ def evaluate_folders(
     out_csv: str | os.PathLike[str],
     regions: RegionSpec = BRATS_REGIONS,
     nsd_tolerance_mm: float = 1.0,
+    *,
+    labels: LabelSpec | None = None,
+    pred_labels: LabelSpec | None = None,
+    on_unknown: str | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate predicted label maps against references, case by case and region by region.
 
@@ -261,6 +285,13 @@ def evaluate_folders(
         out_csv: CSV to write (atomically).
         regions: region name -> label(s) (default BraTS 2023 WT/TC/ET).
         nsd_tolerance_mm: tolerance of the normalised surface Dice, mm.
+        labels: label convention of the references (``brats2021``, ``brats2023``, ``nnunet-brats``, a YAML
+            file or a mapping; :mod:`medcnn.metrics.labels`), remapped onto BraTS 2023 values before the
+            regions are taken; ``None``: the references already use the regions' values.
+        pred_labels: the same for the predictions (``None``: medcnn's own BraTS 2023 labels).
+        on_unknown: without a convention, a label value outside the regions' labels fails the case
+            (``"error"``, naming the values) or only logs a warning (``"warn"``); ``None``: error with the
+            default BraTS regions, warn with regions of your own (which may leave labels out on purpose).
 
     Returns:
         The rows written: one per case and region with keys ``case, region, dice, hd95_mm,
@@ -277,14 +308,22 @@ def evaluate_folders(
     """
     if not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm >= 0):
         raise ValueError(f"nsd_tolerance_mm must be finite and >= 0, got {nsd_tolerance_mm}")
+    if on_unknown is None:
+        on_unknown = "error" if normalize_regions(regions) == normalize_regions(BRATS_REGIONS) else "warn"
     regions = normalize_regions(regions)
+    if on_unknown not in ("error", "warn"):
+        raise ValueError(f"on_unknown must be 'error' or 'warn', got {on_unknown!r}")
+    maps = tuple(None if spec is None else label_mapping(spec) for spec in (pred_labels, labels))
+    for what, m in zip(("prediction", "reference"), maps):
+        if m is not None:
+            logger.info("%s labels remapped %s", what, describe(m))
     pairs = pair_cases(Path(pred), Path(ref))
     if not pairs:
         logger.warning("no prediction or reference label maps found in %s / %s", pred, ref)
     rows: list[dict[str, Any]] = []
     for case, p, r in tqdm(pairs, desc="evaluate", unit="case", disable=None):
         logger.debug("case %s: prediction %s, reference %s", case, p, r)
-        rows.extend(_evaluate_case(case, p, r, regions, nsd_tolerance_mm))
+        rows.extend(_evaluate_case(case, p, r, regions, nsd_tolerance_mm, maps, on_unknown))
     rows.extend(_mean_rows(rows, list(regions)))
     n_ok = len({r["case"] for r in rows if r["status"] == "ok" and r["case"] != "mean"})
     logger.info("evaluated %d of %d cases; wrote %s", n_ok, len(pairs), out_csv)

@@ -3,7 +3,7 @@
 A case is four co-registered MRI contrasts -- ``t1n`` (native T1), ``t1c`` (contrast-enhanced
 T1), ``t2w`` (T2) and ``t2f`` (T2-FLAIR) -- plus a label map with the BraTS 2023 labels
 1 NCR (necrotic / non-enhancing tumour core), 2 ED (peritumoural oedema), 3 ET (enhancing
-tumour), 0 elsewhere.
+tumour), 0 elsewhere (the ``brats2021`` layout writes ET as 4, as BraTS 2012-2021 did).
 
 How a case is made (all randomness from the ``rng`` passed in):
 
@@ -75,6 +75,8 @@ logger = logging.getLogger(__name__)
 CONTRASTS: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 #: BraTS 2023 label values.
 LABELS: Mapping[str, int] = MappingProxyType({"background": 0, "NCR": 1, "ED": 2, "ET": 3})
+#: BraTS 2012-2021 label values, which the ``brats2021`` layout writes (as the real data: ET 4, no 3).
+BRATS2021_LABELS: Mapping[str, int] = MappingProxyType({"background": 0, "NCR": 1, "ED": 2, "ET": 4})
 #: Folder layouts understood by :func:`generate`.
 LAYOUTS: tuple[str, ...] = ("brats2023", "brats2021", "nnunet")
 #: BraTS 2021 file suffixes of each contrast.
@@ -624,7 +626,8 @@ def generate(
 
     Layouts:
         ``brats2023``: ``BraTS-GLI-XXXXX-000/BraTS-GLI-XXXXX-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``;
-        ``brats2021``: ``BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz``;
+        ``brats2021``: ``BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz``, labels with
+        BraTS 2021 values (1 NCR, 2 ED, 4 ET: :data:`BRATS2021_LABELS`), as the real data has them;
         ``nnunet``: ``imagesTr/BraTS_XXXXX_000{0,1,2,3}.nii.gz`` (t1n, t1c, t2w, t2f),
         ``labelsTr/BraTS_XXXXX.nii.gz`` and ``dataset.json`` (images go to ``imagesTs`` when
         ``with_labels`` is False).
@@ -691,7 +694,10 @@ def _write_case(job: tuple) -> dict[str, Any]:
     for contrast, path in image_paths.items():
         save_nifti(path, case[contrast], case["affine"])
     if label_path is not None:
-        save_nifti(label_path, case["label"], case["affine"])
+        label = case["label"]
+        if layout == "brats2021":
+            label = np.where(label == LABELS["ET"], np.uint8(BRATS2021_LABELS["ET"]), label).astype(label.dtype)
+        save_nifti(label_path, label, case["affine"])
     logger.debug("%s: %s", case_id, case["meta"]["volumes_ml"])
     paths = {**image_paths, "label": label_path}
     return {"case": case_id, "subject": subject, "index": index, "paths": paths, "meta": case["meta"]}
