@@ -7,7 +7,9 @@
 
 2D images (PNG/JPEG, a DICOM radiograph, a single slice) give a PNG with the input's rows x cols
 (0/255 for one object, labels 1..N for several boxes); volumes give a label map that overlays the
-input in 3D Slicer (``medcnn.save(..., like=img)``). Volumes are segmented slice by slice along
+input in 3D Slicer (``medcnn.save(..., like=img)``). An output name ending ``.seg.dcm`` writes a DICOM
+Segmentation instead (DICOM inputs only), referencing the input's series and instances, one segment
+per box (``object N``, coded as tissue; algorithm type SEMIAUTOMATIC). Volumes are segmented slice by slice along
 ``slice_axis`` (default: the axis with the coarsest spacing, i.e. the through-plane axis of an
 axial/coronal/sagittal stack; the last axis on a tie), by propagation from each box's central
 slice (:meth:`medcnn.prompt.PromptableSegmenter.predict`). Coordinates always index the loaded
@@ -28,6 +30,7 @@ from medcnn import qc
 from medcnn.errors import InputError
 from medcnn.io import geometry, load, save
 from medcnn.io.atomic import full_suffix, write_png_atomic
+from medcnn.io.dicom_seg import SEG_SUFFIX, is_dicom_image, is_seg_path, write_dicom_seg
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +81,8 @@ def prompt_file(
 
     Args:
         image: an image file or DICOM series folder :func:`medcnn.load` reads.
-        out: mask file to write (``.png`` for 2D images; ``.nii.gz``/``.nrrd``/``.mha`` for volumes).
+        out: mask file to write (``.png`` for 2D images; ``.nii.gz``/``.nrrd``/``.mha`` for volumes;
+            ``.seg.dcm``: a DICOM Segmentation, for DICOM inputs).
         boxes: ``(i0, j0, i1, j1)`` (2D) or ``(i0, j0, k0, i1, j1, k1)`` (3D), max exclusive.
         points: ``(i, j)`` / ``(i, j, k)`` clicks; ``labels`` 1 foreground, 0 background.
         labels: per point (default all 1).
@@ -105,9 +109,12 @@ def prompt_file(
         img = img[:1]
         logger.warning("%s: %d channels; prompting on the first", image, img.shape[0])
     is_png = out.name.lower().endswith((".png",))
+    is_seg = is_seg_path(out)
+    if is_seg and not is_dicom_image(img):
+        raise InputError(out, f"a DICOM SEG output ({SEG_SUFFIX}) needs a DICOM input image; {image} is not DICOM")
     if sd == 3 and is_png:
         raise InputError(out, "a volume's mask needs a volume format (.nii.gz, .nrrd, .mha), not .png")
-    if sd == 2 and not is_png and not out.name.lower().endswith((".nii.gz", ".nii", ".nrrd", ".mha")):
+    if sd == 2 and not is_png and not is_seg and not out.name.lower().endswith((".nii.gz", ".nii", ".nrrd", ".mha")):
         raise InputError(out, "unknown output format; use .png (or .nii.gz) for a 2D image")
     seg = model if isinstance(model, PromptableSegmenter) else PromptableSegmenter.from_pretrained(model)
     data = img.as_tensor().float()
@@ -140,16 +147,20 @@ def prompt_file(
                                "has no clear edge; draw a tighter box around one object or add --points",
                                image, 100 * fill, k + 1, boxes[k])
     out.parent.mkdir(parents=True, exist_ok=True)
-    if is_png:
+    if is_seg:
+        write_dicom_seg(lab, out, like=img, segment_names={k: f"object {k}" for k in range(1, n_obj + 1)},
+                        algorithm=f"medcnn-prompt {seg.name}", algorithm_type="SEMIAUTOMATIC")
+    elif is_png:
         arr = lab.numpy().astype(np.uint8)
         write_png_atomic(out, arr * 255 if n_obj == 1 else arr)
         info["area_frac"] = round(float((arr > 0).mean()), 5)
     else:
         save(lab[None], out, like=img)
-        if sd == 3:
-            vox_ml = float(np.prod(geometry.voxel_spacing(img.affine.numpy(), 3))) / 1000.0
-            info["volume_ml"] = round(info["voxels"] * vox_ml, 3)
-    qc_out = Path(qc_path) if qc_path else out.parent / f"{out.name[: len(out.name) - len(full_suffix(out))]}_qc.png"
+    if sd == 3:
+        vox_ml = float(np.prod(geometry.voxel_spacing(img.affine.numpy(), 3))) / 1000.0
+        info["volume_ml"] = round(info["voxels"] * vox_ml, 3)
+    suffix_len = len(SEG_SUFFIX) if is_seg else len(full_suffix(out))
+    qc_out = Path(qc_path) if qc_path else out.parent / f"{out.name[: len(out.name) - suffix_len]}_qc.png"
     if qc_path != "":
         labels_np = lab.numpy()
         rgb = (qc.volume_montage(img[0], img.affine.numpy(), label=labels_np) if sd == 3
