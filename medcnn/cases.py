@@ -8,12 +8,18 @@ Rules (DESIGN §3):
 * single-image tasks (Alzheimer's T1, chest X-ray): every image file, every DICOM series folder;
   BIDS ``sub-*/[ses-*/]anat/*_T1w.nii.gz`` gives ids ``sub-XX[_ses-YY]``.
 
-Case ids come from file and folder names only, never from DICOM patient attributes.
+Case ids come from file and folder names only, never from DICOM patient attributes. Ids are unique
+within one discovery: the same files reached twice (a folder given twice, a symlink to a folder already
+searched) are one case; different inputs under one id (``siteA/case001`` and ``siteB/case001``, two
+DICOM series of one folder with the same SeriesNumber) keep the id for the first in command-line and
+sorted-folder order and become ``<id>_2``, ``<id>_3``... for the others, with a warning. Each real
+folder is searched once (symlink loops end there).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +72,57 @@ def _strip_suffix(name: str) -> str:
         if low.endswith(suf):
             return name[: -len(suf)]
     return name
+
+
+class _CaseIds:
+    """Cases by unique id: the same inputs twice are one case, other inputs under a taken id get ``<id>_N``."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Case] = {}
+        self._keys: set[tuple] = set()
+        self.reached = 0  # cases found, the same files found again included
+
+    def add(self, case: Case) -> None:
+        self.reached += 1
+        key = (tuple(os.path.realpath(p) for p in case.inputs), case.extra.get("series"))
+        if key in self._keys:  # the same files reached again (a symlink, an input given twice)
+            return
+        self._keys.add(key)
+        cid, n = case.id, 2
+        while cid in self.by_id:
+            cid = f"{case.id}_{n}"
+            n += 1
+        if cid != case.id:
+            logger.warning("%s: case id %r is already taken by %s; this case is named %r", _where(case), case.id,
+                           _where(self.by_id[case.id]), cid)
+            case.id = cid
+        self.by_id[cid] = case
+
+    def sorted(self) -> list[Case]:
+        return [self.by_id[k] for k in sorted(self.by_id)]
+
+
+def _where(case: Case) -> str:
+    if not case.inputs:
+        return case.id
+    first = Path(case.inputs[0])
+    where = str(first if first.is_dir() else first.parent)
+    return where + (f" (series {case.extra['series']})" if case.extra.get("series") else "")
+
+
+def _real_first(p: Path) -> tuple[bool, str]:
+    """Sort key: real files and folders before symlinks to them (so that cases keep their real names)."""
+    return p.is_symlink(), p.name
+
+
+def _first_visit(folder: Path, visited: set[str]) -> bool:
+    """True the first time the real folder behind ``folder`` is seen (symlinks resolved)."""
+    real = os.path.realpath(folder)
+    if real in visited:
+        logger.debug("skipping %s: %s was searched already", folder, real)
+        return False
+    visited.add(real)
+    return True
 
 
 def _visible_files(folder: Path) -> list[Path]:
@@ -141,13 +198,15 @@ def find_brain_tumor_cases(inputs: Sequence[str | Path]) -> list[Case]:
         inputs: case folders, folders of case folders, or nnU-Net flat folders.
 
     Returns:
-        Cases sorted by id (duplicates removed). A folder that looks like a case but lacks a
+        Cases sorted by id (the same files found twice are one case; another case under a taken id
+        is renamed ``<id>_2``..., with a warning). A folder that looks like a case but lacks a
         contrast becomes a case with ``error`` set, so the batch reports it instead of skipping it.
 
     Raises:
         InputError: an input path does not exist or holds no case at all.
     """
-    cases: dict[str, Case] = {}
+    cases = _CaseIds()
+    visited: set[str] = set()
     for raw in inputs:
         p = Path(raw)
         if not p.exists():
@@ -159,7 +218,9 @@ def find_brain_tumor_cases(inputs: Sequence[str | Path]) -> list[Case]:
                 found.append(own)
             found.extend(_nnunet_cases(p))
             if not found:
-                for sub in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
+                for sub in sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")), key=_real_first):
+                    if not _first_visit(sub, visited):
+                        continue
                     c = _brain_case_from_folder(sub)
                     if c is not None:
                         found.append(c)
@@ -171,8 +232,8 @@ def find_brain_tumor_cases(inputs: Sequence[str | Path]) -> list[Case]:
                 "*_t1/_t1ce/_t2/_flair (BraTS 2021) or CASE_0000..0003 (nnU-Net) files",
             )
         for c in found:
-            cases.setdefault(c.id, c)
-    return [cases[k] for k in sorted(cases)]
+            cases.add(c)
+    return cases.sorted()
 
 
 def _is_image_file(p: Path, suffixes: Iterable[str]) -> bool:
@@ -217,15 +278,9 @@ def find_image_cases(
     Raises:
         InputError: an input path does not exist or holds no image.
     """
-    cases: dict[str, Case] = {}
-
-    def add(case: Case) -> None:
-        cid, n = case.id, 2
-        while cid in cases and cases[cid].inputs != case.inputs:
-            cid = f"{case.id}_{n}"
-            n += 1
-        case.id = cid
-        cases.setdefault(cid, case)
+    ids = _CaseIds()
+    add = ids.add
+    visited: set[str] = set()
 
     def visit_file(f: Path) -> None:
         bid = _bids_id(f) if bids else None
@@ -235,6 +290,8 @@ def find_image_cases(
             add(Case(id=_strip_suffix(f.name), inputs=[f]))
 
     def visit_dir(d: Path) -> None:
+        if not _first_visit(d, visited):
+            return
         files = _visible_files(d)
         other_suffixes = tuple(s for s in suffixes if s not in DICOM_SUFFIXES)
         dcm = [f for f in files if not f.name.lower().endswith(other_suffixes) and dicom.is_dicom_file(f)]
@@ -245,6 +302,10 @@ def find_image_cases(
                 add(Case(id=d.name, inputs=[d], error=exc.reason))
                 series = []
             multi = [s for s in series if len(s.files) > 1]
+            numbers = [s.number for s in multi if s.number is not None]
+            for dup in sorted({n for n in numbers if numbers.count(n) > 1}):
+                logger.warning("%s: %d series share SeriesNumber %s; each is a case of its own (ids %s_s%s, %s_s%s_2...)",
+                               d, numbers.count(dup), dup, d.name, dup, d.name, dup)
             for s in series:
                 if len(s.files) == 1:  # a radiograph, a multi-frame file or a lone slice: a case of its own
                     visit_file(s.files[0])
@@ -253,10 +314,10 @@ def find_image_cases(
                 sid = d.name if len(multi) == 1 else f"{d.name}_s{num}"
                 add(Case(id=sid, inputs=[d], extra={"series": s.uid}))
             files = [f for f in files if f not in dcm]
-        for f in files:
+        for f in sorted(files, key=_real_first):
             if _is_image_file(f, suffixes):
                 visit_file(f)
-        for sub in sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith(".")):
+        for sub in sorted((x for x in d.iterdir() if x.is_dir() and not x.name.startswith(".")), key=_real_first):
             if sub.name.lower() in ANNOTATION_DIRS:
                 logger.info("skipping %s: an annotation folder, not scans (name it as an input to predict on it)", sub)
                 continue
@@ -266,11 +327,12 @@ def find_image_cases(
         p = Path(raw)
         if not p.exists():
             raise InputError(p, "no such file or folder")
-        before = len(cases)
+        searched = p.is_dir() and os.path.realpath(p) in visited  # given twice, or inside an earlier input
+        before = ids.reached
         if p.is_dir():
             visit_dir(p)
         else:
             visit_file(p)
-        if len(cases) == before:
+        if ids.reached == before and not searched:
             raise InputError(p, "no image found (looked for NIfTI, NRRD, MHA, DICOM, PNG, JPEG)")
-    return [cases[k] for k in sorted(cases)]
+    return ids.sorted()

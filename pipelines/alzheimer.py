@@ -79,6 +79,19 @@ class AlzheimerPipeline:
             raise InputError(case.inputs[0], f"expected one T1 image, got {img.shape[0]} channels")
         return img
 
+    def check_model(self, model: Any) -> None:
+        """Refuse, once before any case, a checkpoint that is not an AD/CN classifier (e.g. another task's).
+
+        Raises:
+            InputError: names the checkpoint file.
+        """
+        if model.task != "classification":
+            raise InputError(model.path, f"is a {model.task} model; the alzheimer pipeline needs an AD/CN classifier")
+        try:
+            ad_index(model.config)
+        except InputError as exc:
+            raise InputError(model.path, exc.reason) from None
+
     def run(self, model: Any, case: Case, img: Any, out_dir: Path) -> dict[str, Any]:
         k = ad_index(model.config)
         probs = model.predict_proba(img)

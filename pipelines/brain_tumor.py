@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from medcnn import qc
-from medcnn.cases import Case, find_brain_tumor_cases
+from medcnn.cases import BRAIN_CONTRASTS, Case, find_brain_tumor_cases
+from medcnn.errors import InputError
 from medcnn.io import geometry, load, save
 from medcnn.metrics.segmentation import BRATS_REGIONS, region_volumes_ml
 
@@ -36,6 +37,19 @@ class BrainTumorPipeline:
 
     def load(self, case: Case):
         return load(case.inputs, spatial_dims=3)
+
+    def check_model(self, model: Any) -> None:
+        """Refuse, once before any case, a checkpoint that is not a 4-contrast segmentation model.
+
+        Raises:
+            InputError: names the checkpoint file.
+        """
+        if model.task != "segmentation":
+            raise InputError(model.path, f"is a {model.task} model; the brain-tumor pipeline needs a segmentation model")
+        channels = model.config["preprocess"].get("in_channels")
+        if channels not in (None, len(BRAIN_CONTRASTS)):
+            raise InputError(model.path, f"takes {channels} input channel(s); the brain-tumor pipeline gives "
+                                         f"{len(BRAIN_CONTRASTS)} ({', '.join(BRAIN_CONTRASTS)})")
 
     def run(self, model: Any, case: Case, img, out_dir: Path) -> dict[str, Any]:
         pred = model.predict(img)
