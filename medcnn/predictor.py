@@ -24,10 +24,11 @@ from monai.data import MetaTensor
 from torch import nn
 
 from medcnn.device import resolve_device
-from medcnn.engine.checkpoint import load_checkpoint, sha256
-from medcnn.errors import InputError
+from medcnn.engine.checkpoint import load_checkpoint, network_on_meta, sha256, state_bytes, state_mismatch
+from medcnn.errors import ConfigError, InputError
 from medcnn.io import geometry
-from medcnn.io.api import meta_without_affine, resample_image
+from medcnn.io.api import meta_without_affine, resample_image, target_grid
+from medcnn.io.memory import check_memory, over_limit
 from medcnn.models import create_model
 from medcnn.preprocessing import prepare, restore_to_box, uncrop
 
@@ -56,9 +57,27 @@ def network_from_checkpoint(ck: dict[str, Any], path: str | Path) -> nn.Module:
     """The network a medcnn checkpoint describes, with its weights (fp16 bundles cast back to float32).
 
     Raises:
-        InputError: the weights do not fit the network (naming ``path``).
+        InputError: an unknown network or arguments, weights that do not fit the network, or a network
+            larger than the memory limit (checked on the meta device before any allocation), naming ``path``.
     """
-    net = create_model(ck["model"]["name"], **ck["model"]["kwargs"])
+    name, kwargs = ck["model"]["name"], ck["model"]["kwargs"]
+    try:
+        shapes = network_on_meta(name, kwargs)
+    except ConfigError as exc:
+        raise InputError(path, f"describes a network medcnn cannot build ({exc})"[:400]) from None
+    if shapes is not None:
+        problem = state_mismatch(shapes, ck["state_dict"])
+        if problem:
+            raise InputError(path, f"weights do not fit the {name} network it describes ({problem})")
+        too_big = over_limit(state_bytes({k: v.float() if v.is_floating_point() else v for k, v in shapes.items()}))
+        if too_big:
+            raise InputError(path, f"its {name} network {too_big}")
+    try:
+        net = create_model(name, **kwargs)
+    except ConfigError as exc:
+        raise InputError(path, f"describes a network medcnn cannot build ({exc})"[:400]) from None
+    except RuntimeError as exc:  # a network that cannot be sized on the meta device, too large to allocate
+        raise InputError(path, f"cannot build its {name} network ({str(exc).strip()[:160]})") from None
     state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ck["state_dict"].items()}
     try:
         net.load_state_dict(state, strict=True)
@@ -107,12 +126,39 @@ class Model:
         spec = self.config["preprocess"]
         sp = spec.get("spacing")
         orient = spec.get("orientation") if img.ndim == 4 else None
+        affine = img.affine.detach().cpu().numpy().astype(np.float64)
+        _, shape = target_grid(affine, tuple(img.shape[1:]), sp, orient)
+        # a coarse image (100 mm voxels) grows by orders of magnitude on a 1-2 mm model grid
+        check_memory(self._source(img), (img.shape[0], *shape), 4, what="image resampled to the model's grid")
         grid = resample_image(img, spacing=sp, orientation=orient)
         if min(grid.shape[1:]) < MIN_VOXELS_PER_AXIS:  # a 1-voxel "volume" or a single slice given to a 3D model
             raise InputError(getattr(img, "meta", {}).get("filename_or_obj"),
                              f"image too small for this model: {tuple(img.shape[1:])} voxels, {tuple(grid.shape[1:])} on the "
                              f"model's grid; need at least {MIN_VOXELS_PER_AXIS} along every axis (a 2D image or a single slice?)")
         return grid
+
+    def _source(self, img: torch.Tensor) -> str | None:
+        """The file ``img`` came from (a MetaTensor from :func:`medcnn.load`), else the checkpoint, for messages."""
+        name = getattr(img, "meta", {}).get("filename_or_obj") if isinstance(img, MetaTensor) else None
+        return name or (str(self.path) if self.path is not None else None)
+
+    def _out_channels(self) -> int:
+        """Number of network outputs, from the checkpoint (for memory estimates before running it)."""
+        kwargs = self.config["model"].get("kwargs") or {}
+        labels = self.config.get("labels") or {}
+        for n in (kwargs.get("out_channels"), len(labels.get("channels") or []), len(labels.get("regions") or {}),
+                  len(labels.get("classes") or [])):
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                return n
+        return 1
+
+    def _check_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        """``outputs`` if finite, else an :class:`InputError` naming the checkpoint: NaN/Inf must never become a
+        label or a probability reported as ok."""
+        if not bool(torch.isfinite(outputs).all()):
+            raise InputError(self.path, "the network gave NaN or Inf outputs for this image (broken or overflowing "
+                                        "weights, or an input far outside what it was trained on); no result")
+        return outputs
 
     def _check_channels(self, img: torch.Tensor) -> None:
         want = self.config["preprocess"].get("in_channels")
@@ -134,10 +180,12 @@ class Model:
         from medcnn.inference import sliding_window_inference
 
         inf = self.config["inference"]
+        # the output and its weight map, each (K, *spatial) float32 over the whole grid
+        check_memory(self._source(x), (self._out_channels() + 1, *x.shape[1:]), 4, what="sliding-window output")
         out = sliding_window_inference(x[None].to(self.device), list(inf["roi_size"]), int(inf["sw_batch_size"]), self._predictor(),
                                        overlap=float(inf["overlap"]), mode=inf["mode"], progress=progress,
                                        precision=inf.get("precision", "auto"))
-        return out[0].float().cpu()
+        return self._check_outputs(out[0].float().cpu())
 
     @torch.no_grad()
     def predict(self, img: MetaTensor, progress: bool = False, probabilities: bool = False) -> MetaTensor:
@@ -165,6 +213,9 @@ class Model:
         spec = self.config["preprocess"]
         x, info = prepare(grid, spec)
         probs = restore_to_box(self._probabilities(self.logits(x, progress)), info)
+        if probs.shape[0] <= MAX_LINEAR_CHANNELS:  # the probabilities on the model's grid, then on the input's
+            for shape, what in ((info["shape"], "model-grid probabilities"), (tuple(img.shape[1:]), "probabilities on the input grid")):
+                check_memory(self._source(img), (probs.shape[0], *shape), 4, what=what)
         a_img = img.affine.detach().cpu().numpy().astype(np.float64)
         a_grid = grid.affine.detach().cpu().numpy().astype(np.float64)
         out_to_in = np.linalg.inv(a_grid) @ a_img
@@ -252,7 +303,7 @@ class Model:
         logits = self._predictor()(x[None].to(self.device))
         if isinstance(logits, (list, tuple)):
             logits = logits[0]
-        return self._class_probabilities(logits[0]).cpu()
+        return self._class_probabilities(self._check_outputs(logits[0].float())).cpu()
 
     def saliency(self, img: MetaTensor, class_index: int | None = None, method: str = "gradcam",
                  **kwargs: Any) -> MetaTensor:
@@ -365,7 +416,7 @@ def load_model(name_or_path: str | Path = "brain-tumor", device: str | torch.dev
             raise InputError(name_or_path, f"no such checkpoint file or bundled model; bundled: {', '.join(avail) or 'none'}")
     ck = load_checkpoint(path, map_location="cpu")
     net = network_from_checkpoint(ck, path)
-    config = {k: ck[k] for k in ("task", "model", "preprocess", "inference", "labels", "metrics") if k in ck}
+    config = {k: ck[k] for k in ("task", "model", "preprocess", "inference", "labels", "metrics", "ood") if k in ck}
     config["training"] = {k: v for k, v in ck.get("training", {}).items() if k != "history"}
     dev = resolve_device(device)
     model = Model(net.to(dev), config, path, dev)

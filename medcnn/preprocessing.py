@@ -20,6 +20,7 @@ from monai.data import MetaTensor
 from medcnn.errors import InputError
 from medcnn.io import load
 from medcnn.io.api import meta_without_affine
+from medcnn.io.memory import check_memory
 from medcnn.transforms.custom import masked_zscore
 
 logger = logging.getLogger(__name__)
@@ -247,9 +248,12 @@ def prepare(img: MetaTensor, spec: Mapping[str, Any]) -> tuple[torch.Tensor, dic
     info: dict[str, Any] = {"box": box, "shape": full_shape}
     square = spec.get("square_size")
     size = spec.get("size")
+    source = img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
     if square:
+        check_memory(source, (x.shape[0], int(square), int(square)), 4, what="model input (preprocess.square_size)")
         x, info["square"] = square_resize(x, int(square))
     elif size:
+        check_memory(source, (x.shape[0], *size), 4, what="model input (preprocess.size)")
         x, pads = pad_or_crop_to(x, size)
         info["pads"] = pads
     return x, info

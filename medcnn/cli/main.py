@@ -150,15 +150,17 @@ Examples:
   medcnn convert dicom_folder/ ct.nii.gz
   medcnn convert t1.nrrd t1_ras_1mm.nii.gz --spacing 1 --orientation RAS
   medcnn convert cxr.dcm cxr.png
+  medcnn convert -i dicom_folder/ -o ct.nii.gz
 """)
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path), metavar="SOURCE DEST")
+@click.option("-i", "--input", "source_opt", type=click.Path(path_type=Path), default=None, help="SOURCE, as an option.")
+@click.option("-o", "--output", "dest_opt", type=click.Path(path_type=Path), default=None, help="DEST, as an option.")
 @click.option("--spacing", type=float, multiple=True, help="Voxel size in mm (once for all axes, or once per axis).")
 @click.option("--orientation", default=None, help="Reorient to these axis codes, e.g. RAS or LPS (3D).")
 @click.option("--series", default=None, help="SeriesInstanceUID (or index) when a DICOM folder holds several series.")
 @click.option("--labels", is_flag=True, help="The image is a label map: nearest-neighbour resampling, integer output.")
-def convert(source: Path, dest: Path, spacing: tuple[float, ...], orientation: str | None, series: str | None,
-            labels: bool) -> None:
+def convert(paths: tuple[Path, ...], source_opt: Path | None, dest_opt: Path | None, spacing: tuple[float, ...],
+            orientation: str | None, series: str | None, labels: bool) -> None:
     """Convert SOURCE (any readable scan or DICOM folder) to DEST (.nii.gz, .nrrd, .mha, .png)."""
     import numpy as np
     import torch
@@ -166,6 +168,14 @@ def convert(source: Path, dest: Path, spacing: tuple[float, ...], orientation: s
     from medcnn.io import load, save
     from medcnn.io.api import SOURCE_KEY
 
+    rest = list(paths)
+    source = source_opt if source_opt is not None else (rest.pop(0) if rest else None)
+    dest = dest_opt if dest_opt is not None else (rest.pop(0) if rest else None)
+    if source is None or dest is None or rest:
+        raise click.UsageError("give SOURCE and DEST once each: medcnn convert SOURCE DEST (or -i SOURCE -o DEST)")
+    if any(not (v > 0 and np.isfinite(v)) for v in spacing):  # load() reads <= 0 as "keep this axis"
+        raise click.BadParameter(f"voxel sizes must be positive mm, got {' '.join(f'{v:g}' for v in spacing)}",
+                                 param_hint="--spacing")
     sp = None if not spacing else (spacing[0] if len(spacing) == 1 else tuple(spacing))
     ser: str | int | None = int(series) if series is not None and series.isdigit() else series
     img = load(source, spacing=sp, orientation=orientation, series=ser, mode="nearest" if labels else "linear")
@@ -173,6 +183,10 @@ def convert(source: Path, dest: Path, spacing: tuple[float, ...], orientation: s
     if labels:
         data = data.round().to(torch.int32)
     src = img.meta[SOURCE_KEY]
+    if dest.name.lower().endswith((".png", ".jpg", ".jpeg")) and not labels:
+        from medcnn.io.api import display_pixels
+
+        data = display_pixels(data, dest)  # radiograph grey levels -> 8/16-bit PNG values
     if sp is None and orientation is None:
         save(data, dest, like=img)
     else:  # write the resampled grid itself
@@ -253,30 +267,51 @@ Examples:
   medcnn predict alzheimer bids_dataset/ -o out/ad
   medcnn predict chest-xray sample_data/chest-xray/images -o out/cxr
   medcnn predict chest-xray dicoms/ -o out/cxr --model runs/cxr_lungs/best.pt   # own lung model, bundled findings
+  medcnn predict brain-tumor case/ -o out --dicom-seg   # case/CASE-t1n/ ... DICOM series: + out/case.seg.dcm
 \b
 Outputs: OUTDIR/summary.csv (a row per case), per-case result files, OUTDIR/qc/*.png, OUTDIR/run.json.
+--dicom-seg: OUTDIR/<case>.seg.dcm, a DICOM Segmentation referencing the reference image when it is DICOM:
+brain-tumor the first contrast's (t1n) series, chest-xray the radiograph (lungs and heart segments).
 Exit status: 0 all cases ok or skipped, 1 some case failed (the others are still done), 2 usage error.
 """)
 @click.argument("pipeline")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-i", "--input", "more_inputs", multiple=True, type=click.Path(path_type=Path),
+              help="An input (repeatable), as nnU-Net's and TotalSegmentator's -i; joins the positional INPUTs.")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--model", "model_ref", multiple=True,
               help="Bundled model name or checkpoint path (default: the pipeline's). chest-xray: repeat it for the "
                    "findings, the lung and the nodule model; each replaces the bundled model of its kind "
                    "(the bundled nodule detector joins the bundled findings model only).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N], gpu[:N] (= cuda) or mps.")
 @click.option("--overwrite", is_flag=True, help="Redo cases whose outputs already exist.")
-def predict(pipeline: str, inputs: tuple[Path, ...], out_dir: Path, model_ref: tuple[str, ...], device: str, overwrite: bool) -> None:
+@click.option("--statistics", is_flag=True, help="Also write <case>_statistics.json: per label its voxels, volume (mL) and "
+              "each input channel's intensity mean, std and percentiles inside it (label-map pipelines).")
+@click.option("--dicom-seg", is_flag=True, help="Also write <case>.seg.dcm (DICOM SEG) when the reference image is "
+              "DICOM (brain-tumor: the t1n series; chest-xray: the radiograph).")
+def predict(pipeline: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], out_dir: Path, model_ref: tuple[str, ...],
+            device: str, overwrite: bool, statistics: bool, dicom_seg: bool) -> None:
     """Run PIPELINE (brain-tumor, alzheimer, chest-xray) on every case found in INPUTS."""
+    import dataclasses
+
     from medcnn.batch import run_batch
     from medcnn.pipelines import available, get_pipeline, load_models
 
     if pipeline not in available():
         raise click.UsageError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(available())}")
     pipe = get_pipeline(pipeline)
-    dev_name = device
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise click.UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if dicom_seg:
+        if not any(f.name == "dicom_seg" for f in dataclasses.fields(pipe)):
+            raise click.UsageError(f"--dicom-seg: the {pipeline} pipeline writes no label map")
+        pipe = dataclasses.replace(pipe, dicom_seg=True)
+    inputs = (*inputs, *more_inputs)
+    if not inputs:
+        raise click.UsageError("give the input(s): medcnn predict PIPELINE INPUT... or -i INPUT")
+    if statistics:
+        if not any(f.name == "statistics" for f in dataclasses.fields(pipe)):
+            raise click.UsageError(f"--statistics: the {pipeline} pipeline writes no label map")
+        pipe = dataclasses.replace(pipe, statistics=True)
+    dev_name = device = _device_name(device, "--device")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         import torch
@@ -289,6 +324,16 @@ def predict(pipeline: str, inputs: tuple[Path, ...], out_dir: Path, model_ref: t
         click.echo(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} failed; summary: {out_dir / 'summary.csv'}")
         if counts["error"]:
             sys.exit(1)
+
+
+def _device_name(value: str, option: str) -> str:
+    """``--device`` value in torch's spelling (``gpu[:N]`` -> ``cuda[:N]``); a usage error otherwise."""
+    from medcnn.device import normalize_device_name
+
+    try:
+        return normalize_device_name(value)
+    except MedcnnError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def _numbers(text: str, what: str) -> list[float]:
@@ -306,24 +351,34 @@ Examples:
   medcnn prompt ct.nii.gz --box 40,60,30,120,150,70 --points 80,100,50:0 -o organ.nii.gz --model m.pth
   medcnn prompt slice.png --box 10,10,60,90 --box 70,20,120,80 -o two.png --model m.pth   # label map 1, 2
   medcnn prompt t1.nii.gz --box 30,40,50,90,100,80 --exact-box -o hippo.nii.gz   # box from an annotation
+  medcnn prompt ct_series/ --box 40,60,30,120,150,70 -o organ.seg.dcm   # DICOM SEG referencing the series
 \b
 Coordinates index the image as medcnn.load returns it: (row, col) for 2D, the file's voxel indices (i, j, k)
 for volumes; boxes are min,...,max with the max exclusive. A point is i,j[,k] with ':0' for background.
+--box-order xyxy takes 2D boxes in SAM/MedSAM order x0,y0,x1,y1 (x = column, y = row) instead of i0,j0,i1,j1.
+Single-slice DICOM: a radiograph (CR, DX, MG, XA, ...; or a file without patient geometry) is a 2D image
+(row, col); one CT/MR/PET slice is a volume of one slice in voxel order (i = column, j = row, k = 0), so its
+box is i0,j0,0,i1,j1,1 (medcnn convert slice.dcm slice.nii.gz keeps that voxel order).
 A volume is segmented slice by slice from each box's central slice along --slice-axis (default: the axis with
 the coarsest spacing). The mask lands on the input's own grid (PNG for 2D, a label volume otherwise) with a
 QC picture next to it (OUT stem + _qc.png).
 """)
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("image", required=False, type=click.Path(path_type=Path))
+@click.option("-i", "--input", "image_opt", type=click.Path(path_type=Path), default=None,
+              help="The image, instead of the positional IMAGE.")
 @click.option("--box", "boxes", multiple=True, metavar="I0,J0[,K0],I1,J1[,K1]", help="Box prompt (repeat for several objects).")
+@click.option("--box-order", type=click.Choice(["ijk", "xyxy"]), default="ijk", show_default=True,
+              help="ijk: i0,j0[,k0],i1,j1[,k1] (rows first); xyxy: 2D SAM-order x0,y0,x1,y1 (x = column).")
 @click.option("--points", "points", multiple=True, metavar="I,J[,K][:0|1]", help="Point prompt (repeatable); :0 = background.")
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Mask file to write.")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="Mask file to write (.png, .nii.gz, .nrrd, .mha; .seg.dcm: DICOM SEG, for DICOM inputs).")
 @click.option("--model", "model_ref", default=None, help="medcnn-prompt (default, bundled), a checkpoint from medcnn train with task: prompt, or a MedSAM/SAM .pth.")
 @click.option("--slice-axis", type=click.IntRange(0, 2), default=None, help="Volumes: axis to propagate along.")
 @click.option("--exact-box", is_flag=True, help="Each box is its object's exact bounding box (from an annotation or a "
               "mask), not drawn by hand: the mask stays inside it, and the bundled model uses its exact-box mode.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-def prompt(image: Path, boxes: tuple[str, ...], points: tuple[str, ...], out: Path, model_ref: str | None,
-           slice_axis: int | None, exact_box: bool, device: str) -> None:
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N], gpu[:N] (= cuda) or mps.")
+def prompt(image: Path | None, image_opt: Path | None, boxes: tuple[str, ...], box_order: str, points: tuple[str, ...],
+           out: Path, model_ref: str | None, slice_axis: int | None, exact_box: bool, device: str) -> None:
     """Segment what a box or points point at in IMAGE (MedSAM-style promptable segmentation)."""
     from medcnn.prompt import PromptableSegmenter
     from medcnn.prompt.apply import prompt_file
@@ -332,7 +387,17 @@ def prompt(image: Path, boxes: tuple[str, ...], points: tuple[str, ...], out: Pa
         raise click.UsageError("give at least one --box or --points")
     if exact_box and not boxes:
         raise click.UsageError("--exact-box describes a --box; give one")
+    if (image is None) == (image_opt is None):
+        raise click.UsageError("give the image once: medcnn prompt IMAGE ... or -i IMAGE")
+    image = image if image is not None else image_opt
+    device = _device_name(device, "--device")
     box_list = [_numbers(b, "--box") for b in boxes]
+    if box_order == "xyxy":
+        from medcnn.prompt.segmenter import xyxy_to_ij
+
+        if any(len(b) != 4 for b in box_list):
+            raise click.BadParameter("--box-order xyxy takes 2D boxes of 4 numbers x0,y0,x1,y1", param_hint="--box")
+        box_list = [xyxy_to_ij(b) for b in box_list]
     pts, labs = [], []
     for p in points:
         coords, _, lab = p.partition(":")
@@ -344,6 +409,8 @@ def prompt(image: Path, boxes: tuple[str, ...], points: tuple[str, ...], out: Pa
     try:
         info = prompt_file(image, out, boxes=box_list or None, points=pts or None, labels=labs or None, model=seg,
                            slice_axis=slice_axis, exact_box=exact_box)
+    except MedcnnError:
+        raise  # an unusable IMAGE (InputError is a ValueError too): one line, exit 1, not a usage error
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     extra = f", {info['volume_ml']} mL" if "volume_ml" in info else ""
@@ -413,19 +480,25 @@ def evaluate(pred: Path, ref: Path, out_csv: Path, regions: tuple[str, ...], nsd
 Examples:
   medcnn train configs/brain_tumor.yaml --set data.source=data/brats_synth -o runs/bt
   medcnn train configs/brain_tumor.yaml -o runs/bt --resume           # continue after a crash
+  medcnn train configs/brain_tumor.yaml -o runs/bt --overwrite        # replace the trained run in runs/bt
   medcnn train configs/brain_tumor.yaml --set train.epochs=2 --set model.name=unet
   torchrun --nproc_per_node 2 -m medcnn.cli.main train configs/brain_tumor.yaml -o runs/ddp
 """)
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (dotted key; YAML value).")
 @click.option("--resume", is_flag=True, help="Continue from RUNDIR/last.pt.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a trained run in RUNDIR (its best.pt/last.pt are removed just before the first epoch); "
+                   "without it or --resume, a folder holding one is refused.")
 @click.option("-o", "--output", "run_dir", type=click.Path(path_type=Path), default=None,
               help="Run folder (default runs/<config name>).")
-def train(config: Path, overrides: tuple[str, ...], resume: bool, run_dir: Path | None) -> None:
+def train(config: Path, overrides: tuple[str, ...], resume: bool, overwrite: bool, run_dir: Path | None) -> None:
     """Train a model from a YAML CONFIG (also under torchrun for DDP)."""
     from medcnn.engine import train as run_training
 
-    result = run_training(config, list(overrides), run_dir, resume=resume)
+    if resume and overwrite:
+        raise click.UsageError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
+    result = run_training(config, list(overrides), run_dir, resume=resume, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"best {result['best']:.4f} at epoch {result['best_epoch']}; outputs in {result['run_dir']}")
 
@@ -489,6 +562,34 @@ def export(checkpoint: Path, dest: Path, full_precision: bool, check: tuple[str,
         for case, s in scores.items():
             click.echo(f"{case}: " + "  ".join(f"{k} {v:.4f}" for k, v in s.items()))
     click.echo(f"exported {checkpoint} -> {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
+
+
+@cli.command("ood-fit", context_settings=CONTEXT, epilog="""\b
+Examples:
+  medcnn generate alzheimer -n 40 --seed 3101 -o data/ad_ood
+  medcnn ood-fit alzheimer data/ad_ood -o alzheimer_ood.pt            # the bundled model + OOD statistics
+  medcnn ood-fit brain-tumor data/bt_ood -o bt.pt --model runs/bt/best.pt
+  medcnn ood-fit chest-xray data/cxr_ood/images -o chest_xray.pt       # written into the findings checkpoint
+\b
+DATA: held-out cases of the model's training generator (a seed it never trained on). The copy keeps the
+weights byte for byte and adds an `ood` section; `medcnn predict` then fills the ood and ood_score columns.
+""")
+@click.argument("pipeline")
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", "dest", type=click.Path(path_type=Path), required=True, help="Checkpoint to write.")
+@click.option("--model", "model_ref", multiple=True, help="Bundled model name or checkpoint path, as for predict.")
+@click.option("--quantile", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.98, show_default=True,
+              help="Fraction of the held-out cases (out of fold) kept below the threshold.")
+def ood_fit(pipeline: str, data: tuple[Path, ...], dest: Path, model_ref: tuple[str, ...], quantile: float) -> None:
+    """Fit a checkpoint's out-of-distribution statistics on held-out cases; write a copy that carries them."""
+    from medcnn.pipelines import available, fit_ood_checkpoint, get_pipeline
+
+    if pipeline not in available():
+        raise click.UsageError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(available())}")
+    sec = fit_ood_checkpoint(get_pipeline(pipeline), list(data), dest, list(model_ref) or None, quantile=quantile)
+    click.echo(f"fitted OOD statistics on {sec['n_fit']} case(s) ({len(sec['stat_names'])} image statistics"
+               f"{', features of ' + str(sec['layer']) if sec.get('layer') else ''}); threshold {sec['threshold']:.3f}, "
+               f"{100 * sec['oof_flagged']:.1f}% of them flagged out of fold -> {dest}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,6 +49,18 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), shortened."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+#: how every file torch.save writes starts: a zip archive, or (legacy format, raw pickles) a pickle protocol byte
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+#: sections every medcnn checkpoint holds, each a mapping
+_SECTIONS = ("model", "state_dict", "preprocess", "inference", "labels")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a medcnn checkpoint safely.
 
@@ -60,24 +72,100 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         The checkpoint dict.
 
     Raises:
-        InputError: missing/corrupt file, a file that needs unpickling arbitrary objects (refused:
-            nothing in it is executed), or not a medcnn checkpoint.
+        InputError: missing, empty or corrupt file, a file that needs unpickling arbitrary objects
+            (refused: nothing in it is executed), not a medcnn checkpoint, a newer or non-integer
+            version, missing or mistyped sections (``model``, ``state_dict``...), NaN/Inf weights.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "checkpoint not found")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        raise InputError(path, "empty file (0 bytes), not a checkpoint")
+    if not head.startswith(_TORCH_MAGIC):
+        raise InputError(path, "not a readable PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError(path, f"refused: the checkpoint contains pickled Python objects, which could run code "
-                               f"({str(exc).splitlines()[0][:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+                               f"({_first_line(exc)})") from None
+    except Exception as exc:  # truncated zips, bad records...: torch raises many types, none of them user-facing
+        raise InputError(path, f"not a readable PyTorch checkpoint ({_first_line(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError(path, "not a medcnn checkpoint (no 'format: medcnn.checkpoint' entry)")
-    if int(data.get("version", 0)) > VERSION:
-        raise InputError(path, f"checkpoint version {data.get('version')} is newer than this medcnn ({__version__}); upgrade medcnn")
+    version = data.get("version", VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputError(path, f"checkpoint version must be an integer, got {version!r}")
+    if version > VERSION:
+        raise InputError(path, f"checkpoint version {version} is newer than this medcnn ({__version__}); upgrade medcnn")
+    _check_structure(data, path)
     return data
+
+
+def _check_structure(data: dict[str, Any], path: Path) -> None:
+    """The sections later code indexes without looking: present, of the right types, weights finite."""
+    if not isinstance(data.get("task"), str):
+        raise InputError(path, f"not a usable medcnn checkpoint: 'task' must be a string, got {data.get('task')!r}"[:300])
+    for key in _SECTIONS:
+        if key not in data:
+            raise InputError(path, f"not a usable medcnn checkpoint: no '{key}' section")
+        if not isinstance(data[key], dict):
+            raise InputError(path, f"not a usable medcnn checkpoint: '{key}' must be a mapping, got {type(data[key]).__name__}")
+    for key in ("metrics", "training"):
+        if key in data and not isinstance(data[key], dict):
+            raise InputError(path, f"not a usable medcnn checkpoint: '{key}' must be a mapping, got {type(data[key]).__name__}")
+    model = data["model"]
+    if not isinstance(model.get("name"), str) or not isinstance(model.get("kwargs"), dict):
+        raise InputError(path, "not a usable medcnn checkpoint: 'model' needs a 'name' string and a 'kwargs' mapping")
+    for name, value in data["state_dict"].items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise InputError(path, f"not a usable medcnn checkpoint: state_dict entry {str(name)[:80]!r} is a "
+                                   f"{type(value).__name__}, not a tensor")
+        if torch.is_floating_point(value) and value.numel() and not bool(torch.isfinite(value).all()):
+            raise InputError(path, f"weights contain NaN or Inf ({name}); the checkpoint is broken (a diverged "
+                                   "training?): use another one")
+
+
+def network_on_meta(name: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The state dict ``create_model(name, **kwargs)`` would have, built on the meta device: shapes and dtypes,
+    no memory allocated (so a network of absurd width can be refused before it exists).
+
+    Returns:
+        ``{key: meta tensor}``, or ``None`` for a network that cannot be built on the meta device (one whose
+        constructor reads tensor values).
+
+    Raises:
+        ConfigError: unknown model or arguments (as :func:`medcnn.models.create_model`).
+    """
+    from medcnn.models import create_model
+
+    try:
+        with torch.device("meta"):
+            net = create_model(name, **kwargs)
+    except (RuntimeError, NotImplementedError) as exc:
+        logger.debug("%s cannot be built on the meta device (%s); its size is not checked up front", name, exc)
+        return None
+    return dict(net.state_dict())
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    """Bytes of a state dict's tensors (meta tensors included: their shapes and dtypes)."""
+    return sum(v.numel() * v.element_size() for v in state.values())
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
+    """``None`` when ``given`` has exactly ``expected``'s keys and shapes, else the first difference in words."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    if missing:
+        return f"{len(missing)} weight(s) missing, e.g. {missing[0]}"
+    if unexpected:
+        return f"{len(unexpected)} unexpected weight(s), e.g. {unexpected[0]}"
+    for k, v in expected.items():
+        if tuple(given[k].shape) != tuple(v.shape):
+            return f"{k} has shape {tuple(given[k].shape)} in the file, {tuple(v.shape)} in the network"
+    return None
 
 
 def sha256(path: str | Path) -> str:

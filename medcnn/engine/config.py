@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,14 @@ def validate(cfg: Mapping[str, Any], schema: Mapping[str, Any], base_dir: Path |
     return out
 
 
+def _non_finite(value: Any) -> float | None:
+    """The first NaN/Inf in ``value`` (a number or a list of them), else ``None``: a config never means them."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            return v
+    return None
+
+
 def _validate_field(dotted: str, value: Any, spec: Field, base_dir: Path | None) -> Any:
     if value is _MISSING:
         if spec.required:
@@ -152,6 +161,9 @@ def _validate_field(dotted: str, value: Any, spec: Field, base_dir: Path | None)
     value = _coerce(value, spec.types)
     if not _type_ok(value, spec.types):
         raise ConfigError(f"config key '{dotted}': expected {_type_name(spec.types)}, got {value!r}")
+    bad = _non_finite(value)
+    if bad is not None:
+        raise ConfigError(f"config key '{dotted}': {bad!r} is not a finite number")
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(f"config key '{dotted}': {value!r} is not one of {', '.join(map(str, spec.choices))}")
     if spec.check is not None and value is not None:
@@ -211,13 +223,20 @@ def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping.
 
     Raises:
-        ConfigError: missing file, YAML syntax error (with line), not a mapping.
+        ConfigError: missing file, not UTF-8 text, YAML syntax error (with line), not a mapping.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the config "
+                          "as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -216,14 +216,31 @@ def _is_number(s: str) -> bool:
 
 
 def records_from_dataset_json(folder: Path) -> list[dict]:
-    """Records of an nnU-Net v2 or MSD dataset folder."""
-    meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    """Records of an nnU-Net v2 or MSD dataset folder.
+
+    ``training`` entries, when the file lists them, give each case's ``label`` and its ``image``: one path
+    (MSD: a 4D file holding every channel) or a list of paths, one file per channel (nnU-Net style, as
+    ``medcnn generate brain-tumor --layout nnunet`` writes). Without them the cases are the label files of
+    ``labelsTr`` and their ``imagesTr/CASE_XXXX`` channel files (nnU-Net v2).
+
+    Raises:
+        ConfigError: unreadable ``dataset.json``, a malformed entry or a file it names that does not exist
+            (naming the file and the entry).
+    """
+    where = folder / "dataset.json"
+    try:
+        meta = json.loads(where.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"data.source: {where} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"data.source: {where} must hold a JSON object, got {type(meta).__name__}")
     out = []
-    if "training" in meta and meta["training"] and isinstance(meta["training"][0], dict):  # MSD
-        for item in meta["training"]:
-            img = _resolve(folder, item["image"])
-            case = _file_stem(img)
-            out.append({"case": case, "subject": subject_of(case), "image": [img], "label": _resolve(folder, item["label"])})
+    training = meta.get("training")
+    if training:
+        if not isinstance(training, list):
+            raise ConfigError(f"data.source: {where}: 'training' must be a list of {{image, label}} entries")
+        for i, item in enumerate(training):
+            out.append(_dataset_json_record(folder, where, i, item))
         return out
     ending = meta.get("file_ending", ".nii.gz")
     n_ch = len(meta.get("channel_names", meta.get("modality", {"0": "image"})))
@@ -238,6 +255,25 @@ def records_from_dataset_json(folder: Path) -> list[dict]:
     if not out:
         raise ConfigError(f"data.source: no labelled cases in {lab_dir}")
     return out
+
+
+def _dataset_json_record(folder: Path, where: Path, i: int, item: Any) -> dict:
+    """The record of ``training`` entry ``i`` of ``where`` (see :func:`records_from_dataset_json`)."""
+    if not isinstance(item, dict) or "image" not in item or "label" not in item:
+        raise ConfigError(f"data.source: {where}: training entry {i} needs an 'image' and a 'label', got {item!r}"[:300])
+    images = [item["image"]] if isinstance(item["image"], str) else item["image"]
+    if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
+        raise ConfigError(f"data.source: {where}: training entry {i}: 'image' must be a path or a list of paths "
+                          f"(one per channel), got {item['image']!r}"[:300])
+    if not isinstance(item["label"], str):
+        raise ConfigError(f"data.source: {where}: training entry {i}: 'label' must be a path, got {item['label']!r}"[:300])
+    paths = [_resolve(folder, p) for p in images]
+    label = _resolve(folder, item["label"])
+    missing = [p for p in (*paths, label) if not Path(p).is_file()]
+    if missing:
+        raise ConfigError(f"data.source: {where}: training entry {i} names {missing[0]}, which does not exist")
+    case = _file_stem(label)  # one label file per case; channel files carry a _0000 suffix
+    return {"case": case, "subject": subject_of(case), "image": paths, "label": label}
 
 
 def records_from_brats(folder: Path) -> list[dict]:

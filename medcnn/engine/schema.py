@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +270,7 @@ def _cross_checks(cfg: dict) -> None:
     sp = cfg["preprocess"]["spacing"]
     if sp is not None and len(sp) not in (2, 3):
         raise ConfigError(f"config key 'preprocess.spacing': expected 2 or 3 values, got {sp}")
+    _check_sizes(cfg)
     data = cfg["data"]
     if data["finding_masks"] is not None:
         if cfg["task"] != "classification":
@@ -284,3 +286,34 @@ def _cross_checks(cfg: dict) -> None:
     unknown_aug = set(t["augment"]["names"]) - {"spatial", "intensity", "noise", "mri_artifacts", "resolution"}
     if unknown_aug:
         raise ConfigError(f"config key 'train.augment.names': unknown {sorted(unknown_aug)}; valid: spatial, intensity, noise, mri_artifacts, resolution")
+
+
+def _check_sizes(cfg: dict) -> None:
+    """Fixed input sizes are positive integers, one per axis of ``preprocess.spacing``, and each array they
+    make fits the memory limit: a typo such as ``size: [5600, 6800, 5600]`` would otherwise try to allocate
+    hundreds of GB for the first case.
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    from medcnn.io.memory import over_limit
+
+    pre, t, inf = cfg["preprocess"], cfg["train"], cfg["inference"]
+    size, sp = pre["size"], pre["spacing"]
+    if size is not None:
+        if not size or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            raise ConfigError(f"config key 'preprocess.size': expected positive integers (voxels per axis), got {size}")
+        axes = (len(sp),) if sp is not None else (2, 3)
+        if len(size) not in axes:
+            raise ConfigError(f"config key 'preprocess.size': expected {' or '.join(map(str, axes))} values (one per axis "
+                              f"of preprocess.spacing), got {size}")
+    channels = max(1, len(cfg["data"].get("channels") or []))
+    square = [pre["square_size"]] * 2 if pre["square_size"] else None
+    for key, shape, per in (("preprocess.size", size, 1), ("preprocess.square_size", square, 1),
+                            ("train.patch_size", t["patch_size"], t["batch_size"]),
+                            ("inference.roi_size", inf["roi_size"], inf["sw_batch_size"])):
+        if not shape or not all(isinstance(v, (int, float)) for v in shape):
+            continue
+        too_big = over_limit(int(math.prod(float(v) for v in shape) * channels * per * 4))
+        if too_big:
+            raise ConfigError(f"config key '{key}': {shape} ({per} x {channels} channel(s), float32) {too_big}")

@@ -37,11 +37,12 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from medcnn.engine.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from medcnn.engine.checkpoint import checkpoint_path, load_checkpoint, network_on_meta, save_checkpoint, state_mismatch
 from medcnn.device import cpu_has_native_bf16, resolve_device
 from medcnn.engine.data import find_records, fixed_split, read_case_list, split_subjects
 from medcnn.errors import ConfigError, MedcnnError
 from medcnn.io.atomic import write_text_atomic
+from medcnn.io.memory import over_limit
 from medcnn.engine.schema import label_target
 from medcnn.metrics.labels import BRATS2023, label_mapping, remap_labels, unexpected_labels
 from medcnn.metrics.segmentation import dice_score
@@ -303,6 +304,26 @@ def _prepare_cls_case(rec: dict, spec: dict, classes: list[str], map_classes: Se
     return {"image": x, "label": torch.tensor(classes.index(label), dtype=torch.long), "case": rec["case"]}
 
 
+def _build_network(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``create_model(name, **kwargs)``, refused up front (naming ``model.kwargs``) when training it would need
+    more memory than the limit: float32 weights, gradients and two optimizer moments, counted on the meta
+    device before anything is allocated."""
+    shapes = network_on_meta(name, kwargs)
+    if shapes is not None:
+        n = sum(v.numel() for v in shapes.values())
+        too_big = over_limit(16 * n)
+        if too_big:
+            raise ConfigError(f"config key 'model.kwargs': the {name} network these settings build has {n:,} weights; "
+                              f"training it (weights, gradients, optimizer state) {too_big}")
+    try:
+        return create_model(name, **kwargs)
+    except RuntimeError as exc:  # a network that cannot be sized on the meta device, too large to allocate
+        if "allocate" not in str(exc):
+            raise
+        raise ConfigError(f"config key 'model.kwargs': the {name} network these settings build does not fit in memory "
+                          f"({str(exc).strip().splitlines()[0][:160]})") from None
+
+
 # ------------------------------------------------------------------------------------ trainer
 
 
@@ -313,12 +334,15 @@ class Trainer:
         cfg: validated config.
         run_dir: output folder (checkpoints, logs, curves).
         resume: continue from ``run_dir/last.pt``.
+        overwrite: the previous run's checkpoints and ``result.json`` in ``run_dir`` are removed once the
+            data and the network are ready (just before the first epoch); see :func:`check_run_folder`.
     """
 
-    def __init__(self, cfg: dict, run_dir: str | Path, resume: bool = False) -> None:
+    def __init__(self, cfg: dict, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
+        self.overwrite = overwrite
         self.env = DistEnv(cfg["train"]["device"])
         self.task = cfg["task"]
         self.t = cfg["train"]
@@ -427,7 +451,7 @@ class Trainer:
         if "img_size" in valid and self.t["patch_size"]:
             kwargs.setdefault("img_size", list(self.t["patch_size"]))
         self.model_kwargs = kwargs
-        net = create_model(m["name"], **kwargs)
+        net = _build_network(m["name"], kwargs)
         if m.get("init"):
             self._init_weights(net, m["init"])
         return net
@@ -640,15 +664,27 @@ class Trainer:
         if ck["model"]["name"] != self.cfg["model"]["name"]:
             raise TrainingError(f"--resume: {path} holds a {ck['model']['name']} model, the config asks for {self.cfg['model']['name']}")
         net = self.net.module if hasattr(self.net, "module") else self.net
-        net.load_state_dict(ck["state_dict"])
-        r = ck["resume"]
-        self.opt.load_state_dict(r["optimizer"])
-        if self.scaler is not None and r.get("scaler"):
-            self.scaler.load_state_dict(r["scaler"])
-        self.best, self.best_epoch = float(r["best"]), int(r["best_epoch"])
-        self.bad_validations = int(r["bad_validations"])
-        self.start_epoch = int(r["next_epoch"])
-        self.history = list(ck["training"]["history"])
+        problem = state_mismatch(net.state_dict(), ck["state_dict"])
+        if problem:
+            raise TrainingError(f"--resume: {path} holds a network of another architecture/shape than the config builds "
+                                f"({problem}; model.kwargs changed?); resume with the run's own settings "
+                                f"({self.run_dir / 'config.yaml'}) or train into another folder")
+        r = ck.get("resume")
+        if not isinstance(r, dict):
+            raise TrainingError(f"--resume: {path} holds no resume state (an exported or best.pt checkpoint?); "
+                                "train into another folder with model.init to start from its weights")
+        try:
+            net.load_state_dict(ck["state_dict"])
+            self.opt.load_state_dict(r["optimizer"])
+            if self.scaler is not None and r.get("scaler"):
+                self.scaler.load_state_dict(r["scaler"])
+            self.best, self.best_epoch = float(r["best"]), int(r["best_epoch"])
+            self.bad_validations = int(r["bad_validations"])
+            self.start_epoch = int(r["next_epoch"])
+            self.history = list(ck["training"]["history"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:  # optimizer groups of another config...
+            raise TrainingError(f"--resume: {path}: resume state does not fit this config ({type(exc).__name__}: "
+                                f"{str(exc).strip()[:160]})") from None
         self._log_main("resumed from %s at epoch %d", path, self.start_epoch)
 
     # -- loops -------------------------------------------------------------------------------
@@ -888,7 +924,6 @@ class Trainer:
         cfg = self.cfg
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(_plain_config(cfg), sort_keys=False))
         seed_everything(cfg["seed"])
         self._build_data()
         self.transforms = self._random_transforms()
@@ -901,6 +936,10 @@ class Trainer:
         self.opt = self._optimizer(net.parameters())
         if self.resume:
             self._restore()
+        if self.env.is_main:  # after a refused --resume the run's own config.yaml stays
+            if self.overwrite:
+                _remove_previous_run(self.run_dir)
+            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(_plain_config(cfg), sort_keys=False))
         if self.env.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -976,8 +1015,40 @@ def _plain_config(cfg: dict) -> dict:
     return json.loads(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")}, default=str))
 
 
+#: files of a trained run that a new run into the same folder would replace
+RUN_FILES = ("best.pt", "last.pt")
+
+
+def check_run_folder(run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse to start a new run in a folder holding a trained one (``best.pt`` / ``last.pt``) unless told.
+
+    Args:
+        run_dir: the run folder.
+        resume: continue the run there (``last.pt``): allowed.
+        overwrite: replace it: allowed (the old checkpoints are removed just before the first epoch).
+
+    Raises:
+        ConfigError: both ``resume`` and ``overwrite``, or a trained run without either.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
+    found = [n for n in RUN_FILES if (Path(run_dir) / n).is_file()]
+    if found and not resume and not overwrite:
+        raise ConfigError(f"{run_dir} holds a trained run ({', '.join(found)}); give --resume to continue it, "
+                          "--overwrite to replace it, or another output folder (-o)")
+
+
+def _remove_previous_run(run_dir: Path) -> None:
+    """Remove a previous run's checkpoints and result (``--overwrite``): nothing stale survives a crash of the new run."""
+    gone = [n for n in (*RUN_FILES, "result.json") if (run_dir / n).is_file()]
+    for name in gone:
+        (run_dir / name).unlink()
+    if gone:
+        logger.warning("--overwrite: removed the previous run's %s from %s", ", ".join(gone), run_dir)
+
+
 def train(config: str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None,
-          resume: bool = False) -> dict[str, Any]:
+          resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train from a YAML config (what ``medcnn train`` runs).
 
     Args:
@@ -985,16 +1056,24 @@ def train(config: str | Path, overrides: list[str] | None = None, run_dir: str |
         overrides: ``key=value`` overrides.
         run_dir: output folder (default ``runs/<config name>``).
         resume: continue from ``run_dir/last.pt``.
+        overwrite: replace a trained run in ``run_dir`` (without it, or ``resume``, a folder holding
+            ``best.pt``/``last.pt`` is refused).
 
     Returns:
         Summary dict (best metric, best epoch, history, run_dir).
+
+    Raises:
+        ConfigError: an invalid config, or a trained run in ``run_dir`` without ``resume``/``overwrite``.
     """
     from medcnn.engine.schema import load_train_config
 
+    if resume and overwrite:  # before reading the config: a usage error
+        raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
     cfg = load_train_config(config, overrides)
     out = Path(run_dir) if run_dir is not None else Path("runs") / cfg["name"]
+    check_run_folder(out, resume=resume, overwrite=overwrite)
     if cfg["task"] == "prompt":
         from medcnn.prompt.train import PromptTrainer
 
-        return PromptTrainer(cfg, out, resume=resume).fit()
-    return Trainer(cfg, out, resume=resume).fit()
+        return PromptTrainer(cfg, out, resume=resume, overwrite=overwrite).fit()
+    return Trainer(cfg, out, resume=resume, overwrite=overwrite).fit()

@@ -129,6 +129,22 @@ def check_memory(
     raise InputError(
         path,
         f"{what} of {dims} samples needs about {format_bytes(need)} of memory to load, above the limit of "
-        f"{format_bytes(limit)}; if the header is right and the machine has the memory, raise the limit "
-        f"(medcnn --max-memory SIZE, {ENV_VAR}, or load(..., max_memory=...))",
+        f"{format_bytes(limit)}; if the header is right and the machine has the memory, {RAISE_HINT}",
     )
+
+
+#: how to raise the limit, for the end of a refusal message
+RAISE_HINT = f"raise the limit (medcnn --max-memory SIZE, {ENV_VAR}, or load(..., max_memory=...))"
+
+
+def over_limit(need: int, max_memory: MemoryLimit = None) -> str | None:
+    """``None`` when ``need`` bytes fit the limit (see :func:`memory_limit`), else the end of a refusal message:
+    ``"needs about 3 TiB of memory, above the limit of 64 GiB; raise the limit (...)"``.
+
+    For allocations that are not an image read from a header (networks, fixed input sizes), whose callers
+    raise their own error type naming the file or config key.
+    """
+    limit = memory_limit(max_memory)
+    if limit is None or need <= limit:
+        return None
+    return f"needs about {format_bytes(need)} of memory, above the limit of {format_bytes(limit)}; {RAISE_HINT}"
