@@ -82,7 +82,7 @@ def load(
     # NIfTI scaling deferred: applied once in float32 after resampling (same values: resampling
     # is a convex combination), never as a float64 copy of the whole stored volume
     raws = [read_raw(p, series=series, max_memory=limit, defer_scaling=True) for p in paths]
-    raw = _stack_channels(raws, paths)
+    raw = _stack_channels(raws, paths, nonfinite)
     first = paths[0]
     if spatial_dims is not None and raw.spatial_dims != spatial_dims:
         what = "2D image" if raw.spatial_dims == 2 else "3D volume"
@@ -114,6 +114,7 @@ def load(
             data.mul_(slope)
         if inter != 0.0:
             data.add_(inter)
+        _check_scaled(data, first, raw.scaling, nonfinite)
     meta = {
         "filename_or_obj": str(first),
         "original_affine": affine,
@@ -180,7 +181,7 @@ def _as_tuple(v: Sequence[float] | float, n: int, name: str) -> tuple[float, ...
     return t
 
 
-def _stack_channels(raws: list[RawImage], paths: list[Path]) -> RawImage:
+def _stack_channels(raws: list[RawImage], paths: list[Path], nonfinite: str = "error") -> RawImage:
     if len(raws) == 1:
         return raws[0]
     ref, ref_path = raws[0], paths[0]
@@ -194,15 +195,40 @@ def _stack_channels(raws: list[RawImage], paths: list[Path]) -> RawImage:
                 f"geometry differs from {ref_path.name} (affine mismatch up to {diff.max():.3g}); "
                 "channels must share one grid: register/resample them first",
             )
-    arr = np.concatenate([_scaled_float32(r) for r in raws], axis=0)
+    arr = np.concatenate([_scaled_float32(r, p, nonfinite) for r, p in zip(raws, paths)], axis=0)
     return RawImage(arr, ref.affine, ref.spatial_dims, dict(ref.source))
 
 
-def _scaled_float32(raw: RawImage) -> np.ndarray:
+def _scaled_float32(raw: RawImage, path: Path, nonfinite: str = "error") -> np.ndarray:
     arr = np.asarray(raw.array, dtype=np.float32)
     if raw.scaling is not None:
-        arr = arr * np.float32(raw.scaling[0]) + np.float32(raw.scaling[1])
+        stored_finite = raw.array.dtype.kind in "iub" or bool(np.isfinite(raw.array).all())
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = arr * np.float32(raw.scaling[0]) + np.float32(raw.scaling[1])
+        if stored_finite:  # NaN stored in the file is reported as such by the finite check of load()
+            _check_scaled(torch.from_numpy(arr), path, raw.scaling, nonfinite)
     return arr
+
+
+def _check_scaled(data: torch.Tensor, path: Path, scaling: tuple[float, float], policy: str) -> None:
+    """Refuse voxels the header's scl_slope/scl_inter push beyond float32 (stored values are finite).
+
+    Args:
+        data: ``(C, *spatial)`` float32 after scaling.
+        path: the file, for the message.
+        scaling: ``(slope, intercept)`` applied.
+        policy: ``"error"`` or ``"zero"`` (as :func:`load`'s ``nonfinite``).
+    """
+    finite = torch.isfinite(data)
+    if bool(finite.all()):
+        return
+    n_bad = int((~finite).sum())
+    what = f"scl_slope {scaling[0]:g} / scl_inter {scaling[1]:g} of the header turn {n_bad} of {data.numel()} voxels into Inf/NaN (beyond float32)"
+    if policy == "zero":
+        logger.warning("%s: %s; replaced them by 0", path, what)
+        data.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        return
+    raise InputError(path, what)
 
 
 #: stored dtypes a tensor can share without conversion; anything else becomes float32 up front
@@ -262,6 +288,39 @@ def _check_finite(data: torch.Tensor, channel_paths: list[Path], policy: str) ->
 
 
 # ----------------------------------------------------------------------------------------- save
+
+
+def display_pixels(data: torch.Tensor, path: PathLike, *, keep_integers: bool = True) -> torch.Tensor:
+    """Grey levels of a 2D image as PNG/JPEG values, for writing a radiograph as a picture.
+
+    Integer-valued data already in 0..255 are kept as they are (``keep_integers``), so an 8-bit image
+    converts to itself; anything else (a radiograph's 12-bit or rescaled values) is stretched
+    linearly from its minimum to its maximum onto 0..65535 (one-channel PNG) or 0..255 (JPEG, RGB),
+    keeping higher = brighter. Volumes and integer tensors are returned unchanged (:func:`save`
+    refuses what PNG cannot hold).
+
+    Args:
+        data: ``(C, rows, cols)`` image (``C`` 1 or 3).
+        path: the output file (its suffix picks 16-bit PNG or 8-bit).
+        keep_integers: keep integral values within 0..255 unscaled.
+
+    Returns:
+        ``(C, rows, cols)`` int32 tensor of output values, or ``data`` itself when left unchanged.
+
+    Raises:
+        InputError: the image holds NaN/Inf.
+    """
+    if data.ndim != 3 or not data.is_floating_point():
+        return data
+    if not bool(torch.isfinite(data).all()):
+        raise InputError(path, "image holds NaN/Inf values; cannot write it as a picture")
+    lo, hi = float(data.min()), float(data.max())
+    if keep_integers and lo >= 0 and hi <= 255 and bool((data == data.round()).all()):
+        return data.round().to(torch.int32)
+    top = 65535 if (Path(path).suffix.lower() == ".png" and data.shape[0] == 1) else 255
+    scale = top / (hi - lo) if hi > lo else 0.0
+    return ((data.to(torch.float64) - lo) * scale).round().to(torch.int32)
+
 
 
 def _source_of(like: Any) -> tuple[dict, np.ndarray]:

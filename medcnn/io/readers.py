@@ -54,6 +54,8 @@ UNSUPPORTED_HINTS = {
 SUPPORTED = "NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr), MetaImage (.mha/.mhd), DICOM file or series folder, PNG/JPEG"
 #: largest compression ratio gzip (deflate) can reach; a header promising more data than that is lying
 _MAX_GZIP_RATIO = 1032
+#: voxel sizes (mm) outside this range mean a broken header, not an image (1e5 mm = 100 m)
+_MIN_VOXEL_MM, _MAX_VOXEL_MM = 1e-6, 1e5
 
 
 @dataclass
@@ -131,6 +133,7 @@ def read_nifti(path: Path, max_memory: MemoryLimit = None, *, defer_scaling: boo
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 0 or any(s == 0 for s in shape):
         raise InputError(path, f"image has no voxels (shape {shape})")
+    affine = _nifti_affine(path, img)
     _check_declared_size(path, shape, img.get_data_dtype().itemsize)
     # nibabel moves scl_slope/scl_inter from the header (reset to NaN) to the data proxy on load
     slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
@@ -172,7 +175,73 @@ def read_nifti(path: Path, max_memory: MemoryLimit = None, *, defer_scaling: boo
     }
     # no np.ascontiguousarray: the transposing copy (1.8 s for 512x512x300 int16) is left to load(),
     # which folds it into the resampling or the float32 conversion it does anyway
-    return RawImage(arr, np.asarray(img.affine, dtype=np.float64), 3, src, scaling)
+    return RawImage(arr, affine, 3, src, scaling)
+
+
+def _affine_problem(affine: np.ndarray) -> str | None:
+    """What makes a voxel->world affine unusable (``None`` when it is fine): NaN/Inf, singular, absurd voxels."""
+    m = affine[:3, :3]
+    if not np.isfinite(affine).all():
+        return "holds NaN/Inf values"
+    sizes = np.linalg.norm(m, axis=0)
+    if sizes.min() < _MIN_VOXEL_MM or abs(np.linalg.det(m)) < 1e-6 * float(np.prod(sizes)):
+        return "is singular (a zero voxel size, or two axes along one line)"
+    if sizes.max() > _MAX_VOXEL_MM:
+        return f"gives an implausible voxel size of {sizes.max():.3g} mm"
+    return None
+
+
+def _nifti_affine(path: Path, img) -> np.ndarray:
+    """The voxel->world affine of a NIfTI/Analyze image, checked; falls back to the other form when one is bad.
+
+    nibabel's order of preference is kept (sform, then qform, then pixdim). When the preferred form
+    is unusable (NaN/Inf, singular, absurd voxel sizes) and the other is fine, the other is used with
+    a warning, and the header kept for outputs is repaired so that results carry only the good one.
+
+    Returns:
+        ``(4, 4)`` float64 RAS affine.
+
+    Raises:
+        InputError: no usable geometry at all (the message says what is wrong with each form).
+    """
+    import nibabel as nib
+
+    hdr = img.header
+    if not isinstance(hdr, nib.Nifti1Header):  # Analyze: pixdim only (Nifti2Header is a Nifti1Header)
+        aff = np.asarray(img.affine, dtype=np.float64)
+        problem = _affine_problem(aff)
+        if problem:
+            raise InputError(path, f"unusable geometry: the pixdim voxel sizes {problem}")
+        return aff
+    forms: list[tuple[str, np.ndarray | None, str | None]] = []
+    s_code, q_code = int(hdr["sform_code"]), int(hdr["qform_code"])
+    if s_code > 0:
+        forms.append(("sform", hdr.get_sform(), None))
+    if q_code > 0:
+        try:
+            forms.append(("qform", hdr.get_qform(), None))
+        except ValueError:  # quaternion b, c, d of norm > 1
+            forms.append(("qform", None, "has an invalid quaternion"))
+    if not forms:
+        aff = np.asarray(hdr.get_base_affine(), dtype=np.float64)
+        problem = _affine_problem(aff)
+        if problem:
+            raise InputError(path, f"unusable geometry: no sform/qform, and the pixdim voxel sizes {problem}")
+        return aff
+    checked = [(name, aff, why or _affine_problem(np.asarray(aff, dtype=np.float64))) for name, aff, why in forms]
+    good = [(name, np.asarray(aff, dtype=np.float64)) for name, aff, why in checked if why is None]
+    if not good:
+        raise InputError(path, "unusable geometry: " + "; ".join(f"the {name} {why}" for name, _, why in checked))
+    name, aff = good[0]
+    for bad, _, why in checked:
+        if why is not None:
+            logger.warning("%s: the %s %s; using the %s instead", path, bad, why, name)
+            # outputs inherit this header (medcnn.save): leave only the good geometry in it
+            if bad == "sform":
+                hdr.set_sform(aff, code=q_code)
+            else:
+                hdr.set_qform(aff, code=0)
+    return aff
 
 
 def _nifti_voxels(path: Path, img) -> np.ndarray | None:
