@@ -219,6 +219,84 @@ def _non_ascii_bad(folder: Path, name: str) -> Path:
     return _truncated(sub, name)
 
 
+def _raw_nifti(fix: Callable[[nib.Nifti1Header], None], data: np.ndarray | None = None) -> Callable[[Path, str], Path]:
+    """A good head volume whose header ``fix`` breaks, written by hand (nibabel's writer would repair it)."""
+
+    def build(folder: Path, name: str) -> Path:
+        vol, aff = head_volume()
+        vol = vol if data is None else data
+        hdr = nib.Nifti1Header()
+        hdr.set_data_shape(vol.shape)
+        hdr.set_data_dtype(vol.dtype)
+        hdr.set_qform(aff, 1)
+        hdr.set_sform(aff, 1)
+        hdr["vox_offset"] = 352
+        fix(hdr)
+        p = folder / f"{name}.nii.gz"
+        with gzip.open(p, "wb") as fh:
+            fh.write(hdr.binaryblock + b"\0" * 4 + vol.tobytes(order="F"))
+        return p
+
+    return build
+
+
+def _nan_sform_and_qform(h: nib.Nifti1Header) -> None:
+    h["srow_x"][0] = np.nan
+    h["quatern_b"] = np.nan
+
+
+def _nan_sform(h: nib.Nifti1Header) -> None:
+    h["srow_x"][0] = np.nan
+
+
+def _huge_voxels(h: nib.Nifti1Header) -> None:
+    h["srow_x"][0] = 1e6
+    h["pixdim"][1] = 1e6
+
+
+def _overflowing_slope(h: nib.Nifti1Header) -> None:
+    h["scl_slope"], h["scl_inter"] = 1e38, 0.0
+
+
+def _dicom_edited(**attrs) -> Callable[[Path, str], Path]:
+    """A good DICOM series whose every slice gets ``attrs``."""
+
+    def build(folder: Path, name: str) -> Path:
+        for f in dicom_series(folder / name):
+            ds = pydicom.dcmread(f)
+            for k, v in attrs.items():
+                setattr(ds, k, v)
+            ds.save_as(f)
+        return folder / name
+
+    return build
+
+
+def _dicom_patched(attr: str, placeholder: int, raw: bytes) -> Callable[[Path, str], Path]:
+    """A good DICOM series whose ``attr`` holds ``raw`` bytes pydicom would refuse to write (e.g. ``1A`` as IS)."""
+
+    def build(folder: Path, name: str) -> Path:
+        for f in dicom_series(folder / name):
+            ds = pydicom.dcmread(f)
+            setattr(ds, attr, placeholder)
+            ds.save_as(f)
+            blob = f.read_bytes()
+            token = str(placeholder).encode()
+            assert blob.count(token) == 1 and len(raw) == len(token)
+            f.write_bytes(blob.replace(token, raw))
+        return folder / name
+
+    return build
+
+
+def _dicom_nan_orientation(folder: Path, name: str) -> Path:
+    files = dicom_series(folder / name)
+    ds = pydicom.dcmread(files[4])
+    ds.ImageOrientationPatient = ["nan", 0, 0, 0, 1, 0]
+    ds.save_as(files[4])
+    return folder / name
+
+
 def _flat_nifti(folder: Path, name: str) -> Path:
     """A 2D NIfTI (20 x 24): read as a single-slice volume, which no 3D model can use."""
     return write_nifti(folder / f"{name}.nii.gz", head_volume()[0][:, :, 10])
@@ -243,6 +321,10 @@ _FILE_ITEMS = [
     Item("parrec", _copy_from(NIBABEL_DATA / "T1.PAR"), r"PAR/REC is not supported"),
     Item("scan é 1", _non_ascii_good),
     Item("défaut ü", _non_ascii_bad, r"truncated|corrupt"),
+    Item("nan_sform_qform", _raw_nifti(_nan_sform_and_qform), r"unusable geometry: the sform .*NaN.*the qform .*NaN"),
+    Item("huge_voxels", _raw_nifti(_huge_voxels), r"implausible voxel size of 1e\+06 mm"),
+    Item("nan_sform_good_qform", _raw_nifti(_nan_sform)),  # read through its qform, with a warning
+    Item("scl_slope_overflow", _raw_nifti(_overflowing_slope, np.full((20, 24, 20), 500, np.int16)), r"scl_slope 1e\+38"),
 ]
 #: items that replace every contrast of a brain-tumor case (one blank/tiny/2D contrast would be a grid mismatch)
 _WHOLE_ITEMS = [
@@ -259,6 +341,10 @@ _DICOM_ITEMS = [
     Item("dicom_truncated_slice", _dicom_truncated_slice, r"missing 1 slice.*unreadable .*IM0003\.dcm"),
     Item("dicom_only_sr_rtstruct", _dicom_only_sr_rtstruct, r"non-image|no image"),
     Item("dicom_mixed_series", _dicom_mixed_series),  # split into one (good) case per series
+    Item("dicom_rows_beyond_pixels", _dicom_edited(Rows=28), r"IM00\d\d\.dcm: header says 28x20 pixels .* pixel data"),
+    Item("dicom_nan_orientation", _dicom_nan_orientation, r"IM0004\.dcm: ImageOrientationPatient .*not finite"),
+    Item("dicom_bad_frames", _dicom_patched("NumberOfFrames", 7919, b"1A  "), r"invalid NumberOfFrames '1A'"),
+    Item("dicom_odd_series_number", _dicom_patched("SeriesNumber", 987654, b"abc de")),  # still one good case
 ]
 
 Corpus = list[tuple[Item, Path]]
@@ -335,6 +421,27 @@ def _truncated_dcm(folder: Path, name: str) -> Path:
     return p
 
 
+def _blank_png(folder: Path, name: str) -> Path:
+    p = folder / f"{name}.png"
+    Image.fromarray(np.zeros((96, 80), np.uint8)).save(p)
+    return p
+
+
+def _radiograph_pair(folder: Path, name: str) -> Path:
+    """PA + lateral CR films sharing one SeriesInstanceUID: two 2D cases, not a volume."""
+    from pydicom.uid import generate_uid
+
+    from medcnn.synth.dicom_write import write_xray_dicom
+
+    uid = generate_uid()
+    for k, view in enumerate(("PA", "LL")):
+        rng = np.random.default_rng(k)
+        px = np.clip(2000 + 600 * rng.normal(size=(96, 80)), 0, 4095).astype(np.uint16)
+        write_xray_dicom(folder / name / f"{view}.dcm", px, modality="CR", series_instance_uid=uid, view_position=view,
+                         instance_number=k + 1, window_center=2048, window_width=4096)
+    return folder / name
+
+
 def xray_corpus(root: Path) -> tuple[Corpus, list[Path]]:
     """chest-xray: broken PNG/JPEG/DICOM files and a 3D volume given as an X-ray, with good radiographs."""
     items = [
@@ -347,6 +454,8 @@ def xray_corpus(root: Path) -> tuple[Corpus, list[Path]]:
         Item("png_bomb", _png_bomb, r"memory|pixels|truncated|corrupt"),
         Item("truncated_dcm", _truncated_dcm, r"pixel data|corrupt|truncated"),
         Item("xray ü spaced", lambda f, n: _xray_png(f, n, 3)),
+        Item("blank_png", _blank_png, r"constant image"),
+        Item("cr_pair_one_series", _radiograph_pair),
     ]
     images = root / "images"
     images.mkdir(parents=True)
