@@ -442,6 +442,8 @@ class ChestXrayPipeline:
             raise InputError(path, f"expected a grey-level radiograph, got {img.shape[0]} channels")
         if min(img.shape[1:]) < 32:
             raise InputError(path, f"image of {img.shape[1]}x{img.shape[2]} pixels is too small for a radiograph")
+        if float(img.max()) == float(img.min()):  # blank export / failed acquisition: nothing to read
+            raise InputError(path, f"constant image (every pixel {float(img.min()):g}): not a radiograph")
         return img
 
     def run(self, models: ChestXrayModels, case: Case, img: Any, out_dir: Path) -> dict[str, Any]:
