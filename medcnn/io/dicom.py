@@ -1,16 +1,21 @@
 """DICOM reading on top of pydicom (headers, single/multi-frame pixels) and SimpleITK (series).
 
 * A folder is scanned with pydicom (headers only), grouped by SeriesInstanceUID; non-image objects
-  (SR, RTSTRUCT, presentation states, ...) are ignored. Several image series in one folder are
+  (SR, RTSTRUCT, presentation states, ...) are ignored. Projection images (single-frame CR, DX,
+  MG, XA, ..., or files without patient geometry) are never grouped: each is its own entry, even
+  when several share a SeriesInstanceUID (PA + lateral). Several image series in one folder are
   refused with a message listing them (pass ``series=`` to pick one, or let the pipelines split
   them into cases with :func:`list_series`).
-* A series is checked (one orientation, one matrix size, evenly spaced slices, no missing slice)
-  and read with SimpleITK's GDCM series reader, which sorts nothing itself: medcnn sorts the files
-  along the slice normal.
+* A series is checked slice by slice (finite position, unit orthogonal orientation, pixel data as
+  long as Rows x Columns x BitsAllocated promise; one orientation, one matrix size, evenly spaced
+  slices, no missing slice) and read with SimpleITK's GDCM series reader, which sorts nothing
+  itself: medcnn sorts the files along the slice normal.
 * A single file is read with pydicom: projection radiographs (CR, DX, MG, ...) become 2D
   ``(rows, cols)`` images with modality rescale, then VOI LUT or window, then MONOCHROME1
   inversion so that higher always means denser; cross-sectional files (CT/MR slices, enhanced
-  multi-frame) become 3D volumes with their patient geometry.
+  multi-frame and single-frame SEG with their functional groups, RT Dose with its
+  GridFrameOffsetVector and DoseGridScaling) become 3D volumes with their patient geometry; frames
+  that are not one evenly spaced stack are refused.
 """
 
 from __future__ import annotations
