@@ -187,7 +187,22 @@ def convert(paths: tuple[Path, ...], source_opt: Path | None, dest_opt: Path | N
         from medcnn.io.api import display_pixels
 
         data = display_pixels(data, dest)  # radiograph grey levels -> 8/16-bit PNG values
-    if sp is None and orientation is None:
+    from medcnn.io.slicer import is_seg_nrrd
+
+    if is_seg_nrrd(dest):  # Slicer segmentation: segment names (kept from a .seg.nrrd source) and colours
+        from medcnn import qc
+        from medcnn.io.slicer import write_seg_nrrd
+
+        if not labels:
+            raise click.UsageError(f"{dest}: a .seg.nrrd holds a label map; add --labels")
+        names = {int(sg["value"]): sg["name"] for sg in img.meta.get("segments", [])}
+        values = sorted(names) or [int(v) for v in torch.unique(data).tolist() if v != 0]
+        colours = {int(sg["value"]): tuple(sg["color"]) for sg in img.meta.get("segments", []) if len(sg["color"]) == 3}
+        write_seg_nrrd(data, dest, img if sp is None and orientation is None else None,
+                       affine=None if sp is None and orientation is None else np.asarray(img.affine),
+                       names=names or {v: f"Label {v}" for v in values},
+                       colours={v: colours.get(v, qc.label_colour(v)) for v in values})
+    elif sp is None and orientation is None:
         save(data, dest, like=img)
     else:  # write the resampled grid itself
         if dest.name.lower().endswith(".png"):
@@ -309,7 +324,7 @@ def predict(pipeline: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ..
         raise click.UsageError("give the input(s): medcnn predict PIPELINE INPUT... or -i INPUT")
     if statistics:
         if not any(f.name == "statistics" for f in dataclasses.fields(pipe)):
-            raise click.UsageError(f"--statistics: the {pipeline} pipeline writes no label map")
+            raise click.UsageError(f"--statistics: the {pipeline} pipeline writes no per-label statistics (brain-tumor does)")
         pipe = dataclasses.replace(pipe, statistics=True)
     dev_name = device = _device_name(device, "--device")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -530,21 +545,39 @@ def crossval(config: Path, folds: int, overrides: tuple[str, ...], out_dir: Path
 Examples:
   medcnn export runs/bt/best.pt -o medcnn/data/models/brain_tumor.pt --check brain-tumor sample_data/brain-tumor
   medcnn export runs/bt/best.pt -o bt_tta.pt --set inference.tta=true --set inference.overlap=0.5
+  medcnn export brain-tumor --format onnx -o bt.onnx            # bundled network -> bt.onnx + bt.onnx.json
+  medcnn export runs/cxr/best.pt --format torchscript -o cxr.ts.pt
 \b
 --check runs the exported model through the pipeline on the given cases and records the Dice per case in
 the checkpoint (tests re-run it to prove the shipped model still scores what it says).
+--format onnx|torchscript writes the network alone ((B, C, *spatial) preprocessed input -> logits; batch axis
+dynamic, spatial axes too for U-Nets) and FILE.json beside it: the preprocessing/inference contract (spacing,
+orientation, normalisation, roi size, overlap, TTA, label names, input channels in order, output activation).
+ONNX needs the export extra: pip install 'medcnn[export]'. CHECKPOINT may be a bundled model name.
 """)
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "dest", type=click.Path(path_type=Path), required=True, help="Exported checkpoint.")
+@click.option("-o", "--output", "dest", type=click.Path(path_type=Path), required=True, help="Exported file.")
+@click.option("--format", "fmt", type=click.Choice(["medcnn", "onnx", "torchscript"]), default="medcnn", show_default=True,
+              help="medcnn: compact medcnn checkpoint; onnx / torchscript: the network + FILE.json contract.")
 @click.option("--full-precision", is_flag=True, help="Keep float32 weights (default stores fp16, half the size).")
 @click.option("--check", nargs=2, default=None, metavar="PIPELINE CASES", help="Score the export on labelled cases.")
 @click.option("--set", "overrides", multiple=True, metavar="inference.KEY=VALUE",
               help="Change an inference setting of the export (tta, overlap, mode, min_component_ml, ...).")
-def export(checkpoint: Path, dest: Path, full_precision: bool, check: tuple[str, str] | None,
+def export(checkpoint: Path, dest: Path, fmt: str, full_precision: bool, check: tuple[str, str] | None,
            overrides: tuple[str, ...]) -> None:
-    """Export a trained CHECKPOINT as a compact inference checkpoint (what ships as a bundled model)."""
-    from medcnn.engine.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
+    """Export a trained CHECKPOINT as a compact inference checkpoint (what ships as a bundled model), ONNX or TorchScript."""
+    from medcnn.engine.checkpoint import checkpoint_path, export_checkpoint, load_checkpoint, save_checkpoint
     from medcnn.engine.config import parse_overrides
+
+    checkpoint = checkpoint_path(checkpoint) or checkpoint  # a bundled name is accepted too
+    if fmt != "medcnn":
+        from medcnn.engine.export import contract_path, export_network
+
+        if full_precision or check or overrides:
+            raise click.UsageError("--full-precision, --check and --set apply to --format medcnn only")
+        export_network(checkpoint, dest, fmt)
+        click.echo(f"exported {checkpoint} -> {dest} ({dest.stat().st_size / 2**20:.1f} MiB, {fmt}) + {contract_path(dest)}")
+        return
 
     over = parse_overrides(list(overrides))
     if set(over) - {"inference"}:
