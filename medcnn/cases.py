@@ -4,7 +4,8 @@ Rules (DESIGN §3):
 
 * brain tumour: a folder holding four contrasts with BraTS 2023 suffixes (``-t1n -t1c -t2w -t2f``),
   BraTS 2021 suffixes (``_t1 _t1ce _t2 _flair``), or nnU-Net ``CASE_0000..0003`` files in a flat
-  folder (0000 t1n, 0001 t1c, 0002 t2w, 0003 t2f). Case id: folder name or CASE prefix.
+  folder (0000 t1n, 0001 t1c, 0002 t2w, 0003 t2f). Case id: folder name or CASE prefix. A contrast
+  may also be a DICOM series sub-folder or ``.dcm`` file with the same suffix (``case/CASE-t1n/``).
 * single-image tasks (Alzheimer's T1, chest X-ray): every image file, every DICOM series folder;
   BIDS ``sub-*/[ses-*/]anat/*_T1w.nii.gz`` gives ids ``sub-XX[_ses-YY]``.
 
@@ -134,17 +135,19 @@ def _brain_case_from_folder(folder: Path) -> Case | None:
     found: dict[str, Path] = {}
     label = None
     brats21 = False
-    for f in _visible_files(folder):
+    dicom_dirs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    for f in _visible_files(folder) + dicom_dirs:
         stem = _strip_suffix(f.name)
         refused = f.name.lower().endswith(_REFUSED_SUFFIXES)  # e.g. a MINC contrast: fails with the format hint
-        if not f.name.lower().endswith(_VOLUME_SUFFIXES) and not refused:
+        dicom_contrast = f.is_dir() or f.name.lower().endswith(DICOM_SUFFIXES)  # a series folder or a DICOM file
+        if not f.name.lower().endswith(_VOLUME_SUFFIXES) and not refused and not dicom_contrast:
             continue
         m = re.search(r"[-_]([A-Za-z0-9]+)$", stem)
         if not m:
             continue
         tag = m.group(1).lower()
         if tag in _LABEL_WORDS:
-            label = f
+            label = label if f.is_dir() else f
             continue
         key = _BRATS23.get(tag) if stem[m.start()] == "-" else None
         if key is None and tag in _BRATS21:
