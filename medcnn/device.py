@@ -9,21 +9,48 @@ import torch
 from medcnn.errors import ConfigError
 
 
+#: device names accepted besides torch's own: ``gpu``/``gpu:N`` (TotalSegmentator's and nnU-Net's spelling)
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, gpu, gpu:N or mps"
+
+
+def normalize_device_name(pref: str) -> str:
+    """``"gpu"`` -> ``"cuda"``, ``"gpu:N"`` -> ``"cuda:N"``, ``"GPU"`` -> ``"cuda"``; other names lower-cased.
+
+    Raises:
+        ConfigError: not one of :data:`DEVICE_CHOICES`.
+    """
+    name = str(pref).strip().lower()
+    if name == "gpu" or name.startswith("gpu:"):
+        name = "cuda" + name[3:]
+    base, _, index = name.partition(":")
+    if base not in ("auto", "cpu", "cuda", "mps") or (index and (base != "cuda" or not index.isdigit())) \
+            or (name.endswith(":") and not index):
+        raise ConfigError(f"unknown device {pref!r}; use {DEVICE_CHOICES}")
+    return name
+
+
 def resolve_device(pref: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
     """Turn a user's device choice into a ``torch.device``.
 
     Args:
         pref: ``None``/``"cpu"`` -> CPU; ``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available,
-            else CPU; ``"cuda"`` -> ``cuda:<local_rank>``; ``"cuda:N"`` as given.
+            else CPU; ``"cuda"``/``"gpu"`` -> ``cuda:<local_rank>``; ``"cuda:N"``/``"gpu:N"`` as given;
+            ``"mps"`` -> Apple's Metal device.
         local_rank: this process's local rank under torchrun.
 
     Raises:
-        ConfigError: CUDA requested but not available, or an unknown device string.
+        ConfigError: the device is not available, or an unknown device string.
     """
     if pref is None:
         return torch.device("cpu")
     if isinstance(pref, torch.device):
         return pref
+    pref = normalize_device_name(pref)
+    if pref == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError("device 'mps' requested but Apple's MPS backend is not available on this machine")
+        return torch.device("mps")
     if pref == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:

@@ -25,6 +25,37 @@ LABEL_COLOURS = np.array(
 )
 
 
+def label_colour(value: int) -> tuple[int, int, int]:
+    """RGB (0..255) of label ``value`` >= 1 in the QC pictures, the label tables and ``.seg.nrrd`` files."""
+    r, g, b = LABEL_COLOURS[(int(value) - 1) % len(LABEL_COLOURS)]
+    return int(r), int(g), int(b)
+
+
+def label_table(names: dict[int, str]) -> dict:
+    """A colour table of a label map: ``{"background": 0, "labels": [{"value", "name", "color", "color_hex"}]}``.
+
+    Args:
+        names: label value (>= 1) -> name, e.g. ``{1: "NCR", 2: "ED", 3: "ET"}``.
+    """
+    rows = []
+    for value in sorted(int(v) for v in names):
+        rgb = label_colour(value)
+        rows.append({"value": value, "name": str(names[value] if value in names else names[str(value)]),
+                     "color": list(rgb), "color_hex": "#{:02x}{:02x}{:02x}".format(*rgb)})
+    return {"background": 0, "labels": rows}
+
+
+def write_label_table(path: str | Path, names: dict[int, str]) -> Path:
+    """Write :func:`label_table` as JSON (atomically), e.g. ``OUT/labels.json`` beside the label maps."""
+    import json
+
+    from medcnn.io.atomic import write_text_atomic
+
+    path = Path(path)
+    write_text_atomic(path, json.dumps(label_table(names), indent=2) + "\n")
+    return path
+
+
 def _to_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().float().numpy() if torch.is_floating_point(x) else x.detach().cpu().numpy()

@@ -3,6 +3,9 @@
 Outputs per case (DESIGN §3): ``<case>.nii.gz`` (1 NCR, 2 ED, 3 ET) on the grid of the t1n file,
 ``qc/<case>.png`` (t1c with the labels), and ``wt_ml, tc_ml, et_ml`` in ``summary.csv``
 (WT = 1+2+3, TC = 1+3, ET = 3, volumes measured on the input grid).
+``labels.json`` in the output folder names the label values with their QC colours; with ``statistics``
+(``--statistics``), ``<case>_statistics.json`` holds per label and region the voxels, mL and each contrast's
+intensity mean/std/percentiles inside it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from medcnn.cases import BRAIN_CONTRASTS, Case, find_brain_tumor_cases
 from medcnn.errors import InputError
 from medcnn.io import geometry, load, save
 from medcnn.metrics.segmentation import BRATS_REGIONS, region_volumes_ml
+from medcnn.metrics.statistics import label_statistics, write_statistics
 
 
 @dataclass(frozen=True)
@@ -28,12 +32,14 @@ class BrainTumorPipeline:
     name: str = "brain-tumor"
     model: str = "brain-tumor"
     fields: tuple[str, ...] = ("wt_ml", "tc_ml", "et_ml")
+    statistics: bool = False  # also write <case>_statistics.json (per label: volume, intensities per contrast)
 
     def discover(self, inputs):
         return find_brain_tumor_cases(inputs)
 
     def outputs(self, case: Case, out_dir: Path) -> list[Path]:
-        return [out_dir / f"{case.id}.nii.gz", out_dir / "qc" / f"{case.id}.png"]
+        stats = [out_dir / f"{case.id}_statistics.json"] if self.statistics else []
+        return [out_dir / f"{case.id}.nii.gz", out_dir / "qc" / f"{case.id}.png", *stats]
 
     def load(self, case: Case):
         return load(case.inputs, spatial_dims=3)
@@ -56,8 +62,19 @@ class BrainTumorPipeline:
         labels = pred[0].numpy().astype(np.uint8)
         qc.save_png(qc.volume_montage(img[1], img.affine.numpy(), label=labels), out_dir / "qc" / f"{case.id}.png")
         save(pred.as_tensor().to(torch.uint8), out_dir / f"{case.id}.nii.gz", like=img)
+        names = _label_names(model.config.get("labels"))
+        qc.write_label_table(out_dir / "labels.json", names)  # names and colours of the label maps' values
+        if self.statistics:
+            write_statistics(out_dir / f"{case.id}_statistics.json", label_statistics(
+                labels, img, geometry.voxel_spacing(img.affine.numpy()), names, BRAIN_CONTRASTS, BRATS_REGIONS))
         vols = region_volumes_ml(labels, geometry.voxel_spacing(img.affine.numpy()), BRATS_REGIONS)
         return {f"{k.lower()}_ml": round(v, 3) for k, v in vols.items()}
+
+
+def _label_names(labels_cfg: dict | None) -> dict[int, str]:
+    """``{value: name}`` of the model's labels (BraTS 2023 when the checkpoint names none)."""
+    names = (labels_cfg or {}).get("names") or {1: "NCR", 2: "ED", 3: "ET"}
+    return {int(k): str(v) for k, v in names.items()}
 
 
 PIPELINE = BrainTumorPipeline()

@@ -122,6 +122,8 @@ def load(
         "original_channel_dim": 0,
         SOURCE_KEY: src,
     }
+    if src.get("segments"):  # Slicer .seg.nrrd: [{"value", "name", "color", ...}]
+        meta["segments"] = src["segments"]
     return MetaTensor(data, affine=torch.as_tensor(out_affine, dtype=torch.float64), meta=meta)
 
 

@@ -365,6 +365,8 @@ def read_itk(path: Path, max_memory: MemoryLimit = None) -> RawImage:
     """
     import SimpleITK as sitk
 
+    from medcnn.io.slicer import reader_segments
+
     _check_nonempty(path)
     try:
         reader = sitk.ImageFileReader()
@@ -406,7 +408,8 @@ def read_itk(path: Path, max_memory: MemoryLimit = None) -> RawImage:
     arr = np.moveaxis(arr, -1, 0) if ncomp > 1 else arr[None]
     arr = np.ascontiguousarray(np.transpose(arr, (0, 3, 2, 1)))
     aff = itk_to_affine(img.GetOrigin(), img.GetSpacing(), img.GetDirection())
-    return RawImage(arr, aff, 3, {"format": "itk"})
+    segments = reader_segments(reader)  # a Slicer .seg.nrrd: its segment names and colours
+    return RawImage(arr, aff, 3, {"format": "itk", **({"segments": segments} if segments else {})})
 
 
 def read_image2d(path: Path, max_memory: MemoryLimit = None) -> RawImage:

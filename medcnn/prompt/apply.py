@@ -31,6 +31,7 @@ from medcnn.errors import InputError
 from medcnn.io import geometry, load, save
 from medcnn.io.atomic import full_suffix, write_png_atomic
 from medcnn.io.dicom_seg import SEG_SUFFIX, is_dicom_image, is_seg_path, write_dicom_seg
+from medcnn.io.slicer import is_seg_nrrd, write_seg_nrrd
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,9 @@ def prompt_file(
         arr = lab.numpy().astype(np.uint8)
         write_png_atomic(out, arr * 255 if n_obj == 1 else arr)
         info["area_frac"] = round(float((arr > 0).mean()), 5)
+    elif is_seg_nrrd(out):  # Slicer segmentation: names and colours in the header
+        write_seg_nrrd(lab, out, like=img, names={k: f"object {k}" for k in range(1, n_obj + 1)},
+                       colours={k: qc.label_colour(k) for k in range(1, n_obj + 1)})
     else:
         save(lab[None], out, like=img)
     if sd == 3:

@@ -157,6 +157,24 @@ def _as_tensor(image: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
 
+def xyxy_to_ij(box_xyxy: Sequence[float] | Sequence[Sequence[float]] | np.ndarray | torch.Tensor) -> list[list[float]]:
+    """SAM-order 2D boxes ``[x0, y0, x1, y1]`` (x = column, y = row) -> medcnn's ``(i0, j0, i1, j1)`` (rows first).
+
+    Args:
+        box_xyxy: one box ``(4,)`` or several ``(N, 4)``.
+
+    Returns:
+        ``[y0, x0, y1, x1]`` for one box, ``[[y0, x0, y1, x1], ...]`` for several (the nesting is kept).
+
+    Raises:
+        ValueError: not 4 numbers per box.
+    """
+    arr = np.asarray(box_xyxy.detach().cpu() if isinstance(box_xyxy, torch.Tensor) else box_xyxy, dtype=np.float64)
+    if arr.ndim not in (1, 2) or arr.shape[-1] != 4:
+        raise ValueError(f"box_xyxy must be [x0, y0, x1, y1] (or N of them), got shape {tuple(arr.shape)}")
+    return arr[..., [1, 0, 3, 2]].tolist()
+
+
 class PromptableSegmenter:
     """Segment an image from box and point prompts; the image embedding is computed once.
 
@@ -335,6 +353,8 @@ class PromptableSegmenter:
         mask_input: torch.Tensor | np.ndarray | None = None,
         return_logits: bool = False,
         exact_box: bool = False,
+        *,
+        box_xyxy: Sequence[float] | Sequence[Sequence[float]] | np.ndarray | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Segment the current image from prompts (cheap; reuses the embedding of :meth:`set_image`).
 
@@ -357,6 +377,10 @@ class PromptableSegmenter:
                 inside the box, and the light model uses its exact-box calibration (and input
                 channel, where it was trained with one). Default ``False``: a drawn box, which may
                 be a little loose or tight. For a volume, the mask is kept inside the 3D box.
+            box_xyxy: instead of ``box``, 2D box(es) in SAM/MedSAM order ``[x0, y0, x1, y1]`` with
+                ``x`` = column (``j``) and ``y`` = row (``i``): the same box as ``box=(y0, x0, y1, x1)``
+                (same max-exclusive rule; a box made from a mask's inclusive min/max indices needs
+                ``x1 + 1, y1 + 1`` to hold the mask's last row and column).
 
         Returns:
             one box (or points only): ``(H, W)`` bool mask, or ``(H, W)`` float32 logits
@@ -373,6 +397,12 @@ class PromptableSegmenter:
         shape = self._shape
         if shape is None:
             raise RuntimeError("call set_image(image) before predict()")
+        if box_xyxy is not None:
+            if box is not None:
+                raise ValueError("give box (i0, j0, i1, j1) or box_xyxy [x0, y0, x1, y1], not both")
+            if self._volume is not None:
+                raise ValueError("box_xyxy is for 2D images; give a volume's box as (i0, j0, k0, i1, j1, k1)")
+            box = xyxy_to_ij(box_xyxy)
         if box is None and points is None:
             raise ValueError("give a box and/or points")
         if points is None and labels is not None:
