@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from medcnn._version import __version__
 from medcnn.errors import InputError
@@ -127,6 +128,20 @@ def _check_structure(data: dict[str, Any], path: Path) -> None:
                                    "training?): use another one")
 
 
+class _NoValuesOnMeta(TorchFunctionMode):
+    """Skip the in-place value writes of weight initialisers on meta tensors (there are no values): on the
+    meta device they run through Python reference kernels whose first use imports torch._dynamo (seconds)."""
+
+    _SKIPPED = frozenset({"normal_", "uniform_", "trunc_normal_", "erfinv_", "clamp_", "mul_", "add_", "sub_", "div_",
+                          "fill_", "zero_", "copy_", "exponential_", "bernoulli_", "log_normal_", "cauchy_",
+                          "geometric_", "random_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self._SKIPPED and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def network_on_meta(name: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor] | None:
     """The state dict ``create_model(name, **kwargs)`` would have, built on the meta device: shapes and dtypes,
     no memory allocated (so a network of absurd width can be refused before it exists).
@@ -141,7 +156,7 @@ def network_on_meta(name: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor
     from medcnn.models import create_model
 
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _NoValuesOnMeta():
             net = create_model(name, **kwargs)
     except (RuntimeError, NotImplementedError) as exc:
         logger.debug("%s cannot be built on the meta device (%s); its size is not checked up front", name, exc)

@@ -316,4 +316,5 @@ def _check_sizes(cfg: dict) -> None:
             continue
         too_big = over_limit(int(math.prod(float(v) for v in shape) * channels * per * 4))
         if too_big:
-            raise ConfigError(f"config key '{key}': {shape} ({per} x {channels} channel(s), float32) {too_big}")
+            batch = f", {per} per batch" if per > 1 else ""
+            raise ConfigError(f"config key '{key}': {shape} ({channels} channel(s){batch}, float32) {too_big}")
