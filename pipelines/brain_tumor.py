@@ -2,7 +2,8 @@
 
 Outputs per case (DESIGN §3): ``<case>.nii.gz`` (1 NCR, 2 ED, 3 ET) on the grid of the t1n file,
 ``qc/<case>.png`` (t1c with the labels), and ``wt_ml, tc_ml, et_ml`` in ``summary.csv``
-(WT = 1+2+3, TC = 1+3, ET = 3, volumes measured on the input grid).
+(WT = 1+2+3, TC = 1+3, ET = 3, volumes measured on the input grid). With ``dicom_seg`` (``--dicom-seg``)
+and a DICOM t1n (the first contrast, the reference grid), also ``<case>.seg.dcm`` referencing its series.
 ``labels.json`` in the output folder names the label values with their QC colours; with ``statistics``
 (``--statistics``), ``<case>_statistics.json`` holds per label and region the voxels, mL and each contrast's
 intensity mean/std/percentiles inside it.
@@ -21,6 +22,7 @@ from medcnn import qc
 from medcnn.cases import BRAIN_CONTRASTS, Case, find_brain_tumor_cases
 from medcnn.errors import InputError
 from medcnn.io import geometry, load, save
+from medcnn.io.dicom_seg import is_dicom_image, is_dicom_path, segment_names, write_dicom_seg
 from medcnn.metrics.segmentation import BRATS_REGIONS, region_volumes_ml
 from medcnn.metrics.statistics import label_statistics, write_statistics
 
@@ -33,13 +35,15 @@ class BrainTumorPipeline:
     model: str = "brain-tumor"
     fields: tuple[str, ...] = ("wt_ml", "tc_ml", "et_ml")
     statistics: bool = False  # also write <case>_statistics.json (per label: volume, intensities per contrast)
+    dicom_seg: bool = False  # also write <case>.seg.dcm when the t1n (reference) input is DICOM
 
     def discover(self, inputs):
         return find_brain_tumor_cases(inputs)
 
     def outputs(self, case: Case, out_dir: Path) -> list[Path]:
         stats = [out_dir / f"{case.id}_statistics.json"] if self.statistics else []
-        return [out_dir / f"{case.id}.nii.gz", out_dir / "qc" / f"{case.id}.png", *stats]
+        seg = [out_dir / f"{case.id}.seg.dcm"] if self.dicom_seg and case.inputs and is_dicom_path(case.inputs[0]) else []
+        return [out_dir / f"{case.id}.nii.gz", out_dir / "qc" / f"{case.id}.png", *seg, *stats]
 
     def load(self, case: Case):
         return load(case.inputs, spatial_dims=3)
@@ -62,6 +66,9 @@ class BrainTumorPipeline:
         labels = pred[0].numpy().astype(np.uint8)
         qc.save_png(qc.volume_montage(img[1], img.affine.numpy(), label=labels), out_dir / "qc" / f"{case.id}.png")
         save(pred.as_tensor().to(torch.uint8), out_dir / f"{case.id}.nii.gz", like=img)
+        if self.dicom_seg and is_dicom_image(img):
+            write_dicom_seg(pred, out_dir / f"{case.id}.seg.dcm", like=img, algorithm=self.name,
+                            segment_names=segment_names(model.config.get("labels")))
         names = _label_names(model.config.get("labels"))
         qc.write_label_table(out_dir / "labels.json", names)  # names and colours of the label maps' values
         if self.statistics:

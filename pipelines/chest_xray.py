@@ -15,7 +15,9 @@ inversion applied by :func:`medcnn.load`). Outputs per case:
 * ``summary.csv``: one probability column per finding, ``lung_area_frac`` (lung pixels / image
   pixels), ``ctr`` (cardiothoracic ratio: heart width / widest lung span) and ``nodule_detector``
   (the logit of the detector's highest probability in the lungs; ``Nodule`` is then a
-  logistic fusion of it with the classifier's logit, weights from the detector checkpoint).
+  logistic fusion of it with the classifier's logit, weights from the detector checkpoint);
+* with ``dicom_seg`` (``--dicom-seg``) and a DICOM radiograph: ``<case>.seg.dcm``, a DICOM
+  Segmentation of the lungs and heart masks (segments 1, 2; they may overlap) referencing that image.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from medcnn.cases import Case, find_image_cases
 from medcnn.errors import InputError
 from medcnn.io import load
 from medcnn.io.atomic import write_csv_atomic, write_png_atomic, write_text_atomic
+from medcnn.io.dicom_seg import is_dicom_image, is_dicom_path, write_dicom_seg
 from medcnn.io.readers import DICOM_SUFFIXES, IMAGE2D_SUFFIXES
 from medcnn.metrics.segmentation import cardiothoracic_ratio
 
@@ -421,6 +424,7 @@ class ChestXrayPipeline:
     fields: tuple[str, ...] = field(default=(*FINDINGS, "lung_area_frac", "ctr", "nodule_detector"))
     threshold: float = 0.5
     max_cam: int = 3
+    dicom_seg: bool = False  # also write <case>.seg.dcm (lungs, heart) when the radiograph is DICOM
 
     def discover(self, inputs: Sequence[str | Path]) -> list[Case]:
         return find_image_cases(inputs, suffixes=IMAGE2D_SUFFIXES + DICOM_SUFFIXES, bids=False)
@@ -429,7 +433,8 @@ class ChestXrayPipeline:
         return load_chest_xray_models(refs, device)
 
     def outputs(self, case: Case, out_dir: Path) -> list[Path]:
-        return [out_dir / f"{case.id}_lungs.png", out_dir / f"{case.id}_heart.png", out_dir / "qc" / f"{case.id}.png"]
+        seg = [out_dir / f"{case.id}.seg.dcm"] if self.dicom_seg and case.inputs and is_dicom_path(case.inputs[0]) else []
+        return [out_dir / f"{case.id}_lungs.png", out_dir / f"{case.id}_heart.png", out_dir / "qc" / f"{case.id}.png", *seg]
 
     def load(self, case: Case) -> Any:
         path = case.inputs[0]
@@ -473,6 +478,9 @@ class ChestXrayPipeline:
         qc.save_png(np.concatenate(panels, axis=1), out_dir / "qc" / f"{case.id}.png")
         write_png_atomic(out_dir / f"{case.id}_heart.png", np.where(heart, 255, 0).astype(np.uint8))
         write_png_atomic(out_dir / f"{case.id}_lungs.png", np.where(lungs, 255, 0).astype(np.uint8))
+        if self.dicom_seg and is_dicom_image(img):
+            write_dicom_seg(np.stack([lungs, heart]).astype(bool), out_dir / f"{case.id}.seg.dcm", like=img,
+                            segment_names={1: "lungs", 2: "heart"}, algorithm="chest-xray-lungs")
         return row
 
 
