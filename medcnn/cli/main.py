@@ -424,8 +424,10 @@ def prompt(image: Path | None, image_opt: Path | None, boxes: tuple[str, ...], b
     try:
         info = prompt_file(image, out, boxes=box_list or None, points=pts or None, labels=labs or None, model=seg,
                            slice_axis=slice_axis, exact_box=exact_box)
-    except MedcnnError:
-        raise  # an unusable IMAGE (InputError is a ValueError too): one line, exit 1, not a usage error
+    except MedcnnError as exc:
+        if getattr(exc, "path", None) == str(out):  # -o names an output the image cannot have: a usage error
+            raise click.UsageError(str(exc)) from None
+        raise  # an unusable IMAGE (InputError is a ValueError too): one line, exit 1
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     extra = f", {info['volume_ml']} mL" if "volume_ml" in info else ""

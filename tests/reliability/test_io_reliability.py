@@ -386,3 +386,10 @@ def test_convert_volume_to_png_is_a_clear_error(tmp_path: Path) -> None:
     p = _nifti(tmp_path / "t1.nii.gz")
     res = CliRunner().invoke(cli, ["convert", str(p), str(tmp_path / "o.png")])
     assert res.exit_code in (1, 2) and "2D" in res.output and "Traceback" not in res.output
+
+
+def test_prompt_output_the_image_cannot_have_stays_a_usage_error(tmp_path: Path) -> None:
+    """Only an unusable IMAGE is exit 1; a volume asked to become a .png is still a usage error (exit 2)."""
+    p = _nifti(tmp_path / "vol.nii.gz")
+    res = CliRunner().invoke(cli, ["prompt", str(p), "--box", "2,2,2,8,8,8", "-o", str(tmp_path / "mask.png")])
+    assert res.exit_code == 2 and "volume format" in res.output, res.output
