@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -47,6 +48,7 @@ def test_exported_network_matches_logits(tmp_path: Path, name: str, window, run_
     with torch.no_grad():
         ref = model.network(x).numpy()
     if fmt == "onnx":
+        onnx.checker.check_model(str(dest))
         out = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"]).run(["logits"], {"image": x.numpy()})[0]
     else:
         with torch.no_grad():
