@@ -253,7 +253,7 @@ def _int_attr(ds, name: str, default: int | None, path: Path) -> int | None:
         value = ds.get(name)
         if value is None or value == "":
             return default
-        if isinstance(value, (list, tuple)) or not float(value).is_integer():  # MultiValue is a list
+        if not float(value).is_integer():  # float() of a multi-valued element raises TypeError
             raise ValueError(value)
         return int(value)
     except (TypeError, ValueError, OverflowError):
