@@ -87,11 +87,12 @@ def _process(task: str, case: Case, qc_dir: Path) -> dict:
         m = _find_masks(case)
         if m is not None:
             label = (load(m)[0] > 0).to(dtype=img.dtype)
+    names = {1: "NCR", 2: "ED", 3: "ET"} if task == "brain-tumor" and label is not None else None
     if sd == 3:
         shown = img[1] if img.shape[0] == 4 else img[0]  # t1c for brain-tumour cases
-        rgb = qc.volume_montage(shown, aff, label=label)
+        rgb = qc.volume_figure(shown, aff, label=label, names=names, case_id=case.id)
     else:
-        rgb = qc.image_overlay(img, label=label)
+        rgb = qc.image_figure(img, label=label, names={1: "lungs"} if label is not None else None, case_id=case.id)
     out = qc_dir / f"{task}_{case.id}.png"
     qc.save_png(rgb, out)
     row["qc"] = str(out.relative_to(qc_dir.parent))
@@ -154,7 +155,7 @@ def _run_prompt(folder: Path, out_dir: Path) -> list[dict] | None:
             out = out_dir / "prompt" / f"{rec['case']}_mask.png"
             info = prompt_file(rec["image"][0], out, boxes=boxes, model=seg, exact_box=True,
                                qc_path=out_dir / "qc" / f"prompt_{rec['case']}.png")
-            pred = np.asarray(load(out)[0].numpy()).round().astype(np.int64)
+            pred = _png_labels(out)
             if len(objs) == 1:
                 pred = (pred > 0).astype(np.int64)
             dice = [dice_score(pred == k + 1, ref == v) for k, v in enumerate(objs)]
@@ -165,6 +166,15 @@ def _run_prompt(folder: Path, out_dir: Path) -> list[dict] | None:
             logger.error("prompt/%s: %s", rec["case"], exc)
         rows.append(row)
     return rows
+
+
+def _png_labels(path: Path) -> np.ndarray:
+    """Label values of a mask PNG: a palette PNG's indices (several objects), else 0/255 grey -> 0/1."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im).astype(np.int64)
+        return arr if im.mode == "P" else (arr > 0).astype(np.int64)
 
 
 def _reference_scores(pred_path: Path, ref_path: Path, labels: str | None = None) -> str:

@@ -1,17 +1,23 @@
 """QC pictures: slices of a scan with a label map or heat map overlaid, as RGB arrays / PNG files.
 
-Volumes are shown in anatomical planes (axial, coronal, sagittal; neurological convention) after
-reorienting to RAS, with the physical aspect ratio of the voxels, so anisotropic and oblique
-inputs look right. Label colours follow the BraTS convention (NCR red, ED green, ET yellow).
+Volumes are shown in anatomical planes (axial, coronal, sagittal) after reorienting to RAS, with the
+physical aspect ratio of the voxels, so anisotropic and oblique inputs look right, in the radiological
+convention by default (patient's left on the image's right, as radiologists read CT/MR and chest films;
+``convention="neurological"`` mirrors it). :func:`volume_figure` / :func:`image_figure` (matplotlib) add
+the side markers (R/L, A/P, S/I, from the affine), a legend of the label colours, the case id with the
+case's figures, and the prompt box. Label colours follow the BraTS convention (NCR red, ED green, ET yellow).
 
-Privacy: QC pictures hold image pixels only. No text (patient name, ID, dates, file names) is drawn
-on them and the PNG files carry no metadata chunks, so nothing from a DICOM header can reach them.
+Privacy: the only text on a QC picture is the case id (from file and folder names, as in summary.csv),
+the case's computed figures and the markers; nothing from a DICOM header (patient name, ID, dates) is
+drawn, and the PNG files carry no metadata chunks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,6 +140,124 @@ def label_slices(label: np.ndarray) -> list[int]:
     return out
 
 
+#: display conventions of volume pictures: radiological (patient's left on the image's right, as a radiologist
+#: reads) or neurological (patient's left on the image's left)
+CONVENTIONS: tuple[str, ...] = ("radiological", "neurological")
+
+
+@dataclass
+class Panel:
+    """One displayed slice: arrays ``(H, W)`` as shown (rows down), pixel size and the edge markers.
+
+    Attributes:
+        grey: ``(H, W)`` floats in [0, 1].
+        label: ``(H, W)`` integer labels or ``None``; heat: ``(H, W)`` in [0, 1] or ``None``.
+        box: ``(H, W)`` bool prompt box (filled) or ``None``.
+        pixel_mm: ``(height, width)`` of a pixel in mm (the aspect ratio shown).
+        markers: letters at the ``(left, right, top, bottom)`` edges, e.g. ``("R", "L", "A", "P")``.
+    """
+
+    grey: np.ndarray
+    label: np.ndarray | None
+    heat: np.ndarray | None
+    box: np.ndarray | None
+    pixel_mm: tuple[float, float]
+    markers: tuple[str, str, str, str]
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+
+
+def volume_panels(
+    image,
+    affine: np.ndarray | None = None,
+    label=None,
+    heat=None,
+    center: Sequence[int] | None = None,
+    convention: str = "radiological",
+    box: Sequence[float] | None = None,
+) -> list[Panel]:
+    """Axial, coronal and sagittal slices of a volume, reoriented to RAS, in a display convention.
+
+    Args:
+        image: ``(X, Y, Z)`` or ``(C, X, Y, Z)`` volume (the first channel is shown).
+        affine: its ``(4, 4)`` RAS affine (the markers come from it); identity if ``None``.
+        label: optional ``(X, Y, Z)`` label map on the same grid; heat: optional heat map (any range).
+        center: voxel to slice through; default: :func:`label_slices` of the label, else the volume centre.
+        convention: ``"radiological"`` (default: patient's right on the image's left; sagittal anterior on the
+            left, as PACS and 3D Slicer show it) or ``"neurological"`` (patient's right on the right).
+        box: optional ``(i0, j0, k0, i1, j1, k1)`` prompt box in the volume's voxel indices (max exclusive).
+
+    Returns:
+        The informative panels (a single-slice volume has one).
+    """
+    _check_convention(convention)
+    vol = _to_numpy(image).astype(np.float32)
+    if vol.ndim == 4:
+        vol = vol[0]
+    lab = None if label is None else _to_numpy(label).reshape(vol.shape[-3:]) if _to_numpy(label).size == vol.size else _to_numpy(label)[0]
+    hm = None if heat is None else _to_numpy(heat).astype(np.float32).reshape(vol.shape)
+    bx = None
+    if box is not None:
+        b = [int(round(float(v))) for v in box]
+        bx = np.zeros(vol.shape, dtype=np.float32)
+        bx[b[0]:b[3], b[1]:b[4], b[2]:b[5]] = 1.0
+    aff = np.eye(4) if affine is None else np.asarray(_to_numpy(affine), dtype=np.float64)
+    extra = [a for a in (lab, hm, bx) if a is not None]
+    t = torch.from_numpy(np.stack([vol] + [a.astype(np.float32) for a in extra]))
+    ras_aff, ras_shape = geometry.reorient_affine(aff, vol.shape, "RAS")
+    t = geometry.resample(t, np.linalg.inv(aff) @ ras_aff, ras_shape, mode="nearest")
+    vol = t[0].numpy()
+    k = 1
+    if lab is not None:
+        lab, k = t[k].numpy().astype(np.int64), k + 1
+    if hm is not None:
+        hm, k = t[k].numpy(), k + 1
+        lo, hi = float(np.percentile(hm, 1)), float(np.percentile(hm, 99.9))
+        hm = np.clip((hm - lo) / max(hi - lo, 1e-8), 0, 1)
+    if bx is not None:
+        bx = t[k].numpy() > 0.5
+    sp = geometry.voxel_spacing(ras_aff)
+    g = window(vol)
+    if center is None:
+        if lab is not None and (lab > 0).any():
+            center = label_slices(lab)
+        elif bx is not None and bx.any():
+            center = [int(np.mean(np.nonzero(bx.any(axis=tuple(a for a in range(3) if a != ax)))[0])) for ax in range(3)]
+        else:
+            center = [s // 2 for s in vol.shape]
+    cx, cy, cz = (int(np.clip(c, 0, s - 1)) for c, s in zip(center, vol.shape))
+    radio = convention == "radiological"
+    # (slice, (first-axis mm, second-axis mm), markers (left, right, top, bottom) in the neurological layout)
+    planes = [
+        (lambda a: a[:, :, cz], (sp[0], sp[1]), ("L", "R", "A", "P")),
+        (lambda a: a[:, cy, :], (sp[0], sp[2]), ("L", "R", "S", "I")),
+        (lambda a: a[cx, :, :], (sp[1], sp[2]), ("P", "A", "S", "I")),
+    ]
+    panels: list[Panel] = []
+    for i, (take, (s_first, s_second), marks) in enumerate(planes):
+        gs = take(g)
+        if min(gs.shape) < 2 and (panels or i + 1 < len(planes)):
+            continue  # a single-slice volume has only one informative plane (a 1-voxel one still gets a panel)
+
+        def disp(a, take=take):
+            # RAS slice (first axis, second axis) -> rows = second axis upwards, cols = first axis rightwards;
+            # radiological: mirror left-right (every panel shows the patient as if facing the viewer / from the left)
+            if a is None:
+                return None
+            out = np.flipud(take(a).T)
+            return np.fliplr(out) if radio else out
+
+        left, right, top, bottom = marks
+        if radio:
+            left, right = right, left
+        panels.append(Panel(disp(g), disp(lab), disp(hm), disp(bx), (float(s_second), float(s_first)),
+                            (left, right, top, bottom)))
+    return panels
+
+
 def volume_montage(
     image,
     affine: np.ndarray | None = None,
@@ -141,8 +265,9 @@ def volume_montage(
     heat=None,
     center: Sequence[int] | None = None,
     size: int = 256,
+    convention: str = "radiological",
 ) -> np.ndarray:
-    """Axial, coronal and sagittal slices side by side.
+    """Axial, coronal and sagittal slices side by side, without text (see :func:`volume_figure` for a labelled one).
 
     Args:
         image: ``(X, Y, Z)`` or ``(C, X, Y, Z)`` volume (the first channel is shown).
@@ -151,57 +276,151 @@ def volume_montage(
         heat: optional ``(X, Y, Z)`` heat map on the same grid (any range; scaled to [0, 1]).
         center: voxel to slice through; default: :func:`label_slices` of the label, else the volume centre.
         size: height in pixels of each panel.
+        convention: ``"radiological"`` (default) or ``"neurological"`` (see :func:`volume_panels`).
 
     Returns:
         ``(size, W, 3)`` uint8 RGB montage.
     """
-    vol = _to_numpy(image).astype(np.float32)
-    if vol.ndim == 4:
-        vol = vol[0]
-    lab = None if label is None else _to_numpy(label).reshape(vol.shape[-3:]) if _to_numpy(label).size == vol.size else _to_numpy(label)[0]
-    hm = None if heat is None else _to_numpy(heat).astype(np.float32).reshape(vol.shape)
-    aff = np.eye(4) if affine is None else np.asarray(_to_numpy(affine), dtype=np.float64)
-    stack = [vol] + ([lab.astype(np.float32)] if lab is not None else []) + ([hm] if hm is not None else [])
-    t = torch.from_numpy(np.stack(stack))
-    ras_aff, ras_shape = geometry.reorient_affine(aff, vol.shape, "RAS")
-    t = geometry.resample(t, np.linalg.inv(aff) @ ras_aff, ras_shape, mode="nearest")
-    vol = t[0].numpy()
-    lab = t[1].numpy().astype(np.int64) if lab is not None else None
-    hm = t[-1].numpy() if hm is not None else None
-    if hm is not None:
-        lo, hi = float(np.percentile(hm, 1)), float(np.percentile(hm, 99.9))
-        hm = np.clip((hm - lo) / max(hi - lo, 1e-8), 0, 1)
-    sp = geometry.voxel_spacing(ras_aff)
-    g = window(vol)
-    if center is None:
-        center = label_slices(lab) if lab is not None and (lab > 0).any() else [s // 2 for s in vol.shape]
-    cx, cy, cz = (int(np.clip(c, 0, s - 1)) for c, s in zip(center, vol.shape))
-    panels = []
-    # RAS axes shown with +x to the right and +y/+z up: neurological convention (patient's right on the right)
-    planes = [
-        (lambda a: a[:, :, cz], (sp[0], sp[1])),
-        (lambda a: a[:, cy, :], (sp[0], sp[2])),
-        (lambda a: a[cx, :, :], (sp[1], sp[2])),
-    ]
-    for i, (take, (s_row, s_col)) in enumerate(planes):
-        gs = take(g)
-        if min(gs.shape) < 2 and (panels or i + 1 < len(planes)):
-            continue  # a single-slice volume has only one informative plane (a 1-voxel one still gets a panel)
-        ls = take(lab) if lab is not None else None
-        hs = take(hm) if hm is not None else None
-        # arrays are (first axis, second axis); display with second axis up: transpose + flip
-        def disp(a):
-            return None if a is None else np.flipud(a.T)
-
-        rgb = overlay(disp(gs), disp(ls), disp(hs))
-        h_mm, w_mm = gs.shape[1] * s_col, gs.shape[0] * s_row
-        w = int(np.clip(round(size * w_mm / max(h_mm, 1e-6)), 8, 4 * size))
-        panels.append(_resize(rgb, size, w))
+    out = None
     gap = np.zeros((size, 4, 3), dtype=np.uint8)
-    out = panels[0]
-    for p in panels[1:]:
-        out = np.concatenate([out, gap, p], axis=1)
+    for p in volume_panels(image, affine, label, heat, center, convention):
+        rgb = overlay(p.grey, p.label, p.heat)
+        h_mm, w_mm = p.grey.shape[0] * p.pixel_mm[0], p.grey.shape[1] * p.pixel_mm[1]
+        w = int(np.clip(round(size * w_mm / max(h_mm, 1e-6)), 8, 4 * size))
+        rgb = _resize(rgb, size, w)
+        out = rgb if out is None else np.concatenate([out, gap, rgb], axis=1)
     return out
+
+
+def _figure_rgb(panels: list[Panel], title: str | None, legend: Mapping[int, str] | None, height_px: int = 300) -> np.ndarray:
+    """Render panels with matplotlib (a Figure, no pyplot state): markers, prompt box outline, legend, title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    ratios = [max(p.grey.shape[1] * p.pixel_mm[1], 1e-6) / max(p.grey.shape[0] * p.pixel_mm[0], 1e-6) for p in panels]
+    ratios = [float(np.clip(r, 0.2, 5.0)) for r in ratios]
+    dpi = 100
+    top_in = 0.45 if title else 0.1
+    bottom_in = 0.4 if legend else 0.1
+    panel_in = height_px / dpi
+    fig = Figure(figsize=(max(panel_in * sum(ratios) + 0.1 * len(panels), 3.0), panel_in + top_in + bottom_in),
+                 dpi=dpi, facecolor="black")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), gridspec_kw={"width_ratios": ratios, "wspace": 0.03}, squeeze=False)[0]
+    fig.subplots_adjust(left=0.005, right=0.995, top=1 - top_in / fig.get_figheight(),
+                        bottom=bottom_in / fig.get_figheight())
+    txt = {"color": "yellow", "fontsize": 12, "fontweight": "bold"}
+    for ax, p in zip(axes, panels):
+        h, w = p.grey.shape
+        ax.imshow(overlay(p.grey, p.label, p.heat), interpolation="nearest", aspect=p.pixel_mm[0] / p.pixel_mm[1],
+                  extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+        ax.set_axis_off()
+        left, right, top, bottom = p.markers
+        ax.text(0.02, 0.5, left, transform=ax.transAxes, ha="left", va="center", **txt)
+        ax.text(0.98, 0.5, right, transform=ax.transAxes, ha="right", va="center", **txt)
+        ax.text(0.5, 0.98, top, transform=ax.transAxes, ha="center", va="top", **txt)
+        ax.text(0.5, 0.02, bottom, transform=ax.transAxes, ha="center", va="bottom", **txt)
+        if p.box is not None and p.box.any():
+            from matplotlib.patches import Rectangle
+
+            rows, cols = np.nonzero(p.box.any(1))[0], np.nonzero(p.box.any(0))[0]
+            ax.add_patch(Rectangle((cols[0] - 0.5, rows[0] - 0.5), cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1,
+                                   fill=False, edgecolor="cyan", linewidth=1.5, linestyle="--"))
+    if title:
+        fig.suptitle(title, color="white", fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
+    if legend:
+        handles = [Patch(facecolor=np.asarray(label_colour(v)) / 255.0, edgecolor="white", label=f"{v} {name}")
+                   for v, name in sorted(legend.items())]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9,
+                   labelcolor="white", handlelength=1.2, borderaxespad=0.2)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def caption(case_id: str | None, figures: Mapping[str, Any] | None = None) -> str:
+    """``"case  WT 12.3 mL  p(AD) 0.83"``: the case id and its figures as printed on a QC picture."""
+    parts = [str(case_id)] if case_id else []
+    for k, v in (figures or {}).items():
+        parts.append(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}")
+    return "   ".join(parts)
+
+
+def volume_figure(
+    image,
+    affine: np.ndarray | None = None,
+    label=None,
+    heat=None,
+    *,
+    names: Mapping[int, str] | None = None,
+    case_id: str | None = None,
+    figures: Mapping[str, Any] | None = None,
+    box: Sequence[float] | None = None,
+    convention: str = "radiological",
+    center: Sequence[int] | None = None,
+    height_px: int = 300,
+) -> np.ndarray:
+    """A QC picture a radiologist reads: three planes with orientation markers, legend, case id and figures.
+
+    Args:
+        image, affine, label, heat, center, convention, box: as :func:`volume_panels`.
+        names: label value -> name for the legend (default: the values present).
+        case_id: printed at the top, with ``figures`` (e.g. ``{"WT mL": 12.3, "p(AD)": 0.83}``).
+        height_px: height of the panels in pixels.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB.
+    """
+    panels = volume_panels(image, affine, label, heat, center, convention, box)
+    legend = _legend(label, names)
+    title = caption(case_id, figures)
+    if title:
+        title += f"   [{convention}]"
+    return _figure_rgb(panels, title, legend, height_px)
+
+
+def image_figure(
+    image,
+    label=None,
+    heat=None,
+    *,
+    names: Mapping[int, str] | None = None,
+    case_id: str | None = None,
+    figures: Mapping[str, Any] | None = None,
+    box: Sequence[float] | None = None,
+    height_px: int = 400,
+) -> np.ndarray:
+    """A 2D image ``(C, H, W)``/``(H, W)`` as stored (a radiograph's own, radiological, layout) with legend, case
+    id, figures and the prompt box ``(i0, j0, i1, j1)`` outlined. No side markers: a pixel array has no patient
+    geometry to name them from."""
+    img = _to_numpy(image).astype(np.float32)
+    if img.ndim == 3:
+        img = img[0] if img.shape[0] != 3 else img.mean(0)
+    lab = None if label is None else _to_numpy(label).reshape(img.shape)
+    hm = None if heat is None else _to_numpy(heat).astype(np.float32).reshape(img.shape)
+    bx = None
+    if box is not None:
+        b = [int(round(float(v))) for v in box]
+        bx = np.zeros(img.shape, dtype=bool)
+        bx[b[0]:b[2], b[1]:b[3]] = True
+    scale = min(1.0, 1024 / max(img.shape))
+    panel = Panel(window(img, 0.1, 99.9), lab, hm, bx, (1.0, 1.0), ("", "", "", ""))
+    if scale < 1:  # large films: draw at most 1024 pixels a side (labels nearest, box kept)
+        step = int(np.ceil(1 / scale))
+        panel = Panel(panel.grey[::step, ::step], None if lab is None else lab[::step, ::step],
+                      None if hm is None else hm[::step, ::step], None if bx is None else bx[::step, ::step],
+                      (1.0, 1.0), panel.markers)
+    return _figure_rgb([panel], caption(case_id, figures) or None, _legend(label, names), height_px)
+
+
+def _legend(label, names: Mapping[int, str] | None) -> dict[int, str] | None:
+    """``{value: name}`` for the legend: the names given, else the label values present."""
+    if names:
+        return {int(k): str(v) for k, v in names.items()}
+    if label is None:
+        return None
+    values = [int(v) for v in np.unique(_to_numpy(label)) if v > 0]
+    return {v: f"label {v}" for v in values} or None
 
 
 def image_overlay(image, label=None, heat=None, max_size: int = 512) -> np.ndarray:

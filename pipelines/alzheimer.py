@@ -64,6 +64,7 @@ class AlzheimerPipeline:
     model: str = "alzheimer"
     fields: tuple[str, ...] = ("p_ad", "label")
     saliency: str = "gradcam"
+    qc_convention: str = "radiological"  # QC picture: radiological (patient's left on the right) or neurological
 
     def discover(self, inputs: Sequence[str | Path]) -> list[Case]:
         return find_image_cases(inputs)
@@ -99,7 +100,9 @@ class AlzheimerPipeline:
         label = POSITIVE if p_ad >= model.decision_threshold else NEGATIVE
         explained = k if label == POSITIVE else model.config["labels"]["classes"].index(NEGATIVE)
         heat = model.saliency(img, class_index=explained, method=self.saliency)
-        qc.save_png(qc.volume_montage(img[0], img.affine.numpy(), heat=heat[0]), out_dir / "qc" / f"{case.id}.png")
+        qc.save_png(qc.volume_figure(img[0], img.affine.numpy(), heat=heat[0], case_id=case.id,
+                                     figures={"p(AD)": round(p_ad, 3), "class": label, "saliency": self.saliency},
+                                     convention=self.qc_convention), out_dir / "qc" / f"{case.id}.png")
         save(heat.as_tensor().to(torch.float32), out_dir / f"{case.id}_saliency.nii.gz", like=img)
         return {"p_ad": round(p_ad, 4), "label": label}
 

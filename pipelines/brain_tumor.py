@@ -35,6 +35,7 @@ class BrainTumorPipeline:
     model: str = "brain-tumor"
     fields: tuple[str, ...] = ("wt_ml", "tc_ml", "et_ml")
     statistics: bool = False  # also write <case>_statistics.json (per label: volume, intensities per contrast)
+    qc_convention: str = "radiological"  # QC picture: radiological (patient's left on the right) or neurological
     dicom_seg: bool = False  # also write <case>.seg.dcm when the t1n (reference) input is DICOM
 
     def discover(self, inputs):
@@ -64,7 +65,6 @@ class BrainTumorPipeline:
     def run(self, model: Any, case: Case, img, out_dir: Path) -> dict[str, Any]:
         pred = model.predict(img)
         labels = pred[0].numpy().astype(np.uint8)
-        qc.save_png(qc.volume_montage(img[1], img.affine.numpy(), label=labels), out_dir / "qc" / f"{case.id}.png")
         save(pred.as_tensor().to(torch.uint8), out_dir / f"{case.id}.nii.gz", like=img)
         if self.dicom_seg and is_dicom_image(img):
             write_dicom_seg(pred, out_dir / f"{case.id}.seg.dcm", like=img, algorithm=self.name,
@@ -75,6 +75,9 @@ class BrainTumorPipeline:
             write_statistics(out_dir / f"{case.id}_statistics.json", label_statistics(
                 labels, img, geometry.voxel_spacing(img.affine.numpy()), names, BRAIN_CONTRASTS, BRATS_REGIONS))
         vols = region_volumes_ml(labels, geometry.voxel_spacing(img.affine.numpy()), BRATS_REGIONS)
+        qc.save_png(qc.volume_figure(img[1], img.affine.numpy(), label=labels, names=names, case_id=case.id,
+                                     figures={f"{k} mL": round(v, 2) for k, v in vols.items()},
+                                     convention=self.qc_convention), out_dir / "qc" / f"{case.id}.png")
         return {f"{k.lower()}_ml": round(v, 3) for k, v in vols.items()}
 
 

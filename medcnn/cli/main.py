@@ -302,10 +302,13 @@ Exit status: 0 all cases ok or skipped, 1 some case failed (the others are still
 @click.option("--overwrite", is_flag=True, help="Redo cases whose outputs already exist.")
 @click.option("--statistics", is_flag=True, help="Also write <case>_statistics.json: per label its voxels, volume (mL) and "
               "each input channel's intensity mean, std and percentiles inside it (label-map pipelines).")
+@click.option("--qc-convention", type=click.Choice(["radiological", "neurological"]), default="radiological",
+              show_default=True, help="QC pictures of volumes: patient's left on the image's right (radiological) "
+                                      "or on its left (neurological).")
 @click.option("--dicom-seg", is_flag=True, help="Also write <case>.seg.dcm (DICOM SEG) when the reference image is "
               "DICOM (brain-tumor: the t1n series; chest-xray: the radiograph).")
 def predict(pipeline: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], out_dir: Path, model_ref: tuple[str, ...],
-            device: str, overwrite: bool, statistics: bool, dicom_seg: bool) -> None:
+            device: str, overwrite: bool, statistics: bool, qc_convention: str, dicom_seg: bool) -> None:
     """Run PIPELINE (brain-tumor, alzheimer, chest-xray) on every case found in INPUTS."""
     import dataclasses
 
@@ -326,6 +329,10 @@ def predict(pipeline: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ..
         if not any(f.name == "statistics" for f in dataclasses.fields(pipe)):
             raise click.UsageError(f"--statistics: the {pipeline} pipeline writes no per-label statistics (brain-tumor does)")
         pipe = dataclasses.replace(pipe, statistics=True)
+    if any(f.name == "qc_convention" for f in dataclasses.fields(pipe)):
+        pipe = dataclasses.replace(pipe, qc_convention=qc_convention)
+    elif qc_convention != "radiological":
+        raise click.UsageError(f"--qc-convention: the {pipeline} pipeline's pictures are radiographs, shown as stored")
     dev_name = device = _device_name(device, "--device")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
@@ -392,8 +399,11 @@ QC picture next to it (OUT stem + _qc.png).
 @click.option("--exact-box", is_flag=True, help="Each box is its object's exact bounding box (from an annotation or a "
               "mask), not drawn by hand: the mask stays inside it, and the bundled model uses its exact-box mode.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N], gpu[:N] (= cuda) or mps.")
+@click.option("--qc-convention", type=click.Choice(["radiological", "neurological"]), default="radiological",
+              show_default=True, help="Volumes' QC picture: patient's left on the image's right (radiological) or left.")
 def prompt(image: Path | None, image_opt: Path | None, boxes: tuple[str, ...], box_order: str, points: tuple[str, ...],
-           out: Path, model_ref: str | None, slice_axis: int | None, exact_box: bool, device: str) -> None:
+           out: Path, model_ref: str | None, slice_axis: int | None, exact_box: bool, device: str,
+           qc_convention: str) -> None:
     """Segment what a box or points point at in IMAGE (MedSAM-style promptable segmentation)."""
     from medcnn.prompt import PromptableSegmenter
     from medcnn.prompt.apply import prompt_file
@@ -423,7 +433,7 @@ def prompt(image: Path | None, image_opt: Path | None, boxes: tuple[str, ...], b
     seg = PromptableSegmenter.from_pretrained(model_ref, device=device)
     try:
         info = prompt_file(image, out, boxes=box_list or None, points=pts or None, labels=labs or None, model=seg,
-                           slice_axis=slice_axis, exact_box=exact_box)
+                           slice_axis=slice_axis, exact_box=exact_box, qc_convention=qc_convention)
     except MedcnnError as exc:
         if getattr(exc, "path", None) == str(out):  # -o names an output the image cannot have: a usage error
             raise click.UsageError(str(exc)) from None

@@ -66,6 +66,21 @@ def _order(values: Sequence[float], perm: Sequence[int]) -> list[float]:
     return [float(values[p]) for p in perm]
 
 
+def _write_palette_png(path: Path, labels: np.ndarray) -> None:
+    """A label map ``(H, W)`` uint8 as a palette PNG: the values stay 1..n, viewers show the QC colours."""
+    from PIL import Image
+
+    from medcnn.io.atomic import atomic_path
+
+    palette = [0, 0, 0]
+    for v in range(1, 256):
+        palette.extend(qc.label_colour(v))
+    im = Image.fromarray(labels, mode="P")
+    im.putpalette(palette)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+
+
 def prompt_file(
     image: str | Path,
     out: str | Path,
@@ -77,6 +92,7 @@ def prompt_file(
     slice_axis: int | None = None,
     qc_path: str | Path | None = None,
     exact_box: bool = False,
+    qc_convention: str = "radiological",
 ) -> dict[str, Any]:
     """Segment the object(s) the prompts point at and write the result next to nothing else.
 
@@ -92,6 +108,7 @@ def prompt_file(
         slice_axis: volumes: the spatial axis (0, 1, 2) to propagate along (default: coarsest spacing).
         qc_path: PNG to draw the result on (default: ``out`` with ``_qc.png``; ``""`` for none).
         exact_box: the boxes are exact bounding boxes (see ``PromptableSegmenter.predict``).
+        qc_convention: volumes' QC picture: ``"radiological"`` (default) or ``"neurological"``.
 
     Returns:
         ``{"out", "qc", "shape", "objects", "voxels", "volume_ml" (volumes) or "area_frac" (2D), "box_fill"}``
@@ -153,7 +170,10 @@ def prompt_file(
                         algorithm=f"medcnn-prompt {seg.name}", algorithm_type="SEMIAUTOMATIC")
     elif is_png:
         arr = lab.numpy().astype(np.uint8)
-        write_png_atomic(out, arr * 255 if n_obj == 1 else arr)
+        if n_obj == 1:
+            write_png_atomic(out, arr * 255)  # 0/255: visible in any viewer
+        else:
+            _write_palette_png(out, arr)  # values 1..n kept, shown in the QC colours
         info["area_frac"] = round(float((arr > 0).mean()), 5)
     elif is_seg_nrrd(out):  # Slicer segmentation: names and colours in the header
         write_seg_nrrd(lab, out, like=img, names={k: f"object {k}" for k in range(1, n_obj + 1)},
@@ -167,8 +187,14 @@ def prompt_file(
     qc_out = Path(qc_path) if qc_path else out.parent / f"{out.name[: len(out.name) - suffix_len]}_qc.png"
     if qc_path != "":
         labels_np = lab.numpy()
-        rgb = (qc.volume_montage(img[0], img.affine.numpy(), label=labels_np) if sd == 3
-               else qc.image_overlay(img, label=labels_np))
+        names = {k: f"object {k}" for k in range(1, n_obj + 1)}
+        figures = {"mL": info["volume_ml"]} if "volume_ml" in info else {"area": info.get("area_frac", "")}
+        box0 = boxes[0] if boxes and len(boxes) == 1 and len(boxes[0]) == 2 * sd else None
+        if sd == 3:
+            rgb = qc.volume_figure(img[0], img.affine.numpy(), label=labels_np, names=names, case_id=image.name,
+                                   figures=figures, box=box0, convention=qc_convention)
+        else:
+            rgb = qc.image_figure(img, label=labels_np, names=names, case_id=image.name, figures=figures, box=box0)
         qc.save_png(rgb, qc_out)
         info["qc"] = str(qc_out)
     logger.debug("%s: %d object(s), %d voxels -> %s", image, n_obj, info["voxels"], out)
