@@ -124,7 +124,11 @@ def test_predict_sharded_over_two_ranks(tiny_brats: Path, tiny_brain_model: Path
     out = tmp_path / "out"
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "medcnn.cli.main", "predict", "brain-tumor",
            str(tiny_brats), "-o", str(out), "--model", str(tiny_brain_model), "--device", "cpu"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    except subprocess.TimeoutExpired as exc:  # keep the log: a bare timeout says nothing about where it stalled
+        log = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        pytest.fail(f"torchrun did not finish in {exc.timeout:.0f} s; the end of its log:\n{log[-3000:]}")
     assert res.returncode == 0, res.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert sorted(r["case"] for r in rows) == sorted(p.name for p in tiny_brats.iterdir() if p.is_dir())

@@ -133,7 +133,11 @@ def test_ddp_two_processes_match_one_process(manifest: Path, tmp_path: Path) -> 
     single = train(CONFIG, [*common, "train.batch_size=2"], tmp_path / "single")
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "medcnn.cli.main", "train", str(CONFIG),
            *_set_args([*common, "train.batch_size=1"]), "-o", str(tmp_path / "ddp")]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=quiet_env(), timeout=300, cwd=REPO)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, env=quiet_env(), timeout=300, cwd=REPO)
+    except subprocess.TimeoutExpired as exc:  # keep the log: a bare timeout says nothing about where it stalled
+        log = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        pytest.fail(f"torchrun did not finish in {exc.timeout:.0f} s; the end of its log:\n{log[-3000:]}")
     assert res.returncode == 0, res.stderr[-3000:]
     _same_weights(tmp_path / "single" / "last.pt", tmp_path / "ddp" / "last.pt", atol=1e-5)
     ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
