@@ -51,7 +51,7 @@ def apply_atrophy(t: dict[str, np.ndarray], cortex: float, mtl: float, vent: flo
     temporal = _sigmoid((np.abs(x) - 28) / 6) * _sigmoid(-(z - 2) / 8)
     parietal = _sigmoid(-(y + 38) / 8) * _sigmoid((z - 18) / 8)
     thin = cortex * (0.35 + 0.9 * np.maximum(temporal, parietal))
-    keep = np.clip((depth - thin) / 1.0 + 0.5, 0.0, 1.0)
+    keep = np.clip(depth - thin + 1.0, 0.0, 1.0)  # a 1-mm ramp; no change where thin == 0
     gm *= np.where(depth < thin + 1.0, keep, 1.0)
     hip = np.exp(-(((np.abs(x) - 27) / 7) ** 2 + ((y + 22) / 13) ** 2 + ((z + 14) / 8) ** 2))
     gm *= 1.0 - 0.75 * mtl * hip
@@ -59,7 +59,7 @@ def apply_atrophy(t: dict[str, np.ndarray], cortex: float, mtl: float, vent: flo
     vmask = ventricles(t)
     if vmask.any() and vent > 0:
         dv = ndimage.distance_transform_edt(~vmask, sampling=sp)
-        grow = np.clip((vent - dv) / 1.0 + 0.5, 0.0, 1.0)
+        grow = np.clip(vent - dv, 0.0, 1.0)
         gm *= 1.0 - grow
         wm *= 1.0 - grow
     t["csf"] = np.clip(t["intracranial"].astype(np.float32) - gm - wm, 0.0, 1.0)
@@ -100,13 +100,16 @@ def render_t1(rng: np.random.Generator, t: dict[str, np.ndarray], stripped: bool
     return common.bias_and_noise(rng, img, head, rng.uniform(0.05, 0.3), rng.uniform(20, 60))
 
 
-def subject(rng: np.random.Generator, diagnosis: str) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """One subject: stored image, affine and its participants row fields (age, sex, severity)."""
+def subject(rng: np.random.Generator, diagnosis: str, spacing_mm: float | None = None
+            ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """One subject: stored image, affine and its participants row fields (``spacing_mm`` fixes the voxel size)."""
     age = float(rng.uniform(60, 90))
     aging = (age - 60) / 30.0
     sev = float(rng.uniform(0.35, 1.0)) if diagnosis == "AD" else 0.0
     stripped = bool(rng.random() < 0.5)
     spacing = tuple(float(v) for v in rng.uniform(1.3, 2.0, 3)) if rng.random() < 0.4 else (float(rng.uniform(1.3, 2.0)),) * 3
+    if spacing_mm is not None:
+        spacing = (float(spacing_mm),) * 3
     fov = (156.0, 190.0, 160.0) if stripped else (186.0, 224.0, 204.0)
     t = common.brain_on_grid(rng, spacing, fov)
     apply_atrophy(t, cortex=0.5 * aging + 1.6 * sev, mtl=0.15 * aging + 0.7 * sev, vent=1.2 * aging + 5.0 * sev)
@@ -115,8 +118,10 @@ def subject(rng: np.random.Generator, diagnosis: str) -> tuple[np.ndarray, np.nd
                                                         "skull_stripped": int(stripped)}
 
 
-def generate(n: int, seed: int, out: Path) -> Path:
+def generate(n: int, seed: int, out: Path, spacing_mm: float | None = None) -> Path:
     """Write ``n`` subjects (alternating AD/CN, shuffled) as BIDS ``sub-XXX/anat/sub-XXX_T1w.nii.gz`` + ``participants.tsv``.
+
+    ``spacing_mm`` fixes an isotropic voxel size (tests use a coarse one); default: random 1.3-2 mm.
 
     Returns:
         the ``participants.tsv`` path (``participant_id``, ``diagnosis`` AD/CN, ``age``, ``sex``, ``severity``).
@@ -129,7 +134,7 @@ def generate(n: int, seed: int, out: Path) -> Path:
     for i, dx in enumerate(diags, start=1):
         sid = f"sub-b{i:03d}"
         srng = np.random.default_rng([seed, i])
-        data, aff, info = subject(srng, str(dx))
+        data, aff, info = subject(srng, str(dx), spacing_mm)
         common.save_nifti(out / sid / "anat" / f"{sid}_T1w.nii.gz", data, aff)
         rows.append({"participant_id": sid, "diagnosis": str(dx), "sex": str(srng.choice(["F", "M"])), **info})
     cols = ["participant_id", "diagnosis", "age", "sex", "severity", "skull_stripped"]

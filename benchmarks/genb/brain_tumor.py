@@ -116,8 +116,10 @@ def render(rng: np.random.Generator, t: dict[str, np.ndarray], seg: np.ndarray, 
     return out
 
 
-def generate(n: int, seed: int, out: Path) -> Path:
+def generate(n: int, seed: int, out: Path, spacing_mm: float | None = None) -> Path:
     """Write ``n`` cases ``genb-bt-XXXX/genb-bt-XXXX-{t1n,t1c,t2w,t2f,seg}.nii.gz`` and ``cases.csv``.
+
+    ``spacing_mm`` fixes an isotropic voxel size (tests use a coarse one); default: random 1.4-2 mm.
 
     Returns:
         ``cases.csv`` (case, spacing_mm, skull_stripped, wt_ml, tc_ml, et_ml).
@@ -129,6 +131,8 @@ def generate(n: int, seed: int, out: Path) -> Path:
         name = f"genb-bt-{i:04d}"
         stripped = bool(rng.random() < 0.7)
         spacing = tuple(float(v) for v in rng.uniform(1.4, 2.0, 3)) if rng.random() < 0.4 else (float(rng.uniform(1.4, 2.0)),) * 3
+        if spacing_mm is not None:
+            spacing = (float(spacing_mm),) * 3
         t = common.brain_on_grid(rng, spacing, (156.0, 190.0, 160.0) if stripped else (186.0, 224.0, 204.0))
         seg, kind = tumour(rng, t)
         for c, data in render(rng, t, seg, stripped, kind).items():

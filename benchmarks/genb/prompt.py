@@ -103,9 +103,9 @@ def paint(rng: np.random.Generator, mask: np.ndarray) -> tuple[np.ndarray, str]:
     return np.clip(img, 0, 1).astype(np.float32), polarity
 
 
-def anatomy(rng: np.random.Generator, dim: int) -> tuple[np.ndarray, np.ndarray, str, str]:
+def anatomy(rng: np.random.Generator, dim: int, spacing_mm: float | None = None) -> tuple[np.ndarray, np.ndarray, str, str]:
     """A rendered brain MR image (2D slice or 3D volume) and one real structure: ``(image, mask, structure, polarity)``."""
-    sp = 1.8 if dim == 2 else 2.6
+    sp = spacing_mm or (1.8 if dim == 2 else 2.6)
     t = common.brain_on_grid(rng, (sp, sp, sp), (156.0, 190.0, 160.0))
     img = alzheimer.render_t1(rng, t, stripped=True)
     if rng.random() < 0.4:  # T2-like: CSF bright
