@@ -253,7 +253,10 @@ def acquire_output_lock(out: Path) -> Path:
     me = _lock_owner()
     deadline = time.monotonic() + 2.0
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(out, f"cannot write into the output folder ({exc.strerror or exc})") from None
         if not _try_flock(fd, path):
             os.close(fd)
             holder = _read_lock(path)

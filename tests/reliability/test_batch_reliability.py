@@ -367,3 +367,12 @@ def test_model_of_another_task_fails_once_up_front(tmp_path: Path) -> None:
                                    "--device", "cpu"])
     errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
     assert res.exit_code == 1 and len(errors) == 1 and "ad.pt: is a classification model" in errors[0], res.output
+
+
+def test_unwritable_lock_is_one_clear_error(tmp_path: Path) -> None:
+    """An output folder where the lock cannot be written (here its name is taken by a folder) fails with one line."""
+    _scan(tmp_path / "s", "x.nii.gz", "X")
+    out = tmp_path / "out"
+    (out / LOCK_NAME).mkdir(parents=True)
+    with pytest.raises(InputError, match="cannot write into the output folder"):
+        run_batch(FakePipe(), "m", [tmp_path / "s"], out)
