@@ -393,19 +393,34 @@ class Model:
         return labels
 
 
-def load_model(name_or_path: str | Path = "brain-tumor", device: str | torch.device | None = None) -> Model:
-    """Load a bundled model by name or any medcnn checkpoint by path.
+def load_model(name_or_path: str | Path = "brain-tumor", device: str | torch.device | None = None, *,
+               arch: str | None = None, arch_args: Any = None, config: Any = None) -> Any:
+    """Load a bundled model by name, any medcnn checkpoint by path, or others' weights (:mod:`medcnn.foreign`).
 
     Args:
-        name_or_path: a bundled name (``"brain-tumor"``, ...) or a ``.pt`` file from ``medcnn train``.
+        name_or_path: a bundled name (``"brain-tumor"``, ...), a ``.pt`` file from ``medcnn train``, a MONAI
+            bundle folder, an nnU-Net v2 trained model folder, or (with ``arch``) a plain state-dict file.
         device: ``None``/``"cpu"`` (default), ``"auto"``, ``"cuda"``, ``"cuda:1"``...
+        arch: a :func:`medcnn.models.list_models` name: ``name_or_path`` is a plain state dict for it.
+        arch_args: that network's arguments (dict, JSON text or ``key=value`` items).
+        config: model settings for foreign weights (a YAML path or a mapping): ``preprocess``, ``inference``,
+            ``labels`` (state dicts, MONAI bundles); nnU-Net options (``folds``, ``tile_step``, ``label_map``...).
 
     Returns:
-        A :class:`Model`.
+        A :class:`Model` (an :class:`medcnn.foreign.nnunet.NnUNetModel` for an nnU-Net folder).
 
     Raises:
-        InputError: unknown name, missing/corrupt/unsafe checkpoint.
+        InputError: unknown name, missing/corrupt/unsafe checkpoint, foreign files medcnn cannot run.
+        ConfigError: invalid ``arch``, ``arch_args`` or ``config``.
     """
+    from medcnn import foreign
+
+    kind = foreign.kind_of(name_or_path, arch)
+    if kind is not None:
+        return _load_foreign(kind, Path(name_or_path), device, arch=arch, arch_args=arch_args, config=config)
+    if config is not None or arch_args is not None:
+        raise ConfigError(f"{name_or_path}: --arch-args / --model-config are for foreign weights (a state dict with "
+                          "--arch, a MONAI bundle or an nnU-Net folder), not for medcnn checkpoints")
     p = Path(name_or_path)
     if p.is_file():
         path = p
@@ -422,3 +437,35 @@ def load_model(name_or_path: str | Path = "brain-tumor", device: str | torch.dev
     model = Model(net.to(dev), config, path, dev)
     logger.debug("loaded %s (%s) from %s", ck["model"]["name"], config["task"], path)
     return model
+
+
+def _load_foreign(kind: str, path: Path, device: str | torch.device | None, *, arch: str | None, arch_args: Any,
+                  config: Any) -> Any:
+    """Others' weights as a model: a state dict with a registry architecture, a MONAI bundle, an nnU-Net folder."""
+    from medcnn.foreign import read_model_config
+
+    dev = resolve_device(device)
+    if kind == "nnunet":
+        from medcnn.foreign.nnunet import load_nnunet_model
+
+        opts = _nnunet_options(config)
+        return load_nnunet_model(path, config=opts).to(dev)
+    if kind == "monai-bundle":
+        from medcnn.foreign.monai_bundle import load_bundle
+
+        net, cfg, weights = load_bundle(path, config=read_model_config(config))
+    else:
+        from medcnn.foreign.state_dict import load_state_dict_model
+
+        net, cfg = load_state_dict_model(path, arch, arch_args, config=read_model_config(config))
+        weights = path
+    return Model(net.to(dev), cfg, weights, dev)
+
+
+def _nnunet_options(config: Any) -> dict[str, Any]:
+    """The nnU-Net options as given (a YAML path or a mapping), without the medcnn model schema."""
+    from medcnn.engine.config import read_yaml
+
+    if config is None:
+        return {}
+    return read_yaml(config) if isinstance(config, (str, Path)) else dict(config)

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -127,17 +128,21 @@ def _cpu_bf16() -> str:
 
 @cli.command(context_settings=CONTEXT, epilog="""\b
 Examples:
-  medcnn demo                      # writes medcnn_demo/summary.csv and medcnn_demo/qc/*.png
+  medcnn demo                      # the installed sample cases -> medcnn_demo/summary.csv, medcnn_demo/qc/*.png
   medcnn demo -o out --data path/to/sample_data
 """)
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("medcnn_demo"),
               show_default=True, help="Output folder.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=Path("sample_data"),
-              show_default=True, help="Sample data folder (the repository's sample_data/).")
-def demo(out_dir: Path, data_dir: Path) -> None:
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Sample data folder (default: the sample cases installed with medcnn).")
+def demo(out_dir: Path, data_dir: Path | None) -> None:
     """Run medcnn on every case of sample_data/: summary table + QC pictures."""
     from medcnn.demo import run_demo, summarize
 
+    if data_dir is None:  # found from the package, whatever the current folder
+        from medcnn.sample_data import sample_data_dir
+
+        data_dir = sample_data_dir()
     rows = run_demo(data_dir, out_dir)
     click.echo(summarize(rows))
     click.echo(f"summary: {out_dir / 'summary.csv'}   QC pictures: {out_dir / 'qc'}/")
@@ -283,6 +288,9 @@ Examples:
   medcnn predict chest-xray sample_data/chest-xray/images -o out/cxr
   medcnn predict chest-xray dicoms/ -o out/cxr --model runs/cxr_lungs/best.pt   # own lung model, bundled findings
   medcnn predict brain-tumor case/ -o out --dicom-seg   # case/CASE-t1n/ ... DICOM series: + out/case.seg.dcm
+  medcnn predict brain-tumor cases/ -o out --model nnUNet_results/Dataset137_BraTS/nnUNetTrainer__nnUNetPlans__3d_fullres
+  medcnn predict brain-tumor cases/ -o out --model my_bundle/   # MONAI bundle: configs/inference.json + models/model.pt
+  medcnn predict brain-tumor cases/ -o out --model weights.pt --arch unet --arch-args in_channels=4,out_channels=4 --model-config m.yaml
 \b
 Outputs: OUTDIR/summary.csv (a row per case), per-case result files, OUTDIR/qc/*.png, OUTDIR/run.json.
 --dicom-seg: OUTDIR/<case>.seg.dcm, a DICOM Segmentation referencing the reference image when it is DICOM:
@@ -298,6 +306,13 @@ Exit status: 0 all cases ok or skipped, 1 some case failed (the others are still
               help="Bundled model name or checkpoint path (default: the pipeline's). chest-xray: repeat it for the "
                    "findings, the lung and the nodule model; each replaces the bundled model of its kind "
                    "(the bundled nodule detector joins the bundled findings model only).")
+@click.option("--arch", default=None, help="--model is a plain state dict for this medcnn.models network (unet, "
+              "segresnet, dynunet...); with --arch-args and --model-config.")
+@click.option("--arch-args", "arch_args", multiple=True, help="The --arch network's arguments: a JSON object or "
+              "key=value items (values as YAML: channels=[16,32,64]), repeatable.")
+@click.option("--model-config", "model_config", type=click.Path(path_type=Path), default=None,
+              help="YAML with the foreign model's preprocess (spacing, orientation, normalize...), inference (roi_size...) "
+                   "and labels sections (state dicts, MONAI bundles), or nnU-Net options (folds, checkpoint, label_map).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N], gpu[:N] (= cuda) or mps.")
 @click.option("--overwrite", is_flag=True, help="Redo cases whose outputs already exist.")
 @click.option("--statistics", is_flag=True, help="Also write <case>_statistics.json: per label its voxels, volume (mL) and "
@@ -308,6 +323,7 @@ Exit status: 0 all cases ok or skipped, 1 some case failed (the others are still
 @click.option("--dicom-seg", is_flag=True, help="Also write <case>.seg.dcm (DICOM SEG) when the reference image is "
               "DICOM (brain-tumor: the t1n series; chest-xray: the radiograph).")
 def predict(pipeline: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], out_dir: Path, model_ref: tuple[str, ...],
+            arch: str | None, arch_args: tuple[str, ...], model_config: Path | None,
             device: str, overwrite: bool, statistics: bool, qc_convention: str, dicom_seg: bool) -> None:
     """Run PIPELINE (brain-tumor, alzheimer, chest-xray) on every case found in INPUTS."""
     import dataclasses
@@ -339,13 +355,43 @@ def predict(pipeline: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ..
         import torch
 
         dev_name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    model, info = load_models(pipe, list(model_ref) or None, device=dev_name)
+    if arch or arch_args or model_config:
+        model, info = _foreign_model(pipe, model_ref, arch, arch_args, model_config, dev_name)
+    else:
+        model, info = load_models(pipe, list(model_ref) or None, device=dev_name)
     rows = run_batch(pipe, model, list(inputs), out_dir, overwrite=overwrite, model_info=info, device=dev_name)
     if int(os.environ.get("RANK", "0")) == 0:
         counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "skipped", "error")}
         click.echo(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} failed; summary: {out_dir / 'summary.csv'}")
         if counts["error"]:
             sys.exit(1)
+
+
+def _foreign_model(pipe: Any, model_ref: tuple[str, ...], arch: str | None, arch_args: tuple[str, ...],
+                   model_config: Path | None, device: str) -> tuple[Any, dict[str, Any]]:
+    """``--model`` with ``--arch`` / ``--arch-args`` / ``--model-config``: one foreign model for a one-model pipeline."""
+    from medcnn.predictor import load_model
+
+    if len(model_ref) != 1:
+        raise click.UsageError("--arch / --arch-args / --model-config need exactly one --model (the weights file or folder)")
+    if hasattr(pipe, "load_models"):
+        raise click.UsageError(f"--arch / --model-config: the {pipe.name} pipeline runs several models; load them in Python")
+    if arch_args and not arch:
+        raise click.UsageError("--arch-args needs --arch NAME")
+    model = load_model(model_ref[0], device=device, arch=arch, arch_args=list(arch_args) or None, config=model_config)
+    return model, {"name": model_ref[0], **model.provenance()}
+
+
+def _config_path(config: Path) -> Path:
+    """CONFIG as given, or a bundled config of that name (``configs/brain_tumor.yaml``, ``brain_tumor``) when
+    no such file exists here: the bundled configs work from any folder after ``pip install``."""
+    if config.exists():
+        return config
+    from medcnn.configs import config_dir
+
+    name = config.name if config.name.endswith((".yaml", ".yml")) else f"{config.name}.yaml"
+    bundled = config_dir() / name
+    return bundled if bundled.is_file() else config
 
 
 def _device_name(value: str, option: str) -> str:
@@ -523,6 +569,7 @@ def train(config: Path, overrides: tuple[str, ...], resume: bool, overwrite: boo
     """Train a model from a YAML CONFIG (also under torchrun for DDP)."""
     from medcnn.engine import train as run_training
 
+    config = _config_path(config)
     if resume and overwrite:
         raise click.UsageError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
     result = run_training(config, list(overrides), run_dir, resume=resume, overwrite=overwrite)
@@ -535,7 +582,8 @@ Examples:
   medcnn crossval configs/alzheimer.yaml --folds 5 --set data.source=data/ad_train -o runs/ad_cv
 \b
 Trains one model per fold (folds split by subject, stratified, seeded) and writes crossval.csv (per fold and
-pooled balanced accuracy, AUROC, sensitivity, specificity, ECE), predictions.csv, roc.png and confusion.png.
+pooled balanced accuracy, AUROC, sensitivity, specificity, ECE), predictions.csv, roc.png, confusion.png and
+reliability.png (calibration of the pooled probabilities).
 """)
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Number of folds.")
@@ -547,6 +595,7 @@ def crossval(config: Path, folds: int, overrides: tuple[str, ...], out_dir: Path
     """K-fold cross-validation of a classification CONFIG with per-fold and pooled metrics."""
     from medcnn.engine.crossval import cross_validate
 
+    config = _config_path(config)
     result = cross_validate(config, folds, list(overrides), out_dir, resume=resume)
     pooled = result.get("pooled", {})
     click.echo("pooled: " + "  ".join(f"{k} {v:.4f}" for k, v in pooled.items() if isinstance(v, float)))
