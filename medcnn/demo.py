@@ -170,6 +170,7 @@ def _run_prompt(folder: Path, out_dir: Path) -> list[dict] | None:
 
 def _png_labels(path: Path) -> np.ndarray:
     """Label values of a mask PNG: a palette PNG's indices (several objects), else 0/255 grey -> 0/1."""
+    import numpy as np
     from PIL import Image
 
     with Image.open(path) as im:
@@ -206,8 +207,8 @@ def run_demo(data_dir: str | Path, out_dir: str | Path) -> list[dict]:
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
-        raise InputError(data_dir, "sample data folder not found (run from the repository root, pass --data, "
-                                   "or regenerate it with `medcnn generate sample -o sample_data`)")
+        raise InputError(data_dir, "sample data folder not found (pass --data, or regenerate it with "
+                                   "`medcnn generate sample -o sample_data`)")
     qc_dir = out_dir / "qc"
     qc_dir.mkdir(parents=True, exist_ok=True)
     todo: list[tuple[str, Case]] = []

@@ -218,6 +218,9 @@ def cross_validate(
     _write_csv(predictions, out / "predictions.csv")
     _write_csv([*fold_rows, pooled], out / "crossval.csv")
     _figures(curves, cm, [neg_name, pos_name], out, f"{folds}-fold cross-validation")
+    from medcnn.metrics.classification import plot_reliability
+
+    plot_reliability(all_p, all_y, out / "reliability.png", title=f"Reliability ({folds}-fold cross-validation, pooled)")
     mean = {k: float(np.nanmean([r[k] for r in fold_rows])) if any(math.isfinite(r[k]) for r in fold_rows) else float("nan")
             for k in METRICS}
     std = {k: float(np.nanstd([r[k] for r in fold_rows])) if any(math.isfinite(r[k]) for r in fold_rows) else float("nan")

@@ -1,18 +1,17 @@
-"""Classification metrics (binary, multi-class, multi-label) and ROC / confusion-matrix plots.
+"""Classification metrics (binary, multi-class, multi-label) and ROC / confusion-matrix / reliability plots.
 
-Pure numpy, no scikit-learn: results match scikit-learn's ``roc_auc_score``, ``roc_curve``,
-``confusion_matrix`` and ``balanced_accuracy_score``, but **arguments come prediction first,
-reference second** (``f(probs, labels)``), as in the rest of :mod:`medcnn.metrics`
-(``segmentation_metrics(pred, ref, ...)``). Torch tensors are accepted wherever arrays are.
-
-Conventions:
+The numbers are scikit-learn's (``roc_auc_score``, ``roc_curve``, ``confusion_matrix``,
+``balanced_accuracy_score``); this module adds the conventions of :mod:`medcnn.metrics`: **arguments
+come prediction first, reference second** (``f(probs, labels)``, as ``segmentation_metrics(pred, ref)``),
+torch tensors are accepted wherever arrays are, inputs are checked with one clear error, and
 
 * binary labels are 0/1; a binary prediction is ``probs >= threshold``;
 * confusion matrices have one row per true class and one column per predicted class;
 * undefined values (AUROC with one class absent, sensitivity without positives...) are ``nan``
   with a :class:`RuntimeWarning`, never an exception, so that a batch report still completes.
 
-Plots are drawn with Pillow (no matplotlib dependency) and written atomically as PNG.
+The expected calibration error is computed here: scikit-learn has the reliability curve
+(``calibration_curve``) but no ECE. Plots are matplotlib's (:mod:`medcnn.plotting`).
 """
 
 from __future__ import annotations
@@ -21,12 +20,17 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
 
+from sklearn import metrics as skm
+
 from medcnn.plotting import PALETTE, plot_confusion, plot_roc  # noqa: F401 (re-exported)
+from medcnn.plotting import check_size as _check_plot_size
 from medcnn.plotting import as_float_array as _as_array
 
 logger = logging.getLogger(__name__)
@@ -100,7 +104,7 @@ def confusion_matrix(preds: ArrayLike, labels: ArrayLike, n_classes: int | None 
     k = int(max(p.max(), y.max())) + 1 if n_classes is None else int(n_classes)
     if k < 1 or p.max() >= k or y.max() >= k:
         raise ValueError(f"n_classes={n_classes} is too small for class indices up to {max(p.max(), y.max())}")
-    return np.bincount(y * k + p, minlength=k * k).reshape(k, k).astype(np.int64)
+    return skm.confusion_matrix(y, p, labels=np.arange(k)).astype(np.int64)
 
 
 def balanced_accuracy(preds: ArrayLike, labels: ArrayLike, n_classes: int | None = None) -> float:
@@ -114,13 +118,14 @@ def balanced_accuracy(preds: ArrayLike, labels: ArrayLike, n_classes: int | None
     Returns:
         Balanced accuracy in [0, 1] (scikit-learn's ``balanced_accuracy_score``).
     """
-    cm = confusion_matrix(preds, labels, n_classes)
-    support = cm.sum(axis=1)
-    present = support > 0
-    if cm[:, ~present].sum() > 0:
+    p, y = _class_ids(preds, "preds"), _class_ids(labels, "labels")
+    confusion_matrix(p, y, n_classes)  # same checks (lengths, n_classes) as the confusion matrix
+    if not np.isin(p, y).all():
         warnings.warn("some predicted classes never occur in labels; they are left out of balanced accuracy",
                       RuntimeWarning, stacklevel=2)
-    return float(np.mean(np.diag(cm)[present] / support[present]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn's own warning about those classes: ours above
+        return float(skm.balanced_accuracy_score(y, p))
 
 
 def sensitivity_specificity(preds: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
@@ -146,33 +151,15 @@ def sensitivity_specificity(preds: ArrayLike, labels: ArrayLike) -> tuple[float,
 # ----------------------------------------------------------------------------- ranking metrics
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``x`` ``(N,)``, ties sharing the mean of their ranks (float64)."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], xs.size]  # exclusive
-    group_rank = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
-    ranks = np.empty(x.size, dtype=np.float64)
-    ranks[order] = np.repeat(group_rank, ends - starts)
-    return ranks
-
-
 def _auc_or_nan(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Rank-based AUROC (Mann-Whitney U / (n_pos n_neg)); ``nan`` when a class is absent."""
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    """scikit-learn's ``roc_auc_score``; ``nan`` (no warning here) when a class is absent."""
+    if labels.size == 0 or labels.min() == labels.max():
         return float("nan")
-    ranks = _average_ranks(scores)
-    u = float(ranks[labels == 1].sum()) - n_pos * (n_pos + 1) / 2.0
-    return u / (float(n_pos) * float(n_neg))
+    return float(skm.roc_auc_score(labels, scores))
 
 
 def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
-    """Area under the ROC curve of binary scores, ties counted as half (exact, rank-based).
-
-    Equals the trapezoidal area under :func:`roc_curve` and scikit-learn's ``roc_auc_score``.
+    """Area under the ROC curve of binary scores, ties counted as half (scikit-learn's ``roc_auc_score``).
 
     Args:
         scores: scores or probabilities ``(N,)``, higher meaning more likely positive.
@@ -208,21 +195,11 @@ def roc_curve(
     """
     s, y = _scores(scores), _binary(labels, "labels")
     _same_length(s, y, "scores", "labels")
-    order = np.argsort(s, kind="mergesort")[::-1]
-    s, y = s[order], y[order]
-    last_of_value = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
-    tps = np.cumsum(y)[last_of_value].astype(np.float64)
-    fps = (last_of_value + 1).astype(np.float64) - tps
-    thresholds = s[last_of_value]
-    if drop_intermediate and fps.size > 2:
-        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
-        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
-    fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
-    thresholds = np.r_[np.inf, thresholds]
-    if fps[-1] <= 0 or tps[-1] <= 0:
+    if y.size == 0 or y.min() == y.max():
         warnings.warn("only one class present in labels: the ROC curve is undefined (nan)", RuntimeWarning, stacklevel=2)
-    fpr = fps / fps[-1] if fps[-1] > 0 else np.full_like(fps, np.nan)
-    tpr = tps / tps[-1] if tps[-1] > 0 else np.full_like(tps, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn's UndefinedMetricWarning: ours above
+        fpr, tpr, thresholds = skm.roc_curve(y, s, drop_intermediate=drop_intermediate)
     return fpr, tpr, thresholds
 
 
@@ -305,6 +282,62 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, n_bins: int 
     n = np.bincount(idx, minlength=n_bins).astype(np.float64)
     gap = np.abs(np.bincount(idx, weights=conf, minlength=n_bins) - np.bincount(idx, weights=outcome, minlength=n_bins))
     return float(gap.sum() / n.sum())
+
+
+def plot_reliability(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    path: str | PathLike[str],
+    *,
+    n_bins: int = 10,
+    size: tuple[int, int] = (640, 640),
+    title: str = "Reliability diagram",
+) -> Path:
+    """Reliability (calibration) diagram of binary probabilities: observed frequency against mean predicted
+    probability per equal-width bin (scikit-learn's ``calibration_curve``), the diagonal, the ECE in the legend
+    and a histogram of the predictions; write a PNG.
+
+    Args:
+        probs: ``(N,)`` probabilities of the positive class in [0, 1].
+        labels: ``(N,)`` 0/1 labels.
+        path: PNG file to write (atomically).
+        n_bins: number of bins.
+        size: image ``(width, height)`` in pixels.
+        title: text above the plot.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: probabilities outside [0, 1], non-binary labels, mismatched lengths, image too small.
+    """
+    from sklearn.calibration import calibration_curve
+
+    from medcnn.plotting import new_figure, save_figure
+
+    p, y = _as_array(probs, "probs"), _as_array(labels, "labels")
+    if p.shape != y.shape or p.size == 0:
+        raise ValueError(f"probs and labels must be non-empty and of equal length, got {p.shape} and {y.shape}")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0/1")
+    w, h = _check_plot_size(size)
+    ece = expected_calibration_error(p, y.astype(np.int64), n_bins=n_bins)
+    frac, mean_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
+    fig = new_figure(w, h)
+    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
+    ax.plot(mean_pred, frac, color=tuple(c / 255 for c in PALETTE[0]), marker="o", linewidth=2, label=f"model (ECE {ece:.3f}, {n_bins} bins)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("observed frequency of positives")
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, color="0.9")
+    ax.legend(loc="upper left", fontsize=8)
+    hist.hist(p, bins=np.linspace(0, 1, n_bins + 1), color=tuple(c / 255 for c in PALETTE[0]), alpha=0.7)
+    hist.set_xlabel("predicted probability")
+    hist.set_ylabel("cases")
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- report

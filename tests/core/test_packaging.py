@@ -59,6 +59,12 @@ def test_wheel_contains_pipelines_and_configs_inside_medcnn(tmp_path: Path) -> N
     assert "medcnn/pipelines/__init__.py" in names
     assert "medcnn/configs/__init__.py" in names
     assert any(n.startswith("medcnn/data/mni152/") and n.endswith(".nii.gz") for n in names)
+    # the sample cases ship inside the package (medcnn demo and the bundled configs from any folder)
+    assert "medcnn/sample_data/__init__.py" in names and "medcnn/foreign/__init__.py" in names
+    assert any(n.startswith("medcnn/sample_data/brain-tumor/") and n.endswith("-seg.nii.gz") for n in names)
+    assert any(n.startswith("medcnn/sample_data/alzheimer/sub-001/anat/") for n in names)
+    assert any(n.startswith("medcnn/sample_data/dicom/t1_series/") for n in names)
+    assert not any(n.startswith("sample_data/") for n in names)
     assert not any(n.startswith("pipelines/") or n.startswith("configs/") for n in names)
 
 

@@ -136,10 +136,17 @@ def test_real_pydicom_ct_and_mr_files() -> None:
     ps = [float(v) for v in ds.PixelSpacing]
     lps = ipp + 3 * iop[:3] * ps[1] + 5 * iop[3:] * ps[0]
     np.testing.assert_allclose((ct.affine.numpy() @ [3, 5, 0, 1])[:3], lps * [-1, -1, 1], atol=1e-4)
-    for name in ("MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"):
+    for name in ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"):  # core decoders (MIT)
         mr = medcnn.load(PYDICOM_DATA / name)
         assert tuple(mr.shape) == (1, 64, 64, 1)
         assert float(mr.max()) > 1000
+
+
+def test_jpeg_ls_dicom_with_the_jpeg_extra() -> None:
+    pytest.importorskip("libjpeg", reason="JPEG / JPEG-LS DICOM decoding is the optional `jpeg` extra "
+                                          "(pylibjpeg-libjpeg, GPLv3): pip install 'medcnn[jpeg]'")
+    mr = medcnn.load(PYDICOM_DATA / "MR_small_jpeg_ls_lossless.dcm")
+    assert tuple(mr.shape) == (1, 64, 64, 1) and float(mr.max()) > 1000
 
 
 def test_truncated_and_non_image_dicom() -> None:
