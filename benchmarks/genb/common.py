@@ -9,15 +9,12 @@ written here independently of the training generators.
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
-
-logger = logging.getLogger(__name__)
 
 #: (T1 ms, T2 ms, proton density) at 3 T, literature-typical values; jittered per subject
 TISSUE_3T: dict[str, tuple[float, float, float]] = {
