@@ -32,6 +32,7 @@ import torch
 from medcnn import qc
 from medcnn.cases import Case, find_image_cases
 from medcnn.errors import InputError
+from medcnn.inference import ood
 from medcnn.io import load, save
 
 logger = logging.getLogger(__name__)
@@ -62,9 +63,11 @@ class AlzheimerPipeline:
 
     name: str = "alzheimer"
     model: str = "alzheimer"
-    fields: tuple[str, ...] = ("p_ad", "label")
+    fields: tuple[str, ...] = ("p_ad", "label", "ood", "ood_score")
     saliency: str = "gradcam"
     qc_convention: str = "radiological"  # QC picture: radiological (patient's left on the right) or neurological
+    #: smallest robust scales of the OOD image statistics (foreground on the volume's faces: 5 % of a face)
+    ood_min_scale: tuple[tuple[str, float], ...] = (("face_fg", 0.05),)
 
     def discover(self, inputs: Sequence[str | Path]) -> list[Case]:
         return find_image_cases(inputs)
@@ -93,9 +96,50 @@ class AlzheimerPipeline:
         except InputError as exc:
             raise InputError(model.path, exc.reason) from None
 
+    def ood_model(self, model: Any) -> Any:
+        """The model whose checkpoint holds the OOD statistics (``medcnn ood-fit``)."""
+        return model
+
+    def ood_layer(self, model: Any, img: Any) -> str:
+        """The layer whose pooled output the OOD feature distance uses (the network's bottleneck)."""
+        return ood.choose_layer(model.network, model.prepare_input(img)[0][None].to(model.device))
+
+    def ood_stats(self, model: Any, case: Case, img: Any) -> tuple[dict[str, float], list[str]]:
+        """Image statistics of the network input and hard reasons (DICOM tags) for the OOD flag.
+
+        Statistics: the foreground fraction of the normalised input (above the crop threshold), intensity
+        quantiles inside it and the fraction above 0.9 (a probability map saturates), the extent in mm of the
+        foreground box on the model grid and the largest foreground fraction on a face of the volume (a
+        cropped field of view is short along some axis and cuts the brain at a face).
+        """
+        x, info, grid = model.prepare_input(img)
+        spec = model.config["preprocess"]
+        thr = float(spec.get("crop_threshold") or 0.0)
+        fg = x[0] > thr
+        stats = {"fg_frac": float(fg.float().mean())}
+        stats |= ood.quantiles(x[0][fg], (0.05, 0.25, 0.5, 0.75, 0.95), "fg_")
+        stats["fg_above90"] = float((x[0][fg] > 0.9).float().mean()) if fg.any() else 0.0  # a saturated map, not a T1
+        for ax, ((a, b), mm) in enumerate(zip(info["box"], spec.get("spacing") or [1.0] * 3)):
+            stats[f"extent{ax}_mm"] = float((b - a) * float(mm))
+        stats["face_fg"] = ood.face_fraction(grid[0], thr)
+        return stats, ood.dicom_reasons(case.inputs[0], modalities=("MR",))
+
+    def ood_measure(self, model: Any, case: Case, img: Any, layer: str | None) -> tuple[dict[str, float], Any, list[str]]:
+        """``(image statistics, (D,) pooled features at layer, hard reasons)`` of one case."""
+        with ood.FeatureTap(model.network, layer) as tap:
+            model.predict_proba(img)
+        stats, reasons = self.ood_stats(model, case, img)
+        return stats, tap.features, reasons
+
     def run(self, model: Any, case: Case, img: Any, out_dir: Path) -> dict[str, Any]:
         k = ad_index(model.config)
-        probs = model.predict_proba(img)
+        section = ood.section_of(model.config)
+        with ood.FeatureTap(model.network, (section or {}).get("layer")) as tap:
+            probs = model.predict_proba(img)
+        flags = dict(ood.EMPTY_FIELDS)
+        if section:
+            stats, reasons = self.ood_stats(model, case, img)
+            flags = ood.judge(section, case.id, stats, tap.features, reasons)
         p_ad = float(probs[k])
         label = POSITIVE if p_ad >= model.decision_threshold else NEGATIVE
         explained = k if label == POSITIVE else model.config["labels"]["classes"].index(NEGATIVE)
@@ -104,7 +148,7 @@ class AlzheimerPipeline:
                                      figures={"p(AD)": round(p_ad, 3), "class": label, "saliency": self.saliency},
                                      convention=self.qc_convention), out_dir / "qc" / f"{case.id}.png")
         save(heat.as_tensor().to(torch.float32), out_dir / f"{case.id}_saliency.nii.gz", like=img)
-        return {"p_ad": round(p_ad, 4), "label": label}
+        return {"p_ad": round(p_ad, 4), "label": label, **flags}
 
 
 PIPELINE = AlzheimerPipeline()

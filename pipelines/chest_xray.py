@@ -40,6 +40,7 @@ from scipy import ndimage
 from medcnn import qc
 from medcnn.cases import Case, find_image_cases
 from medcnn.errors import InputError
+from medcnn.inference import ood
 from medcnn.io import load
 from medcnn.io.atomic import write_csv_atomic, write_png_atomic, write_text_atomic
 from medcnn.io.dicom_seg import is_dicom_image, is_dicom_path, write_dicom_seg
@@ -399,6 +400,46 @@ def clean_lungs(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
+#: an RGB input whose mean chroma (over its dynamic range) exceeds this is a colour image, not a radiograph
+MAX_CHROMA = 0.02
+#: ``img.meta`` key of the hard OOD reasons found while loading (DICOM tags, colour)
+OOD_REASONS = "medcnn_ood_reasons"
+
+
+def radiograph_stats(img: Any, lungs: np.ndarray, heart: np.ndarray) -> dict[str, float]:
+    """Image statistics of a radiograph for the OOD flag.
+
+    Args:
+        img: ``(1, H, W)`` the loaded radiograph.
+        lungs: ``(H, W)`` bool lung mask; heart: the same for the heart.
+
+    Returns:
+        Intensity quantiles after min-max normalisation (the findings model's), the fractions of near-black
+        and near-white pixels, ``log(rows / cols)``, the left-right mirror correlation and mean gradient of a
+        128 x 128 copy, the lung and heart area fractions and the left/right lung balance.
+    """
+    import torch
+
+    a = np.asarray(img[0], dtype=np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    small = torch.nn.functional.interpolate(torch.as_tensor(a)[None, None], size=(128, 128), mode="area")[0, 0].numpy()
+    stats = ood.quantiles(small, (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99), "")
+    stats["dark_frac"] = float((small < 0.05).mean())
+    stats["bright_frac"] = float((small > 0.95).mean())
+    stats["log_aspect"] = math.log(a.shape[0] / a.shape[1])
+    mirror = np.corrcoef(small.ravel(), small[:, ::-1].ravel())[0, 1]
+    stats["mirror_corr"] = float(np.nan_to_num(mirror))
+    gy, gx = np.gradient(small)
+    stats["gradient"] = float(np.hypot(gx, gy).mean())
+    stats["lung_frac"] = float(lungs.mean())
+    stats["heart_frac"] = float(heart.mean())
+    half = lungs.shape[1] // 2
+    left, right = float(lungs[:, :half].sum()), float(lungs[:, half:].sum())
+    stats["lung_balance"] = abs(left - right) / (left + right) if left + right else 1.0
+    return stats
+
+
 def _caption(rgb: np.ndarray, text: str) -> np.ndarray:
     from PIL import Image, ImageDraw
 
@@ -421,7 +462,7 @@ class ChestXrayPipeline:
     name: str = "chest-xray"
     model: str = "chest-xray"
     models: tuple[str, ...] = ("chest-xray", "chest-xray-lungs", "chest-xray-nodule")
-    fields: tuple[str, ...] = field(default=(*FINDINGS, "lung_area_frac", "ctr", "nodule_detector"))
+    fields: tuple[str, ...] = field(default=(*FINDINGS, "lung_area_frac", "ctr", "nodule_detector", "ood", "ood_score"))
     threshold: float = 0.5
     max_cam: int = 3
     dicom_seg: bool = False  # also write <case>.seg.dcm (lungs, heart) when the radiograph is DICOM
@@ -441,6 +482,11 @@ class ChestXrayPipeline:
         img = load(path, series=case.extra.get("series"))
         if img.ndim != 3:
             raise InputError(path, f"expected a 2D radiograph, got a {img.ndim - 1}D image")
+        reasons = ood.dicom_reasons(path, modalities=ood.RADIOGRAPH_MODALITIES, body_parts=("CHEST", "THORAX"))
+        if img.shape[0] in (3, 4):
+            chroma = ood.colourfulness(img[:3])
+            if chroma > MAX_CHROMA:
+                reasons.append(f"an RGB image with colour (chroma {chroma:.3f}), not a grey-level radiograph")
         if img.shape[0] == 3:  # RGB export of a radiograph: grey levels
             img = img.mean(0, keepdim=True)
         elif img.shape[0] != 1:
@@ -449,7 +495,26 @@ class ChestXrayPipeline:
             raise InputError(path, f"image of {img.shape[1]}x{img.shape[2]} pixels is too small for a radiograph")
         if float(img.max()) == float(img.min()):  # blank export / failed acquisition: nothing to read
             raise InputError(path, f"constant image (every pixel {float(img.min()):g}): not a radiograph")
+        img.meta[OOD_REASONS] = reasons
         return img
+
+    def ood_model(self, models: ChestXrayModels) -> Any:
+        """The model whose checkpoint holds the OOD statistics (``medcnn ood-fit``): the findings classifier."""
+        if models.findings is None:
+            raise InputError(None, "the chest-xray OOD statistics belong to a findings classifier; none is loaded")
+        return models.findings
+
+    def ood_layer(self, models: ChestXrayModels, img: Any) -> str:
+        """The findings network's coarsest feature map."""
+        m = self.ood_model(models)
+        return ood.choose_layer(m.network, m.prepare_input(img)[0][None].to(m.device))
+
+    def ood_measure(self, models: ChestXrayModels, case: Case, img: Any, layer: str | None) -> tuple[dict[str, float], Any, list[str]]:
+        """``(image statistics, (D,) pooled findings features at layer, hard reasons)`` of one case."""
+        with ood.FeatureTap(self.ood_model(models).network, layer) as tap:
+            models.findings.predict_proba(img)
+        lungs, heart = segment_lungs_heart(models, img)
+        return radiograph_stats(img, lungs, heart), tap.features, list(img.meta.get(OOD_REASONS) or [])
 
     def run(self, models: ChestXrayModels, case: Case, img: Any, out_dir: Path) -> dict[str, Any]:
         row: dict[str, Any] = {}
@@ -459,9 +524,15 @@ class ChestXrayPipeline:
         row["ctr"] = round(ctr, 4) if np.isfinite(ctr) else ""
         label = lungs.astype(np.uint8) + 2 * (heart & ~lungs).astype(np.uint8)
         panels = [_caption(qc.image_overlay(img, label=label), f"{case.id}  lungs {row['lung_area_frac']:.2f}  CTR {row['ctr']}")]
+        section = ood.section_of(models.findings.config) if models.findings is not None else None
+        row.update(ood.EMPTY_FIELDS)
         if models.findings is not None:
             classes = list(models.findings.config["labels"]["classes"])
-            probs = models.findings.predict_proba(img).numpy()
+            with ood.FeatureTap(models.findings.network, (section or {}).get("layer")) as tap:
+                probs = models.findings.predict_proba(img).numpy()
+            if section:
+                row.update(ood.judge(section, case.id, radiograph_stats(img, lungs, heart), tap.features,
+                                     img.meta.get(OOD_REASONS) or []))
             if models.nodule is not None and "Nodule" in classes:
                 score, det = detect_nodule(models, img, lungs)
                 row["nodule_detector"] = round(score, 3)

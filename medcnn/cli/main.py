@@ -672,7 +672,7 @@ weights byte for byte and adds an `ood` section; `medcnn predict` then fills the
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", "dest", type=click.Path(path_type=Path), required=True, help="Checkpoint to write.")
 @click.option("--model", "model_ref", multiple=True, help="Bundled model name or checkpoint path, as for predict.")
-@click.option("--quantile", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.98, show_default=True,
+@click.option("--quantile", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.95, show_default=True,
               help="Fraction of the held-out cases (out of fold) kept below the threshold.")
 def ood_fit(pipeline: str, data: tuple[Path, ...], dest: Path, model_ref: tuple[str, ...], quantile: float) -> None:
     """Fit a checkpoint's out-of-distribution statistics on held-out cases; write a copy that carries them."""
