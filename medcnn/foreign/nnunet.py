@@ -425,7 +425,8 @@ def _numpy_globals() -> list[Any]:
     """The numpy types nnU-Net's checkpoints pickle in their training log (scalars and dtypes): data, not code."""
     import numpy.dtypes
 
-    scalar = getattr(getattr(np, "_core", np.core).multiarray, "scalar")
+    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
+    scalar = core.multiarray.scalar
     dtypes = [t for t in vars(numpy.dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
     return [scalar, np.dtype, *dtypes]
 
