@@ -12,7 +12,6 @@ the same preprocessing (model grid, crop, normalisation, fixed size), and
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from monai.data import MetaTensor
 from torch import nn
 
 from medcnn.device import resolve_device
-from medcnn.engine.checkpoint import load_checkpoint, network_on_meta, sha256, state_bytes, state_mismatch
+from medcnn.engine.checkpoint import BUNDLED, bundled_path, load_checkpoint, network_on_meta, sha256, state_bytes, state_mismatch
 from medcnn.errors import ConfigError, InputError
 from medcnn.io import geometry
 from medcnn.io.api import meta_without_affine, resample_image, target_grid
@@ -38,21 +37,6 @@ logger = logging.getLogger(__name__)
 MAX_LINEAR_CHANNELS = 8
 #: an image smaller than this along any axis of the model's grid is refused (not a real scan)
 MIN_VOXELS_PER_AXIS = 4
-#: bundled checkpoint names -> file names in ``medcnn/data/models``
-BUNDLED = {"brain-tumor": "brain_tumor.pt", "alzheimer": "alzheimer.pt", "chest-xray": "chest_xray.pt", "medcnn-prompt": "prompt.pt",
-           "chest-xray-lungs": "chest_xray_lungs.pt", "chest-xray-nodule": "chest_xray_nodule.pt"}
-
-
-def bundled_path(name: str) -> Path | None:
-    """Path of a bundled checkpoint, or ``None`` if this install does not ship it."""
-    fname = BUNDLED.get(name)
-    if fname is None:
-        return None
-    res = importlib.resources.files("medcnn.data") / "models" / fname
-    path = Path(str(res))
-    return path if path.is_file() else None
-
-
 def network_from_checkpoint(ck: dict[str, Any], path: str | Path) -> nn.Module:
     """The network a medcnn checkpoint describes, with its weights (fp16 bundles cast back to float32).
 

@@ -196,7 +196,7 @@ def convert(paths: tuple[Path, ...], source_opt: Path | None, dest_opt: Path | N
 
     if is_seg_nrrd(dest):  # Slicer segmentation: segment names (kept from a .seg.nrrd source) and colours
         from medcnn import qc
-        from medcnn.io.slicer import write_seg_nrrd
+        from medcnn.io.api import write_seg_nrrd
 
         if not labels:
             raise click.UsageError(f"{dest}: a .seg.nrrd holds a label map; add --labels")

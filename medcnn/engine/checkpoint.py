@@ -13,6 +13,7 @@ object, so ``torch.load(weights_only=True)`` reads it and a hostile file cannot 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import logging
 import pickle
 from pathlib import Path
@@ -31,10 +32,23 @@ FORMAT = "medcnn.checkpoint"
 VERSION = 1
 
 
+#: bundled checkpoint names -> file names in ``medcnn/data/models``
+BUNDLED = {"brain-tumor": "brain_tumor.pt", "alzheimer": "alzheimer.pt", "chest-xray": "chest_xray.pt", "medcnn-prompt": "prompt.pt",
+           "chest-xray-lungs": "chest_xray_lungs.pt", "chest-xray-nodule": "chest_xray_nodule.pt"}
+
+
+def bundled_path(name: str) -> Path | None:
+    """Path of a bundled checkpoint, or ``None`` if this install does not ship it."""
+    fname = BUNDLED.get(name)
+    if fname is None:
+        return None
+    res = importlib.resources.files("medcnn.data") / "models" / fname
+    path = Path(str(res))
+    return path if path.is_file() else None
+
+
 def checkpoint_path(ref: str | Path) -> Path | None:
     """A checkpoint reference as a path: an existing file as given, else a bundled model's file (``None``: neither)."""
-    from medcnn.predictor import bundled_path  # the predictor imports this module
-
     return Path(ref) if Path(ref).is_file() else bundled_path(str(ref))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -17,6 +17,7 @@ from medcnn.io import geometry
 from medcnn.io.atomic import atomic_path
 from medcnn.io.memory import MemoryLimit, check_memory, memory_limit
 from medcnn.io.readers import RawImage, header_bytes_to_nifti_header, read_raw
+from medcnn.io.slicer import SEG_NRRD_SUFFIX, is_seg_nrrd, segment_fields
 
 logger = logging.getLogger(__name__)
 
@@ -508,3 +509,52 @@ def _write_itk(arr: np.ndarray, path: Path, affine: np.ndarray, sdims: int) -> N
     img.SetDirection(direction)
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, str(tmp), useCompression=True)
+
+
+def write_seg_nrrd(
+    labels: torch.Tensor | np.ndarray,
+    path: str | Path,
+    like: Any = None,
+    *,
+    names: Mapping[int, str],
+    colours: Mapping[int, Sequence[int]],
+    affine: np.ndarray | None = None,
+) -> Path:
+    """Write a label map as a Slicer ``.seg.nrrd`` (atomically), on the grid of the file ``like`` came from.
+
+    Args:
+        labels: ``(*spatial)`` or ``(1, *spatial)`` integer labels on ``like``'s grid (3D).
+        path: output file, ``*.seg.nrrd``.
+        like: the image from :func:`medcnn.load` the labels belong to (as :func:`medcnn.save`).
+        names: label value -> segment name.
+        colours: label value -> RGB 0..255.
+        affine: RAS affine when there is no ``like``.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: not a ``.seg.nrrd`` name, a 2D label map, or what :func:`medcnn.save` refuses.
+    """
+    import SimpleITK as sitk  # deferred: keeps `import medcnn` light
+
+    path = Path(path)
+    if not is_seg_nrrd(path):
+        raise ValueError(f"{path}: a Slicer segmentation file name ends with {SEG_NRRD_SUFFIX}")
+    with atomic_path(path) as tmp:
+        plain = Path(str(tmp) + ".nrrd")  # save() picks the format from the suffix
+        save(labels, plain, like, affine=affine)
+        img = sitk.ReadImage(str(plain))
+        plain.unlink()
+        if img.GetDimension() != 3:
+            raise ValueError(f"{path}: a Slicer segmentation here is a 3D label map, got {img.GetDimension()}D")
+        arr = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0))  # ITK (k, j, i) -> (i, j, k)
+        for key, value in segment_fields(arr, names, colours).items():
+            img.SetMetaData(key, value)
+        writer = sitk.ImageFileWriter()
+        writer.SetFileName(str(tmp))
+        writer.SetImageIO("NrrdImageIO")
+        writer.UseCompressionOn()
+        writer.Execute(img)
+    logger.debug("wrote %s", path)
+    return path

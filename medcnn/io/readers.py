@@ -27,6 +27,7 @@ import numpy as np
 
 from medcnn.errors import InputError, MedcnnError
 from medcnn.io import dicom
+from medcnn.io.slicer import reader_segments
 from medcnn.io.geometry import affine_2d, itk_to_affine
 from medcnn.io.memory import MemoryLimit, check_memory
 
@@ -365,7 +366,6 @@ def read_itk(path: Path, max_memory: MemoryLimit = None) -> RawImage:
     """
     import SimpleITK as sitk
 
-    from medcnn.io.slicer import reader_segments
 
     _check_nonempty(path)
     try:

@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from medcnn.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -73,57 +71,6 @@ def segment_fields(labels: np.ndarray, names: Mapping[int, str], colours: Mappin
             f"Segment{n}_Tags": "Segmentation.Status:inprogress|",
         })
     return out
-
-
-def write_seg_nrrd(
-    labels: torch.Tensor | np.ndarray,
-    path: str | Path,
-    like: Any = None,
-    *,
-    names: Mapping[int, str],
-    colours: Mapping[int, Sequence[int]],
-    affine: np.ndarray | None = None,
-) -> Path:
-    """Write a label map as a Slicer ``.seg.nrrd`` (atomically), on the grid of the file ``like`` came from.
-
-    Args:
-        labels: ``(*spatial)`` or ``(1, *spatial)`` integer labels on ``like``'s grid (3D).
-        path: output file, ``*.seg.nrrd``.
-        like: the image from :func:`medcnn.load` the labels belong to (as :func:`medcnn.save`).
-        names: label value -> segment name.
-        colours: label value -> RGB 0..255.
-        affine: RAS affine when there is no ``like``.
-
-    Returns:
-        The written path.
-
-    Raises:
-        ValueError: not a ``.seg.nrrd`` name, a 2D label map, or what :func:`medcnn.save` refuses.
-    """
-    import SimpleITK as sitk
-
-    from medcnn.io.api import save
-
-    path = Path(path)
-    if not is_seg_nrrd(path):
-        raise ValueError(f"{path}: a Slicer segmentation file name ends with {SEG_NRRD_SUFFIX}")
-    with atomic_path(path) as tmp:
-        plain = Path(str(tmp) + ".nrrd")  # save() picks the format from the suffix
-        save(labels, plain, like, affine=affine)
-        img = sitk.ReadImage(str(plain))
-        plain.unlink()
-        if img.GetDimension() != 3:
-            raise ValueError(f"{path}: a Slicer segmentation here is a 3D label map, got {img.GetDimension()}D")
-        arr = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0))  # ITK (k, j, i) -> (i, j, k)
-        for key, value in segment_fields(arr, names, colours).items():
-            img.SetMetaData(key, value)
-        writer = sitk.ImageFileWriter()
-        writer.SetFileName(str(tmp))
-        writer.SetImageIO("NrrdImageIO")
-        writer.UseCompressionOn()
-        writer.Execute(img)
-    logger.debug("wrote %s", path)
-    return path
 
 
 def read_segments(metadata: Mapping[str, str]) -> list[dict[str, Any]]:

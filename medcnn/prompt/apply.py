@@ -31,7 +31,8 @@ from medcnn.errors import InputError
 from medcnn.io import geometry, load, save
 from medcnn.io.atomic import full_suffix, write_png_atomic
 from medcnn.io.dicom_seg import SEG_SUFFIX, is_dicom_image, is_seg_path, write_dicom_seg
-from medcnn.io.slicer import is_seg_nrrd, write_seg_nrrd
+from medcnn.io.api import write_seg_nrrd
+from medcnn.io.slicer import is_seg_nrrd
 
 logger = logging.getLogger(__name__)
 

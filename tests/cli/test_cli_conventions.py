@@ -124,7 +124,7 @@ def _nrrd_header(path: Path) -> str:
 
 
 def test_seg_nrrd_written_with_segments_and_read_back(tmp_path: Path) -> None:
-    from medcnn.io.slicer import write_seg_nrrd
+    from medcnn.io.api import write_seg_nrrd
 
     lab = np.zeros((12, 10, 8), dtype=np.uint8)
     lab[2:5, 3:6, 1:4] = 1
