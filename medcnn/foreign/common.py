@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,30 @@ def model_config(task: str, model: dict[str, Any], found: Mapping[str, Any], giv
             "labels": labels, "metrics": {}, "training": {}}
 
 
+def safe_torch_load(path: Path, what: str, allowed: Sequence[Any] = (), beyond: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with ``allowed`` globals; every failure one line.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages ("weights file", "checkpoint").
+        allowed: extra globals that ``weights_only`` may unpickle (plain data types only).
+        beyond: words naming ``allowed`` in the refusal ("beyond numpy scalars").
+
+    Raises:
+        InputError: missing, pickled Python objects (refused), or unreadable.
+    """
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(path, f"refused: the {what} contains pickled Python objects{beyond}, which could run code "
+                               f"({str(exc).splitlines()[0][:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable PyTorch {what} ({str(exc).splitlines()[0][:160]})") from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A ``{name: tensor}`` state dict from a weights file, read with ``weights_only=True`` on the CPU.
 
@@ -99,15 +123,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         InputError: missing file, pickled Python objects (refused), unreadable, or no tensors found.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "weights file not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InputError(path, f"refused: the file contains pickled Python objects, which could run code "
-                               f"({str(exc).splitlines()[0][:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable PyTorch weights file ({str(exc).splitlines()[0][:160]})") from None
+    data = safe_torch_load(path, "weights file")
     if isinstance(data, Mapping) and not _all_tensors(data):
         for key in _NESTED_KEYS:
             if isinstance(data.get(key), Mapping) and _all_tensors(data[key]):

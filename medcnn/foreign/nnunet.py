@@ -30,7 +30,6 @@ import importlib
 import itertools
 import json
 import logging
-import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from scipy import ndimage
 from torch import nn
 
 from medcnn.errors import ConfigError, InputError
+from medcnn.foreign.common import load_weights, safe_torch_load
 from medcnn.io import geometry
 from medcnn.io.api import meta_without_affine
 
@@ -439,16 +439,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         InputError: missing, unreadable, other pickled objects (refused), or no ``network_weights``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "checkpoint not found")
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InputError(path, f"refused: the checkpoint contains pickled Python objects beyond numpy scalars, which "
-                               f"could run code ({str(exc).splitlines()[0][:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    data = safe_torch_load(path, "checkpoint", _numpy_globals(), " beyond numpy scalars")
     if not isinstance(data, dict) or not isinstance(data.get("network_weights"), Mapping):
         raise InputError(path, "not an nnU-Net checkpoint (no 'network_weights')")
     return data
@@ -627,7 +618,6 @@ def load_nnunet_model(folder: str | Path, *, folds: Sequence[int | str] | None =
         InputError: no usable fold, unreadable or refused files, weights that do not fit the plans' network.
         ConfigError: an unknown option.
     """
-    from medcnn.foreign.common import load_weights
 
     folder = Path(folder)
     opts = dict(config or {})
