@@ -133,13 +133,8 @@ class AlzheimerPipeline:
 
     def run(self, model: Any, case: Case, img: Any, out_dir: Path) -> dict[str, Any]:
         k = ad_index(model.config)
-        section = ood.section_of(model.config)
-        with ood.FeatureTap(model.network, (section or {}).get("layer")) as tap:
-            probs = model.predict_proba(img)
-        flags = dict(ood.EMPTY_FIELDS)
-        if section:
-            stats, reasons = self.ood_stats(model, case, img)
-            flags = ood.judge(section, case.id, stats, tap.features, reasons)
+        probs, flags = ood.forward_and_judge(model.network, ood.section_of(model.config), lambda: model.predict_proba(img),
+                                             case.id, lambda: self.ood_stats(model, case, img))
         p_ad = float(probs[k])
         label = POSITIVE if p_ad >= model.decision_threshold else NEGATIVE
         explained = k if label == POSITIVE else model.config["labels"]["classes"].index(NEGATIVE)

@@ -102,13 +102,8 @@ class BrainTumorPipeline:
         return stats, tap.features, reasons
 
     def run(self, model: Any, case: Case, img, out_dir: Path) -> dict[str, Any]:
-        section = ood.section_of(model.config)
-        with ood.FeatureTap(model.network, (section or {}).get("layer")) as tap:
-            pred = model.predict(img)
-        flags = dict(ood.EMPTY_FIELDS)
-        if section:
-            stats, reasons = self.ood_stats(model, case, img)
-            flags = ood.judge(section, case.id, stats, tap.features, reasons)
+        pred, flags = ood.forward_and_judge(model.network, ood.section_of(model.config), lambda: model.predict(img),
+                                            case.id, lambda: self.ood_stats(model, case, img))
         labels = pred[0].numpy().astype(np.uint8)
         save(pred.as_tensor().to(torch.uint8), out_dir / f"{case.id}.nii.gz", like=img)
         if self.dicom_seg and is_dicom_image(img):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -407,3 +407,17 @@ def colourfulness(rgb: torch.Tensor | np.ndarray) -> float:
     a = np.asarray(rgb, dtype=np.float64)
     span = float(a.max() - a.min())
     return 0.0 if span <= 0 else float((a.max(0) - a.min(0)).mean() / span)
+
+
+def forward_and_judge(network: Any, section: Mapping[str, Any] | None, forward: Callable[[], Any], case_id: str,
+                      stats_of: Callable[[], tuple[dict[str, float], list[str]]]) -> tuple[Any, dict[str, Any]]:
+    """Run ``forward()`` while tapping ``section``'s layer of ``network``; return its output and the OOD fields.
+
+    Without a section the fields are :data:`EMPTY_FIELDS` and ``stats_of`` is not called.
+    """
+    with FeatureTap(network, (section or {}).get("layer")) as tap:
+        out = forward()
+    if not section:
+        return out, dict(EMPTY_FIELDS)
+    stats, reasons = stats_of()
+    return out, judge(section, case_id, stats, tap.features, reasons)
