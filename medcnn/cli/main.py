@@ -686,6 +686,9 @@ def ood_fit(pipeline: str, data: tuple[Path, ...], dest: Path, model_ref: tuple[
                f"{100 * sec['oof_flagged']:.1f}% of them flagged out of fold -> {dest}")
 
 
+# Commands kept in their own modules register here, one line each (keep their heavy imports inside the command).
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="medcnn")
