@@ -8,19 +8,24 @@ any voxel is read, so a hostile or mistaken header ("4096^3 float64") becomes on
 The limit, in bytes, comes from (first found):
 
 1. the ``max_memory`` argument of :func:`medcnn.load` (an int or a size string such as ``"8G"``);
-2. the environment variable ``MEDCNN_MAX_MEMORY`` (``medcnn --max-memory`` sets it for its process);
-3. :data:`DEFAULT_FRACTION` of the machine's physical memory.
+2. the limit of the enclosing :func:`memory_limit_scope` (``medcnn --max-memory`` opens one for its command, and
+   :func:`medcnn.batch.run_batch` one from its ``max_memory`` argument, carried into its worker threads), so
+   that checks deep inside a model or a pipeline see it without every caller passing it on;
+3. the environment variable ``MEDCNN_MAX_MEMORY`` (a fallback for library users and child processes);
+4. :data:`DEFAULT_FRACTION` of the machine's physical memory.
 
 ``0``, ``"0"``, ``"none"`` or ``"off"`` disables the guard.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from os import PathLike
 
 from medcnn.errors import ConfigError, InputError
@@ -35,6 +40,10 @@ _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 MemoryLimit = int | float | str | None
+
+#: the limit of the innermost :func:`memory_limit_scope` (context-local: threads see it only when given the context)
+_SCOPED: contextvars.ContextVar[tuple[MemoryLimit, str] | None] = contextvars.ContextVar("medcnn_max_memory",
+                                                                                         default=None)
 
 
 def parse_size(text: str | int | float, what: str = "max_memory") -> int | None:
@@ -77,11 +86,40 @@ def memory_limit(max_memory: MemoryLimit = None) -> int | None:
     """
     if max_memory is not None:
         return parse_size(max_memory)
+    scoped = _SCOPED.get()
+    if scoped is not None:
+        return parse_size(scoped[0], what=scoped[1])
     env = os.environ.get(ENV_VAR)
     if env is not None and env.strip():
         return parse_size(env, what=ENV_VAR)
     total = physical_memory()
     return int(total * DEFAULT_FRACTION) if total else None
+
+
+@contextlib.contextmanager
+def memory_limit_scope(max_memory: MemoryLimit, what: str = "max_memory") -> Iterator[None]:
+    """Within the block, checks given no explicit limit use ``max_memory`` (before ``MEDCNN_MAX_MEMORY``).
+
+    The scope is a :mod:`contextvars` value: it holds in this thread, and in threads that run a copy of this
+    context (``contextvars.copy_context().run``), never in other threads or processes; it ends with the block.
+    ``None`` opens no scope (the enclosing one, the environment or the default applies).
+
+    Args:
+        max_memory: a limit as for :func:`parse_size` (``"8G"``, bytes; ``0``/``"none"``: no limit).
+        what: the option's name, for the error of an invalid value.
+
+    Raises:
+        ConfigError: an invalid ``max_memory``, before the block runs.
+    """
+    if max_memory is None:
+        yield
+        return
+    parse_size(max_memory, what=what)
+    token = _SCOPED.set((max_memory, what))
+    try:
+        yield
+    finally:
+        _SCOPED.reset(token)
 
 
 def format_bytes(n: float) -> str:
