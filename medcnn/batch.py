@@ -30,11 +30,21 @@ its summary fields). The runner adds what every pipeline needs:
   outputs (label files, QC pictures) are written while the model already works on the next case:
   two cases are in flight, their model calls serialised by a lock (:class:`_Serialised`), so that
   only the network's compute stays on the critical path;
-* under ``torchrun`` the cases are sharded over ranks and rank 0 merges the summaries.
+* a batch splits into parts, each a deterministic subset of the cases (sorted by case id, every N-th
+  from the K-th: :func:`select_shard`) written into the same output folder: the ranks of one
+  ``torchrun`` (rank 0 merges their summaries into ``summary.csv`` at the end) and, for cluster
+  schedulers, ``shard=(K, N)`` (``medcnn predict --shard K/N``), whose run ends with its own
+  ``summary.shard-K-of-N.csv`` and ``run.shard-K-of-N.json`` so that shards never write one file;
+  :func:`merge_summaries` (``medcnn merge-summaries``) joins the shards' parts into ``summary.csv``.
+  A part in progress is ``summary[.shard-K-of-N].rankR.csv``; a shard's part only appears when the
+  shard has finished, so a missing part means an unfinished shard. Shards may run at the same time,
+  on any machines sharing the folder (each shard has its own lock and only cleans up its own cases'
+  temporary files); a torchrun's ranks may span nodes.
 """
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import functools
 import hashlib
@@ -43,14 +53,15 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import sys
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,8 +70,9 @@ from tqdm.auto import tqdm
 
 from medcnn._version import __version__
 from medcnn.cases import Case
-from medcnn.errors import InputError, MedcnnError
+from medcnn.errors import ConfigError, InputError, MedcnnError
 from medcnn.io.atomic import TMP_MARK, is_stale_temp, write_text_atomic
+from medcnn.io.memory import MemoryLimit, memory_limit_scope
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +85,9 @@ LOCK_NAME = ".medcnn-lock"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 #: cases processed at once: one computing, one writing its outputs (model calls are serialised)
 CASES_IN_FLIGHT = 2
+#: summary parts: a shard's (``summary.shard-K-of-N.csv``) and those of ranks in progress (``...rankR.csv``)
+_PART = re.compile(r"^summary(?:\.shard-(\d+)-of-(\d+))?(?:\.rank(\d+))?\.csv$")
+_TMP_NAME = re.compile(r"^\.(.*)" + re.escape(TMP_MARK) + r"\d+-[0-9a-f]{8}(.*)$")
 
 
 class Pipeline(Protocol):
@@ -103,11 +118,172 @@ def _read_summary(path: Path) -> dict[str, dict[str, str]]:
 
 
 def _previous_rows(out: Path) -> dict[str, dict[str, str]]:
-    """Rows of earlier runs: ``summary.csv`` plus per-rank parts a killed sharded run left behind."""
-    rows = _read_summary(out / "summary.csv")
-    for part in sorted(out.glob("summary.rank*.csv")):
+    """Rows of earlier runs: ``summary.csv``, shards' parts and the rank parts a killed run left behind;
+    where two files have a row of one case, the newer file's row counts."""
+    files = [p for p in out.glob("summary*.csv") if p.name == "summary.csv" or _PART.match(p.name)]
+    rows: dict[str, dict[str, str]] = {}
+    for part in sorted(files, key=_mtime):
         rows.update(_read_summary(part))
     return rows
+
+
+def _mtime(path: Path) -> tuple[int, str]:
+    try:
+        return path.stat().st_mtime_ns, path.name
+    except OSError:
+        return 0, path.name
+
+
+# ------------------------------------------------------------------ shards: one mechanism for ranks and jobs
+
+
+def parse_shard(text: str | Sequence[int], what: str = "shard") -> tuple[int, int]:
+    """``"K/N"`` (or ``(K, N)``) -> ``(K, N)``: shard K (counted from 1) of N.
+
+    Raises:
+        ConfigError: not two integers with ``1 <= K <= N`` (the message names ``what`` and gives an example).
+    """
+    example = "e.g. 1/4 for the first of four shards (K counts from 1, as Slurm's --array=1-4)"
+    if isinstance(text, str):
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if not m:
+            raise ConfigError(f"{what}: expected K/N, {example}; got {text!r}")
+        k, n = int(m.group(1)), int(m.group(2))
+    else:
+        try:
+            k, n = (int(v) for v in text)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: expected K/N, {example}; got {text!r}") from None
+    if n < 1:
+        raise ConfigError(f"{what}: N (the number of shards) must be at least 1, got {k}/{n}")
+    if not 1 <= k <= n:
+        raise ConfigError(f"{what}: K must be between 1 and {n} (K counts from 1), got {k}/{n}; {example}")
+    return k, n
+
+
+def select_shard(cases: Sequence[Case], index: int, count: int) -> list[Case]:
+    """The cases of part ``index`` (counted from 0) of ``count``: sorted by case id, every ``count``-th from
+    ``index`` (round robin, so that parts differ by at most one case and the sizes of neighbouring cases spread).
+
+    The same on every machine whatever the discovery order, since case ids are unique within a batch.
+    """
+    return sorted(cases, key=lambda c: c.id)[index::count]
+
+
+def shard_part_name(shard: tuple[int, int]) -> str:
+    """``summary.shard-K-of-N.csv``: the summary part of shard ``(K, N)``."""
+    return f"summary.shard-{shard[0]}-of-{shard[1]}.csv"
+
+
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the world size under ``torchrun`` (``0, 1`` otherwise)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _single_host() -> bool:
+    """True unless the ranks of this ``torchrun`` span several machines."""
+    _, world = _rank_world()
+    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world))) == world
+
+
+def merge_summary_parts(parts: Sequence[Path], dest: Path, *, order: dict[str, int] | None = None,
+                        remove: bool = False) -> list[dict[str, str]]:
+    """Join summary parts into ``dest`` (written atomically); what rank 0 and :func:`merge_summaries` both do.
+
+    Args:
+        parts: the part files, all present.
+        dest: the summary to write.
+        order: case id -> position (default: sorted by case id).
+        remove: delete the parts once ``dest`` is written.
+
+    Returns:
+        The merged rows.
+
+    Raises:
+        InputError: a part is unreadable or not a medcnn summary, two parts differ in their columns, or a
+            case id appears in two parts.
+    """
+    fields: list[str] | None = None
+    first: Path | None = None
+    rows: list[dict[str, str]] = []
+    where: dict[str, Path] = {}
+    for part in parts:
+        try:
+            with open(part, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                header = list(reader.fieldnames or [])
+                got = [{k: _csv_unescape(v) if isinstance(v, str) else v for k, v in r.items()} for r in reader]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise InputError(part, f"cannot read this summary part ({exc})") from None
+        if header[: len(BASE_FIELDS)] != BASE_FIELDS:
+            raise InputError(part, f"is not a medcnn summary (its columns are not {','.join(BASE_FIELDS)},...)")
+        if fields is None:
+            fields, first = header, part
+        elif header != fields:
+            extra, missing = sorted(set(header) - set(fields)), sorted(set(fields) - set(header))
+            diff = "; ".join(t for t in (f"extra {', '.join(extra)}" if extra else "",
+                                         f"lacking {', '.join(missing)}" if missing else "") if t) or "another order"
+            raise InputError(part, f"its columns differ from those of {first.name} ({diff}): parts of one batch "
+                                   "come from one pipeline and one medcnn version")
+        for r in got:
+            if r.get("case") in where:
+                raise InputError(part, f"case {r['case']!r} is also in {where[r['case']].name}: the parts overlap "
+                                       "(shards of different inputs or of different splits?)")
+            where[r.get("case", "")] = part
+            rows.append(r)
+    if order is not None:
+        rows.sort(key=lambda r: order.get(r["case"], len(order)))
+    else:
+        rows.sort(key=lambda r: r["case"])
+    _write_summary(rows, dest, fields or BASE_FIELDS + SIGNATURE_FIELDS)
+    if remove:
+        for part in parts:
+            part.unlink(missing_ok=True)
+    return rows
+
+
+def merge_summaries(out_dir: str | Path, *, allow_partial: bool = False) -> tuple[list[dict[str, str]], list[str]]:
+    """Join the shards' parts (``summary.shard-K-of-N.csv``) of ``out_dir`` into ``summary.csv``, rows sorted by case.
+
+    The parts stay, so that after rerunning one shard a new merge gives the whole table again.
+
+    Args:
+        out_dir: the output folder the shards wrote into.
+        allow_partial: merge the parts present when some shard's part is missing (else an error).
+
+    Returns:
+        ``(rows, missing)``: the merged rows and the names of missing parts (empty unless ``allow_partial``).
+
+    Raises:
+        InputError: no part at all, parts of different splits (``-of-2`` beside ``-of-3``), a missing part
+            (without ``allow_partial``; the message names them), or any check of :func:`merge_summary_parts`.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise InputError(out, "is not a folder (give the -o folder the shards wrote into)")
+    found: dict[int, dict[int, Path]] = {}
+    for p in out.iterdir():
+        m = _PART.match(p.name)
+        if m and m.group(1) and m.group(3) is None:
+            found.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+    if not found:
+        running = sorted(p.name for p in out.glob("summary.shard-*.rank*.csv"))
+        hint = f"; parts in progress (unfinished shards): {', '.join(running)}" if running else ""
+        raise InputError(out, f"holds no shard summary (summary.shard-K-of-N.csv): run medcnn predict --shard K/N "
+                              f"into it first{hint}")
+    if len(found) > 1:
+        splits = ", ".join(f"{len(v)} part(s) of {n}" for n, v in sorted(found.items()))
+        raise InputError(out, f"holds parts of different splits ({splits}); remove the stale ones "
+                              "(summary.shard-*-of-N.csv of the old N) and merge again")
+    (n, parts), = found.items()
+    missing = [shard_part_name((k, n)) for k in range(1, n + 1) if k not in parts]
+    if missing and not allow_partial:
+        raise InputError(out, f"{len(missing)} of {n} shard part(s) missing: {', '.join(missing)} (those shards have "
+                              "not finished: rerun them, or pass --allow-partial to merge the others)")
+    if missing:
+        logger.warning("merging %d of %d shard parts; missing: %s", n - len(missing), n, ", ".join(missing))
+    rows = merge_summary_parts([parts[k] for k in sorted(parts)], out / "summary.csv")
+    return rows, missing
 
 
 def one_line(text: str, limit: int = 500) -> str:
@@ -221,9 +397,27 @@ def _check_output_folder(out: Path, overwrite: bool) -> None:
 
 
 def _lock_owner() -> dict[str, Any]:
-    """Who holds a lock taken now: this process, or for a ``torchrun`` rank its launcher (shared by all ranks)."""
-    run = os.environ.get("TORCHELASTIC_RUN_ID", "") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-    return {"pid": os.getppid() if run else os.getpid(), "host": socket.gethostname(), "run": run}
+    """Who holds a lock taken now: this process, or for a ``torchrun`` rank its launcher (shared by all ranks).
+
+    Ranks on several machines share no launcher: they are one run by its id and rendezvous address.
+    """
+    _, world = _rank_world()
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "") if world > 1 else ""
+    me = {"pid": os.getppid() if run else os.getpid(), "host": socket.gethostname(), "run": run}
+    if run and not _single_host():
+        me["run"] = f"{run}@{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+    return me
+
+
+def _same_run(holder: dict[str, Any], me: dict[str, Any]) -> bool:
+    """True if the lock's ``holder`` is this run (this process, or another rank of this ``torchrun``)."""
+    if "@" in str(me["run"]):  # a multi-node torchrun: its ranks have different launchers and hosts
+        return holder.get("run") == me["run"]
+    return {k: holder.get(k) for k in me} == me
+
+
+def _lock_name(shard: tuple[int, int] | None) -> str:
+    return LOCK_NAME if shard is None else f"{LOCK_NAME}.shard-{shard[0]}-of-{shard[1]}"
 
 
 def _read_lock(path: Path) -> dict[str, Any] | None:
@@ -237,11 +431,11 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
 _HELD_LOCKS: dict[str, int] = {}
 
 
-def acquire_output_lock(out: Path) -> Path:
+def acquire_output_lock(out: Path, shard: tuple[int, int] | None = None) -> Path:
     """Take the lock of output folder ``out`` (or join it: another rank of this ``torchrun``).
 
     The lock file holds the owner's pid; it is held with ``flock`` too, so that the lock of a killed
-    run is known to be stale whatever became of its pid.
+    run is known to be stale whatever became of its pid. Each shard (``(K, N)``) has a lock of its own.
 
     Returns:
         The lock file.
@@ -249,7 +443,7 @@ def acquire_output_lock(out: Path) -> Path:
     Raises:
         InputError: another live run holds the lock.
     """
-    path = out / LOCK_NAME
+    path = out / _lock_name(shard)
     me = _lock_owner()
     deadline = time.monotonic() + 2.0
     while True:
@@ -260,14 +454,14 @@ def acquire_output_lock(out: Path) -> Path:
         if not _try_flock(fd, path):
             os.close(fd)
             holder = _read_lock(path)
-            if holder is not None and {k: holder.get(k) for k in me} == me:
+            if holder is not None and _same_run(holder, me):
                 return path  # another rank of this torchrun (or another thread of this process)
             if holder is None and time.monotonic() < deadline:
                 time.sleep(0.02)  # its holder has not written its pid yet
                 continue
             who = f"pid {holder.get('pid')}" if holder else "pid unknown"
             raise InputError(out, f"another medcnn run ({who}) is writing into this folder; wait for it to end or "
-                                  f"choose another -o (lock file {LOCK_NAME})")
+                                  f"choose another -o (lock file {path.name})")
         try:
             current = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -276,7 +470,7 @@ def acquire_output_lock(out: Path) -> Path:
             os.close(fd)
             continue
         old = _read_lock(path)
-        if old and {k: old.get(k) for k in me} != me:
+        if old and not _same_run(old, me):
             logger.warning("%s: taking over a stale lock of pid %s (that run ended without releasing it)", path,
                            old.get("pid"))
         os.ftruncate(fd, 0)
@@ -302,9 +496,9 @@ def _try_flock(fd: int, path: Path) -> bool:
     return True
 
 
-def release_output_lock(out: Path) -> None:
+def release_output_lock(out: Path, shard: tuple[int, int] | None = None) -> None:
     """Remove the lock of ``out`` if this process holds it (a joined rank leaves it to its holder)."""
-    path = out / LOCK_NAME
+    path = out / _lock_name(shard)
     fd = _HELD_LOCKS.pop(str(path), None)
     if fd is None:
         return
@@ -324,11 +518,18 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-def _cleanup_temps(out_dir: Path) -> None:
+def _cleanup_temps(out_dir: Path, only: set[Path] | None = None) -> None:
     """Remove temporary files that killed processes left behind (never whole outputs, never the
-    temporary files of a live process: another rank may be about to rename them)."""
+    temporary files of a live process: another rank may be about to rename them).
+
+    ``only``: remove only temporary files of these outputs (a process on another machine looks dead
+    from here, so a shard or a multi-node rank leaves other cases' files alone).
+    """
     for p in out_dir.rglob(f"*{TMP_MARK}*"):
         if not is_stale_temp(p):
+            continue
+        m = _TMP_NAME.match(p.name)
+        if only is not None and (m is None or p.parent / (m.group(1) + m.group(2)) not in only):
             continue
         try:
             p.unlink()
@@ -376,12 +577,6 @@ def _is_model(obj: Any) -> bool:
     return isinstance(obj, Model)
 
 
-def _shard(cases: list[Case]) -> tuple[list[Case], int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return cases[rank::world], rank, world
-
-
 def _output_lock_held(fn: Any) -> Any:
     """Run ``fn`` (:func:`run_batch`) after the checks that need no case, holding the output folder's lock."""
 
@@ -392,16 +587,19 @@ def _output_lock_held(fn: Any) -> Any:
         if check is not None:  # a checkpoint of another task fails here once, not once per case
             check(model)
         out = Path(out_dir)
+        shard = kwargs.get("shard")
+        if shard is not None:
+            kwargs["shard"] = shard = parse_shard(shard)
         _check_output_folder(out, bool(kwargs.get("overwrite", False)))
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(out, f"cannot create the output folder ({exc.strerror or exc})") from None
-        acquire_output_lock(out)
+        acquire_output_lock(out, shard)
         try:
             return fn(pipeline, model, inputs, out_dir, *args, **kwargs)
         finally:
-            release_output_lock(out)
+            release_output_lock(out, shard)
 
     return wrapper
 
@@ -417,8 +615,10 @@ def run_batch(
     model_info: dict[str, Any] | None = None,
     device: str = "cpu",
     progress: bool | None = None,
+    shard: str | tuple[int, int] | None = None,
+    max_memory: MemoryLimit = None,
 ) -> list[dict[str, Any]]:
-    """Run ``pipeline`` with ``model`` on every case found in ``inputs``.
+    """Run ``pipeline`` with ``model`` on every case found in ``inputs`` (or on one shard of them).
 
     Args:
         pipeline: see :class:`Pipeline`.
@@ -429,6 +629,10 @@ def run_batch(
         model_info: provenance for run.json (name, path, sha256, config...).
         device: device name for run.json.
         progress: tqdm progress bar (``None``: only on a terminal).
+        shard: ``"K/N"`` or ``(K, N)``: only shard K (from 1) of N of the cases (:func:`select_shard`); the
+            run's summary is then ``summary.shard-K-of-N.csv`` (join the shards with :func:`merge_summaries`).
+        max_memory: memory limit for every check made while the cases are read and run (see
+            :mod:`medcnn.io.memory`; ``None``: the enclosing scope, ``MEDCNN_MAX_MEMORY`` or the default).
 
     Returns:
         The summary rows of this run (all ranks merged on rank 0).
@@ -437,13 +641,27 @@ def run_batch(
         InputError: an input path does not exist or holds no case at all; ``out_dir`` is a file, holds
             a ``summary.csv`` medcnn did not write (without ``overwrite``) or is locked by another run;
             the pipeline's ``check_model`` refuses ``model``.
+        ConfigError: an invalid ``shard`` or ``max_memory``.
     """
-    out = Path(out_dir)
+    with memory_limit_scope(max_memory, what="max_memory"):
+        return _run_batch(pipeline, model, inputs, Path(out_dir), overwrite=overwrite, model_info=model_info,
+                          device=device, progress=progress, shard=shard)  # type: ignore[arg-type]
+
+
+def _run_batch(pipeline: Pipeline, model: Any, inputs: Sequence[str | Path], out: Path, *, overwrite: bool,
+               model_info: dict[str, Any] | None, device: str, progress: bool | None,
+               shard: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """:func:`run_batch` inside its memory limit, holding the lock, with ``shard`` parsed."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "qc").mkdir(exist_ok=True)
-    _cleanup_temps(out)
     cases = pipeline.discover(inputs)
-    mine, rank, world = _shard(cases)
+    rank, world = _rank_world()
+    batch = select_shard(cases, shard[0] - 1, shard[1]) if shard else cases
+    mine = select_shard(batch, rank, world)
+    final = out / (shard_part_name(shard) if shard else "summary.csv")
+    shared_folder = shard is not None or not _single_host()  # processes elsewhere write here too
+    own = {final, final.with_suffix(f".rank{rank}.csv"), *(p for c in mine for p in pipeline.outputs(c, out))}
+    _cleanup_temps(out, only=own if shared_folder else None)
     previous = _previous_rows(out)
     fields = BASE_FIELDS + [f for f in pipeline.fields if f not in BASE_FIELDS + SIGNATURE_FIELDS] + SIGNATURE_FIELDS
     model_sha = model_signature(model_info)
@@ -470,7 +688,8 @@ def run_batch(
         logger.info("skipping %d finished case(s) (use --overwrite to redo them)", len(rows))
     if unrecorded:
         logger.info("redoing %d case(s) whose outputs exist but are missing from summary.csv (interrupted run?)", unrecorded)
-    progress_path = out / ("summary.csv" if world == 1 else f"summary.rank{rank}.csv")
+    # a run whose summary is a merge of parts writes its progress into a rank part, merged at the end
+    progress_path = final if world == 1 and shard is None else final.with_suffix(f".rank{rank}.csv")
     if any(previous.get(c.id, {}).get("status") in ("ok", "skipped") for c in todo):
         _write_summary(_merged(rows, previous, mine), progress_path, fields)  # before any old output is replaced
 
@@ -509,7 +728,7 @@ def run_batch(
         def submit_next() -> None:
             case = next(queue, None)
             if case is not None:
-                pending.append((case, workers.submit(process, case, loader.submit(load, case))))
+                pending.append((case, _submit(workers, process, case, _submit(loader, load, case))))
 
         for _ in range(in_flight):
             submit_next()
@@ -527,19 +746,18 @@ def run_batch(
                     p.unlink(missing_ok=True)
     bar.close()
     total = time.perf_counter() - t_start
-    if world > 1:
-        _write_summary(rows, out / f"summary.rank{rank}.csv", fields)
-        _barrier()
-        if rank != 0:
-            return rows
-        rows = []
-        for r in range(world):
-            part = out / f"summary.rank{r}.csv"
-            rows.extend(_read_summary(part).values())
-            part.unlink()
     order = {c.id: i for i, c in enumerate(cases)}
-    rows.sort(key=lambda r: order.get(r["case"], len(order)))
-    _write_summary(rows, out / "summary.csv", fields)
+    if progress_path == final:
+        rows.sort(key=lambda r: order.get(r["case"], len(order)))
+        _write_summary(rows, final, fields)
+    else:
+        _write_summary(rows, progress_path, fields)
+        if world > 1:
+            _barrier()
+            if rank != 0:
+                return rows
+        parts = [final.with_suffix(f".rank{r}.csv") for r in range(world)]
+        rows = merge_summary_parts(parts, final, order=order, remove=True)  # type: ignore[assignment]
     run = {
         "medcnn_version": __version__,
         "pipeline": pipeline.name,
@@ -550,13 +768,20 @@ def run_batch(
         "torch": torch.__version__,
         "python": platform.python_version(),
         "world_size": world,
+        "shard": f"{shard[0]}/{shard[1]}" if shard else None,
         "n_cases": len(rows),
         "status_counts": {s: sum(r.get("status") == s for r in rows) for s in ("ok", "skipped", "error")},
         "seconds_total": round(total, 3),
         "seconds_per_case": timings,
     }
-    write_text_atomic(out / "run.json", json.dumps(run, indent=2, default=str) + "\n")
+    run_json = out / ("run.json" if shard is None else f"run.shard-{shard[0]}-of-{shard[1]}.json")
+    write_text_atomic(run_json, json.dumps(run, indent=2, default=str) + "\n")
     return rows
+
+
+def _submit(pool: Executor, fn: Callable[..., Any], *args: Any) -> Future:
+    """``pool.submit`` in a copy of this thread's context: the memory limit's scope holds in the pool's threads."""
+    return pool.submit(contextvars.copy_context().run, fn, *args)
 
 
 def _merged(rows: list[dict[str, Any]], previous: dict[str, dict[str, str]], mine: list[Case]) -> list[dict[str, Any]]:

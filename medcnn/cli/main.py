@@ -40,6 +40,11 @@ class _Group(click.Group):
             sys.exit(1)
 
 
+#: commands whose library code reads images in threads it starts itself, without the caller's context (the
+#: training engine's preprocessing): the limit reaches them through the environment fallback
+_LIMIT_VIA_ENV = frozenset({"train", "crossval"})
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
@@ -69,15 +74,17 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool, max_memory: 
     """medcnn: deep learning on medical images (CT/MRI volumes and chest X-rays)."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    ctx.obj["max_memory"] = max_memory  # passed on as an argument (predict -> run_batch -> the readers' guard)
     _setup_logging(verbose + (2 if debug else 0), quiet)
     if max_memory is not None:
-        from medcnn.io.memory import ENV_VAR, parse_size
+        from medcnn.io.memory import ENV_VAR, memory_limit_scope
 
         try:
-            parse_size(max_memory, what="--max-memory")
+            ctx.with_resource(memory_limit_scope(max_memory, what="--max-memory"))  # for this command's own thread
         except MedcnnError as exc:
             raise click.BadParameter(str(exc), param_hint="--max-memory") from None
-        os.environ[ENV_VAR] = max_memory  # read by medcnn.load in this process (and its prefetch threads)
+        if ctx.invoked_subcommand in _LIMIT_VIA_ENV:
+            os.environ[ENV_VAR] = max_memory
 
 
 @cli.command(context_settings=CONTEXT, epilog="""\b
@@ -284,6 +291,7 @@ Examples:
   medcnn predict brain-tumor BraTS-GLI-00001-000/ nnunet_flat_folder/ -o out --device cuda
   medcnn predict brain-tumor cases/ -o out --model runs/bt/best.pt --overwrite
   torchrun --nproc_per_node 2 -m medcnn.cli.main predict brain-tumor cases/ -o out   # shard over ranks
+  medcnn predict brain-tumor cases/ -o out --shard 2/8    # one of 8 cluster jobs, then: medcnn merge-summaries out
   medcnn predict alzheimer bids_dataset/ -o out/ad
   medcnn predict chest-xray sample_data/chest-xray/images -o out/cxr
   medcnn predict chest-xray dicoms/ -o out/cxr --model runs/cxr_lungs/best.pt   # own lung model, bundled findings
@@ -295,6 +303,10 @@ Examples:
 Outputs: OUTDIR/summary.csv (a row per case), per-case result files, OUTDIR/qc/*.png, OUTDIR/run.json.
 --dicom-seg: OUTDIR/<case>.seg.dcm, a DICOM Segmentation referencing the reference image when it is DICOM:
 brain-tumor the first contrast's (t1n) series, chest-xray the radiograph (lungs and heart segments).
+--shard K/N (K from 1): the K-th of N parts of the cases (sorted by case id, every N-th from the K-th), for
+cluster job arrays (Slurm: --array=1-N, --shard $SLURM_ARRAY_TASK_ID/N); its summary is
+OUTDIR/summary.shard-K-of-N.csv (written when the shard ends) and run.shard-K-of-N.json; shards may run at once
+into one OUTDIR. medcnn merge-summaries OUTDIR joins them into summary.csv.
 Exit status: 0 all cases ok or skipped, 1 some case failed (the others are still done), 2 usage error.
 """)
 @click.argument("pipeline")
@@ -322,9 +334,13 @@ Exit status: 0 all cases ok or skipped, 1 some case failed (the others are still
                                       "or on its left (neurological).")
 @click.option("--dicom-seg", is_flag=True, help="Also write <case>.seg.dcm (DICOM SEG) when the reference image is "
               "DICOM (brain-tumor: the t1n series; chest-xray: the radiograph).")
+@click.option("--shard", default=None, metavar="K/N", callback=lambda ctx, param, v: _shard_option(v),
+              help="Only the K-th (from 1) of N parts of the cases, for cluster job arrays; join the parts with "
+                   "medcnn merge-summaries OUTDIR.")
 def predict(pipeline: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], out_dir: Path, model_ref: tuple[str, ...],
             arch: str | None, arch_args: tuple[str, ...], model_config: Path | None,
-            device: str, overwrite: bool, statistics: bool, qc_convention: str, dicom_seg: bool) -> None:
+            device: str, overwrite: bool, statistics: bool, qc_convention: str, dicom_seg: bool,
+            shard: tuple[int, int] | None) -> None:
     """Run PIPELINE (brain-tumor, alzheimer, chest-xray) on every case found in INPUTS."""
     import dataclasses
 
@@ -359,10 +375,14 @@ def predict(pipeline: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ..
         model, info = _foreign_model(pipe, model_ref, arch, arch_args, model_config, dev_name)
     else:
         model, info = load_models(pipe, list(model_ref) or None, device=dev_name)
-    rows = run_batch(pipe, model, list(inputs), out_dir, overwrite=overwrite, model_info=info, device=dev_name)
+    rows = run_batch(pipe, model, list(inputs), out_dir, overwrite=overwrite, model_info=info, device=dev_name,
+                     shard=shard, max_memory=click.get_current_context().obj.get("max_memory"))
     if int(os.environ.get("RANK", "0")) == 0:
+        from medcnn.batch import shard_part_name
+
         counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "skipped", "error")}
-        click.echo(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} failed; summary: {out_dir / 'summary.csv'}")
+        summary = out_dir / (shard_part_name(shard) if shard else "summary.csv")
+        click.echo(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} failed; summary: {summary}")
         if counts["error"]:
             sys.exit(1)
 
@@ -380,6 +400,18 @@ def _foreign_model(pipe: Any, model_ref: tuple[str, ...], arch: str | None, arch
         raise click.UsageError("--arch-args needs --arch NAME")
     model = load_model(model_ref[0], device=device, arch=arch, arch_args=list(arch_args) or None, config=model_config)
     return model, {"name": model_ref[0], **model.provenance()}
+
+
+def _shard_option(value: str | None) -> tuple[int, int] | None:
+    """``--shard K/N`` -> ``(K, N)``; a usage error naming the option otherwise."""
+    if value is None:
+        return None
+    from medcnn.batch import parse_shard
+
+    try:
+        return parse_shard(value, what="--shard")
+    except MedcnnError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--shard: "), param_hint="--shard") from None
 
 
 def _config_path(config: Path) -> Path:
@@ -687,6 +719,7 @@ def ood_fit(pipeline: str, data: tuple[Path, ...], dest: Path, model_ref: tuple[
 
 
 # Commands kept in their own modules register here, one line each (keep their heavy imports inside the command).
+from medcnn.cli.merge import merge_summaries as _merge_summaries; cli.add_command(_merge_summaries)  # noqa: E402,E702
 
 
 def main(argv: list[str] | None = None) -> None:
