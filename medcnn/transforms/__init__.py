@@ -4,7 +4,12 @@ Inputs are dicts of ``(C, *spatial)`` float32 ``monai.data.MetaTensor`` (what :f
 returns); image keys default to ``"image"`` and label keys to ``"label"``. Every preset returns a
 ``monai.transforms.Compose``.
 
-Preprocessing (deterministic): :func:`ct_preset`, :func:`brain_mri_preset`,
+Model-grid preprocessing (the ``preprocess`` spec stored in every checkpoint, applied identically at
+training and inference time): :func:`load_for_model`, :func:`prepare` and its inverses
+:func:`restore_to_box` / :func:`uncrop`, in :mod:`medcnn.transforms.model_grid` (also importable as
+``medcnn.preprocessing``). Named CT windows, one table for both stacks: :data:`CT_WINDOWS`.
+
+Preprocessing presets (deterministic): :func:`ct_preset`, :func:`brain_mri_preset`,
 :func:`chest_xray_preset`, :func:`resample_preset`; by name through :data:`PRESETS` /
 :func:`build_preset`.
 
@@ -43,8 +48,14 @@ from medcnn.transforms.custom import (
     masked_zscore,
     thick_slice,
 )
+from medcnn.transforms.windows import CT_WINDOWS
+from medcnn.transforms.model_grid import (
+    load_for_model,
+    prepare,
+    restore_to_box,
+    uncrop,
+)
 from medcnn.transforms.presets import (
-    CT_WINDOWS,
     PRESETS,
     brain_mri_preset,
     build_preset,
@@ -68,11 +79,15 @@ __all__ = [
     "chest_xray_preset",
     "ct_preset",
     "intensity_augmentation",
+    "load_for_model",
     "masked_zscore",
     "mri_artifact_augmentation",
     "noise_augmentation",
+    "prepare",
     "resample_preset",
     "resolution_augmentation",
+    "restore_to_box",
     "spatial_augmentation",
     "thick_slice",
+    "uncrop",
 ]

@@ -47,6 +47,7 @@ from medcnn.transforms._checks import (
     image_and_label_keys,
 )
 from medcnn.transforms.custom import MaskedNormalizeIntensityd, SquarePadOrCropd
+from medcnn.transforms.windows import CT_WINDOWS
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +60,6 @@ __all__ = [
     "ct_preset",
     "resample_preset",
 ]
-
-CT_WINDOWS: Mapping[str, tuple[float, float]] = MappingProxyType(
-    {
-        # (low, high) in HU from the usual (level, width): low = L - W/2, high = L + W/2.
-        "soft_tissue": (-160.0, 240.0),  # L 40, W 400
-        "lung": (-1350.0, 150.0),  # L -600, W 1500
-        "bone": (-500.0, 1300.0),  # L 400, W 1800
-        "brain": (0.0, 80.0),  # L 40, W 80
-    }
-)
-"""Named CT windows, ``name -> (low HU, high HU)``."""
 
 _AXCODE_PAIRS = ("LR", "AP", "SI")
 # medcnn affines map voxels to RAS+ world (nibabel's convention, see medcnn.io.geometry). Passing
