@@ -342,6 +342,8 @@ class LitePromptBackend:
     """
 
     name = "medcnn-prompt"
+    supports_exact_box = True
+    supports_per_prompt_offsets = True
 
     def __init__(self, net: nn.Module, spec: CropSpec, device: str | torch.device = "cpu", *, optimize: bool = True,
                  tta: bool = False, tta_axes: Sequence[int] | None = None) -> None:

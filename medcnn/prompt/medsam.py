@@ -306,6 +306,8 @@ class MedSAMBackend:
 
     name = "medsam"
     spatial_dims = 2
+    supports_exact_box = True  # accepted; MedSAM reads every box alike
+    supports_per_prompt_offsets = False
 
     def __init__(self, model: Sam, *, quantize: bool | None = None) -> None:
         self.model = model.eval()

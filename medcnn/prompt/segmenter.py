@@ -17,7 +17,6 @@ with ``medcnn train configs/prompt.yaml``) use :class:`~medcnn.prompt.lite.LiteP
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from os import PathLike
@@ -90,6 +89,12 @@ class PromptBackend(Protocol):
     """
 
     name: str
+    #: ``predict_logits`` takes ``exact_box: bool`` (the boxes are exact bounding boxes). Backends without
+    #: the attribute count as False; the segmenter keeps every exact box's mask inside the box either way.
+    supports_exact_box: bool = False
+    #: ``predict_logits`` takes ``per_prompt_offsets: bool``; the segmenter turns it off when it propagates
+    #: a 3D volume slice by slice. Backends without the attribute count as False.
+    supports_per_prompt_offsets: bool = False
 
     def set_image(self, image: torch.Tensor) -> None:
         """Compute and keep what every prompt needs (the image embedding).
@@ -119,8 +124,7 @@ class PromptBackend(Protocol):
             the mask is ``logits > 0``.
         """
 
-    # A backend may also accept ``exact_box: bool`` (the boxes are exact bounding boxes); the
-    # segmenter passes it only to backends that declare it (and keeps every exact box's mask inside it).
+    # ``exact_box`` / ``per_prompt_offsets`` keywords are passed only to backends whose class declares them.
 
 
 def _lite_backend(path: Path, device: str | torch.device, missing_ok: bool = False) -> PromptBackend | None:
@@ -186,12 +190,10 @@ class PromptableSegmenter:
     def __init__(self, backend: PromptBackend, *, name: str = "custom") -> None:
         self.backend = backend
         self.name = name
-        # backends without the exact_box keyword (third-party ones) still serve exact boxes: the mask is kept in the box
-        params = inspect.signature(backend.predict_logits).parameters
-        self._exact_kw = "exact_box" in params
-        # 3D propagation keeps the light model's fixed offset: with per-prompt offsets (fitted on single 2D boxes) the
-        # held-out dev volumes' Dice fell 0.8074 -> 0.8013 (models README, stage 12)
-        self._slice_kw = {"per_prompt_offsets": False} if "per_prompt_offsets" in params else {}
+        # capabilities are declared (PromptBackend), not read from signatures; third-party backends may omit them
+        self._exact_kw = bool(getattr(backend, "supports_exact_box", False))
+        # per-prompt offsets were fitted on single 2D boxes, so 3D propagation keeps the fixed offset
+        self._slice_kw = {"per_prompt_offsets": False} if getattr(backend, "supports_per_prompt_offsets", False) else {}
         self._shape: tuple[int, ...] | None = None
         self._volume: torch.Tensor | None = None  # (C, D, H, W) of a 3D image; slices embedded on demand
         self._embedded: int | None = None  # slice index whose embedding the backend holds
