@@ -1072,8 +1072,6 @@ def train(config: str | Path, overrides: list[str] | None = None, run_dir: str |
     cfg = load_train_config(config, overrides)
     out = Path(run_dir) if run_dir is not None else Path("runs") / cfg["name"]
     check_run_folder(out, resume=resume, overwrite=overwrite)
-    if cfg["task"] == "prompt":
-        from medcnn.prompt.train import PromptTrainer
+    from medcnn.engine.tasks import get_task
 
-        return PromptTrainer(cfg, out, resume=resume, overwrite=overwrite).fit()
-    return Trainer(cfg, out, resume=resume, overwrite=overwrite).fit()
+    return get_task(cfg["task"])(cfg, out, resume=resume, overwrite=overwrite).fit()

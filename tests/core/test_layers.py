@@ -28,9 +28,7 @@ LAYERS: dict[str, int] = {
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 #: import cycles that exist today, each as its sorted modules
-KNOWN_CYCLES: set[tuple[str, ...]] = {
-    ("medcnn.engine.trainer", "medcnn.prompt.train"),  # the engine dispatches prompt configs to PromptTrainer
-}
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 
 def _modules() -> dict[str, Path]:
