@@ -1,6 +1,6 @@
 """Case discovery: turn the paths a user passes on the command line into named cases.
 
-Rules (DESIGN §3):
+Rules:
 
 * brain tumour: a folder holding four contrasts with BraTS 2023 suffixes (``-t1n -t1c -t2w -t2f``),
   BraTS 2021 suffixes (``_t1 _t1ce _t2 _flair``), or nnU-Net ``CASE_0000..0003`` files in a flat

@@ -2,8 +2,8 @@
 
 PyTorch picks a convolution backend per call with a heuristic tuned for 2D image batches: a 3D
 convolution on a *single* volume (batch 1, the usual sliding-window case) with few channels
-falls back to ``slow_conv3d`` (im2col + GEMM), which ran 2-4x slower than oneDNN (mkldnn) on
-the layers of a MONAI U-Net on a 2-core AVX2 CPU; and a stride-2 transposed convolution with
+falls back to ``slow_conv3d`` (im2col + GEMM), several times slower than oneDNN (mkldnn) on
+the layers of a MONAI U-Net; and a stride-2 transposed convolution with
 few output channels (the top of every MONAI U-Net: 32 -> 3 classes) runs at a few GFLOP/s.
 
 :class:`CpuConvMode` is a :class:`torch.overrides.TorchFunctionMode` that, while active,

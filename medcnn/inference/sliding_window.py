@@ -130,8 +130,8 @@ def _resolve_memory_format(
     ``"auto"`` follows the network: channels-last when ``predictor`` is an ``nn.Module`` whose
     convolution weights are already channels-last (``model.to(memory_format=...)``), since then
     a contiguous input would be converted at every layer; contiguous otherwise. Converting only
-    the input was measured *slower* on CPU (MONAI UNet (16..256), roi 96^3, 2-core x86: 1.82 s
-    vs 1.36 s per forward), so it is never done behind the user's back.
+    the input makes the first layer pay a layout reorder without sparing the others (slower on CPU),
+    so it is never done behind the user's back.
     """
     fmt = _channels_last_format(ndim)
     if channels_last == "auto":

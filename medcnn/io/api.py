@@ -91,7 +91,7 @@ def load(
     # the stored voxels as they are (int16 CT stays int16, Fortran-ordered NIfTI stays a view):
     # the one conversion to float32 happens inside the resampling or in _float32_contiguous
     data = _to_tensor(raw.array)
-    if data.is_floating_point():  # integers are always finite: 0.8 s saved on a 512x512x300 CT
+    if data.is_floating_point():  # integers are always finite: skip the full-volume scan
         _check_finite(data, _channel_paths(raws, paths), nonfinite)
     src = dict(raw.source)
     src.update(

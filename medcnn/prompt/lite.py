@@ -1,7 +1,7 @@
 """The bundled light promptable model (``"medcnn-prompt"``): a small 2D U-Net on a crop around the prompt.
 
-MedSAM embeds the whole image once at 1024x1024 with a ViT-B (about 20 s per slice on this
-project's CPU) and decodes each prompt from that embedding at 256x256. The light model inverts
+MedSAM embeds the whole image once at 1024x1024 with a ViT-B (seconds per slice on a CPU) and
+decodes each prompt from that embedding at 256x256. The light model inverts
 the trade: each prompt selects a region (the box, grown by a margin), the region is resampled to
 ``crop_size x crop_size`` (96 in the bundled model) and a 1.6M-parameter U-Net reads it together
 with the prompt rendered as images. Objects of any size are thus seen at the same resolution, and
@@ -19,7 +19,7 @@ Network input, ``(5, S, S)`` per prompt, ``(6, S, S)`` with the exact-box channe
 5. only in networks trained with ``prompt.exact_channel``: 1 everywhere when the box is the
    object's exact bounding box (``predict(..., exact_box=True)``), else 0. Hand-drawn boxes are
    loose by a few per cent; a box taken from an annotation touches the object on all four sides,
-   and a network told which it has need not trade one for the other (models README, stage 11).
+   and a network told which it has need not trade one for the other.
 
 The output logits ``(1, S, S)``, plus the checkpoint's logit offset (fixed, or chosen per box prompt
 from the crop's logits: :mod:`medcnn.prompt.offsets`), are resampled back onto the region of the image
@@ -178,9 +178,7 @@ def _normalise(crop: torch.Tensor) -> torch.Tensor:
     flat = crop.flatten()
     if flat.numel() > 4096:  # percentiles of a strided subsample: same values within noise, 2x cheaper
         flat = flat[:: flat.numel() // 4096]
-    # linear interpolation between order statistics = torch.quantile's definition, in 0.15 ms instead of 1.2 ms
-    # (torch.quantile re-sorts for every q and checks its inputs); on the CPU the four order statistics come from
-    # one np.partition (9 us against 90-130 us for sorting the strided 4096-value subsample)
+    # torch.quantile's definition (linear between order statistics) without its re-sort per q: one np.partition on CPU
     n = flat.numel()
     pos = torch.tensor([0.01, 0.99], dtype=torch.float64) * (n - 1)
     lo_i = pos.floor().long()
@@ -274,17 +272,14 @@ def optimised_cpu_network(net: nn.Module, in_channels: int, size: int, *, channe
     """A frozen TorchScript trace of ``net`` for CPU inference (``net`` itself is left untouched).
 
     The trace folds batch norm into the convolutions and drops the Python overhead of MONAI's ~110
-    modules: 8.9 ms instead of 14.5 ms median (4.4 vs 5.7 ms best) per 96x96 prompt on one core
-    of the project's CPU machine, outputs equal within 6e-6 (measured side by side, interleaved).
-    Measured on one core of an AVX2 EPYC (Zen 3) of the project's machine kind, the bundled model's
-    batch of two 96x96 crops (its mirror TTA), interleaved rounds (``benchmarks/bench_prompt.py
-    --compare-trace``, ``benchmarks/RESULTS.md``):
+    modules (outputs equal within 6e-6; figures: ``benchmarks/bench_prompt.py --compare-trace``,
+    ``benchmarks/RESULTS.md``):
 
     * ``channels_last``: the trace runs on a copy of the network in channels-last memory layout, fed
       channels-last inputs, so oneDNN's convolutions need no layout reorders between layers (about
       1.1x; logits within 2e-5 of the plain trace);
     * ``onednn_fusion``: each call runs with TorchScript's oneDNN Graph fuser switched on (convolution,
-      PReLU and residual additions fused: 8.6 -> 7.0 ms, identical outputs). The switch is
+      PReLU and residual additions fused, identical outputs). The switch is
       process-wide in torch, so it is turned on for the call only and restored after it.
 
     Any failure keeps the eager network.
@@ -337,8 +332,7 @@ class LitePromptBackend:
         tta: average the logits over mirror images of each crop (the checkpoint's
             ``inference.tta``), all flips in one batched network call.
         tta_axes: crop axes mirrored by ``tta`` (``0`` rows, ``1`` columns; ``None``: both, four
-            copies). The bundled model mirrors columns only: two copies cost 4.2 ms instead of
-            3.8 ms per 96x96 prompt on one core, four cost 9.2 ms.
+            copies). The bundled model mirrors columns only: two copies cost little more than one, four twice as much.
     """
 
     name = "medcnn-prompt"

@@ -2,13 +2,12 @@
 
 The light model's masks are ``logits + offset > 0``. One offset per checkpoint (``prompt.logit_offset``,
 calibrated on held-out images) fixes the network's overall bias, but the best offset differs from
-object to object: on the 893 dev objects of the bundled stage-11 file, exact boxes score Dice 0.9247
-at the calibrated offset and 0.939 if each object had its own best offset (a grid of 0 .. 6). How far
+object to object (``medcnn/data/models/README.md`` has the figures). How far
 the mask should reach is visible in the crop's own logits: how much of the box each offset would fill,
 how wide the uncertain band is, whether the mask already touches the box's sides. An
 :class:`OffsetModel` maps those features (:func:`offset_features`, computed on the crop, so the same
 at any image size) linearly to that prompt's offset. Fitted by ridge regression on held-out images
-(``python -m medcnn.prompt.evaluate DATA --model M --fit-offsets OUT.pt``; models README, stage 12),
+(``python -m medcnn.prompt.evaluate DATA --model M --fit-offsets OUT.pt``),
 it is stored in the checkpoint (``prompt.offset_model``: plain lists, loadable with ``weights_only``)
 and used for box prompts without clicks or prior masks; other prompts keep the fixed offset.
 """
@@ -45,9 +44,7 @@ def offset_features(logits: torch.Tensor, box_channel: torch.Tensor, box_hw: tor
         ``(N, F)`` float64, columns as :data:`FEATURE_NAMES`; a prompt whose box covers no crop
         pixel gets NaN (callers keep the fixed offset for it).
     """
-    # numpy on the box's rectangle (the box channel is a product of row and column ranges): 0.25 ms per prompt
-    # against 0.78 ms for the same features (within 4e-16) by boolean-masked torch ops, interleaved, one thread of
-    # the AVX2 machine, a 70 x 73 box in a 96 x 96 crop
+    # numpy slicing of the box's rectangle (the box channel is a product of row and column ranges) beats boolean masks
     z_all = logits.detach().cpu().double().numpy()
     inside_all = box_channel.detach().cpu().numpy() > 0.5
     hw = box_hw.detach().cpu().double().numpy().reshape(-1, 2)
