@@ -68,9 +68,8 @@ class CropSpec:
         margin_px: ... plus this many pixels.
         logit_offset: added to the network's logits before they are pasted back (the mask is
             ``logits > 0``): the calibration chosen on held-out images while training
-            (:mod:`medcnn.prompt.train`). Networks trained with Dice + BCE on soft crop targets
-            draw masks too tight at offset 0: the previous bundled file covered a median 82-89 %
-            of the reference area, and an offset of 3 raised its dev box Dice from 0.838 to 0.881.
+            (:mod:`medcnn.prompt.train`); needed because networks trained with Dice + BCE on soft
+            crop targets draw masks too tight at offset 0.
         logit_offset_exact: the offset for exact boxes (``exact_box``; masks then also kept inside
             the box), calibrated on held-out exact boxes; ``None``: ``logit_offset``.
         exact_channel: the network reads a sixth channel saying the box is exact.
