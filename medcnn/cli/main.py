@@ -720,6 +720,7 @@ def ood_fit(pipeline: str, data: tuple[Path, ...], dest: Path, model_ref: tuple[
 
 # Commands kept in their own modules register here, one line each (keep their heavy imports inside the command).
 from medcnn.cli.merge import merge_summaries as _merge_summaries; cli.add_command(_merge_summaries)  # noqa: E402,E702
+from medcnn.cli.plan import plan as _plan; cli.add_command(_plan)  # noqa: E402,E702
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,85 @@
+"""Planner: fingerprint of a tiny nnU-Net-layout set, anisotropy-aware spacing, memory budget, CT/MR normalisation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+nib = pytest.importorskip("nibabel")
+
+from medcnn.engine.plan import activation_bytes, fingerprint, make_plan, target_spacing, write_plan  # noqa: E402
+
+
+def _dataset(root: Path, n: int, shape: tuple[int, ...], spacing: tuple[float, ...], channel: str) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    centre = np.asarray(shape).reshape(-1, *[1] * len(shape)) / 2
+    lab = (((grid - centre) ** 2).sum(0) < (min(shape) / 4) ** 2).astype(np.uint8)
+    aff = np.diag([*spacing, 1.0][:4] if len(spacing) == 3 else [*spacing, 1.0, 1.0])
+    for i in range(n):
+        img = rng.normal(0, 10, shape).astype(np.float32) + 100.0 * lab + (-500.0 if channel == "CT" else 0)
+        nib.save(nib.Nifti1Image(img, aff), root / "imagesTr" / f"case{i:03d}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(lab, aff), root / "labelsTr" / f"case{i:03d}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": channel},
+                                                   "labels": {"background": 0, "sphere": 1},
+                                                   "numTraining": n, "file_ending": ".nii.gz"}))
+    return root
+
+
+def test_anisotropic_ct(tmp_path: Path) -> None:
+    fp = fingerprint(_dataset(tmp_path / "ct", 3, (24, 24, 8), (0.8, 0.8, 5.0), "CT"))
+    assert fp["modality"] == "ct" and fp["anisotropy"] == pytest.approx(6.25)
+    assert fp["intensity"][0]["mean"] == pytest.approx(-400, abs=5)  # foreground only
+    cfg = make_plan(fp, source="x")
+    assert cfg["preprocess"]["normalize"] == "ct"
+    lo, hi = cfg["preprocess"]["ct_window"]
+    assert lo < -400 < hi
+    assert cfg["preprocess"]["spacing"] == pytest.approx([0.8, 0.8, 5.0])
+
+
+def test_coarse_axis_takes_low_percentile() -> None:
+    fp = {"median_spacing": [0.8, 0.8, 5.0], "anisotropy": 6.25,
+          "spacings": [[0.8, 0.8, z] for z in (1.0, 2.0, 5.0, 5.0, 5.0)]}
+    assert target_spacing(fp)[2] < 5.0
+    iso = {"median_spacing": [1.0, 1.0, 1.2], "anisotropy": 1.2, "spacings": [[1.0, 1.0, 1.2]]}
+    assert target_spacing(iso) == [1.0, 1.0, 1.2]
+
+
+def test_isotropic_mri_and_memory_budget(tmp_path: Path) -> None:
+    fp = fingerprint(_dataset(tmp_path / "mr", 2, (24, 24, 24), (1.0, 1.0, 1.0), "T1"))
+    assert fp["modality"] == "mr" and fp["spatial_dims"] == 3
+    fp["median_shape"] = [400, 400, 400]  # a large volume: the patch must shrink to the budget
+    for gb in (0.5, 4.0):
+        cfg = make_plan(fp, source="x", memory_gb=gb)
+        assert cfg["preprocess"]["normalize"] == "zscore"
+        patch = cfg["train"]["patch_size"]
+        used = activation_bytes(patch, cfg["model"]["kwargs"]["filters"], cfg["train"]["batch_size"],
+                                cfg["preprocess"]["spacing"])
+        assert used <= gb * 1024 ** 3 * 1.01 or min(patch) == 16
+    small = make_plan(fp, source="x", memory_gb=0.5)["train"]["patch_size"]
+    big = make_plan(fp, source="x", memory_gb=4.0)["train"]["patch_size"]
+    assert np.prod(small) < np.prod(big)
+
+
+def test_2d_inputs(tmp_path: Path) -> None:
+    fp = fingerprint(_dataset(tmp_path / "xr", 2, (64, 48), (0.5, 0.5), "xray"))
+    assert fp["spatial_dims"] == 2 and len(fp["median_spacing"]) == 2
+    cfg = make_plan(fp, source="x")
+    assert len(cfg["train"]["patch_size"]) == 2 and cfg["model"]["kwargs"]["spatial_dims"] == 2
+
+
+def test_plan_is_a_valid_config(tmp_path: Path) -> None:
+    from medcnn.engine.schema import load_train_config
+
+    root = _dataset(tmp_path / "mr", 2, (24, 24, 24), (1.0, 1.0, 1.0), "T1")
+    fp = fingerprint(root)
+    write_plan(make_plan(fp, source=str(root), epochs=1), fp, tmp_path / "plan.yaml", gpus=2)
+    assert (tmp_path / "fingerprint.json").exists()
+    assert "torchrun --nproc_per_node 2" in (tmp_path / "plan.yaml").read_text()
+    cfg = load_train_config(tmp_path / "plan.yaml")
+    assert cfg["model"]["name"] == "dynunet" and cfg["train"]["epochs"] == 1
