@@ -793,23 +793,26 @@ class Trainer:
             return self._validate_cls(net)
         return self._validate_seg(net)
 
-    def _validate_seg(self, net: nn.Module) -> dict[str, float]:
+    def _val_logits(self, net: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """Sliding-window logits ``(C, *spatial)`` (float32, CPU) of one validation image ``(C_in, *spatial)``,
+        windowed as the config's ``inference`` section says."""
         from medcnn.inference import sliding_window_inference
 
         inf = self.cfg["inference"]
+        with self._autocast():
+            logits = sliding_window_inference(image[None].to(self.env.device).float(), inf["roi_size"],
+                                              inf["sw_batch_size"], net, overlap=inf["overlap"], mode=inf["mode"])
+        return logits.float()[0].cpu()
+
+    def _validate_seg(self, net: nn.Module) -> dict[str, float]:
         if self.mask_names:
             return self._validate_masks(net)
         regions = self.cfg["labels"]["regions"] or {str(v): [int(k)] for k, v in self.cfg["labels"]["names"].items()}
         if not regions:
             regions = {f"label{k}": [k] for k in range(1, self._out_channels())}
         scores: dict[str, list[float]] = {k: [] for k in regions}
-        dev = self.env.device
         for it in self.val_items:
-            x = it["image"][None].to(dev).float()
-            with self._autocast():
-                logits = sliding_window_inference(x, inf["roi_size"], inf["sw_batch_size"], net, overlap=inf["overlap"],
-                                                  mode=inf["mode"])
-            logits = logits.float()[0].cpu()
+            logits = self._val_logits(net, it["image"])
             if self.cfg["labels"]["regions"]:
                 pred_masks = logits > 0
             else:
@@ -824,15 +827,9 @@ class Trainer:
 
     def _validate_masks(self, net: nn.Module) -> dict[str, float]:
         """Dice per mask channel (``data.masks``) at the model's input size."""
-        from medcnn.inference import sliding_window_inference
-
-        inf = self.cfg["inference"]
         scores: dict[str, list[float]] = {k: [] for k in self.mask_names}
         for it in self.val_items:
-            with self._autocast():
-                logits = sliding_window_inference(it["image"][None].to(self.env.device).float(), inf["roi_size"], inf["sw_batch_size"],
-                                                  net, overlap=inf["overlap"], mode=inf["mode"])
-            pred = logits.float()[0].cpu() > 0
+            pred = self._val_logits(net, it["image"]) > 0
             ref = it["label"].bool()
             for i, name in enumerate(self.mask_names):
                 scores[name].append(dice_score(pred[i], ref[i]))
