@@ -34,6 +34,24 @@ def _overrides(manifest: Path, *extra: str) -> list[str]:
     return [f"data.source={manifest}", *AD_TRAIN_TINY, *extra]
 
 
+# 13-17 s on an idle 2-core machine, 77-79 s at load average 13 (six busy processes beside the suite)
+DDP_TIMEOUT_S = 300
+
+
+def _descendants(pid: int) -> list[int]:
+    """The process ids below ``pid`` (Linux /proc), deepest last, so torchrun's workers are found."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        out += [int(k) for k in kids]
+        todo += [int(k) for k in kids]
+    return out
+
+
 def _set_args(overrides: list[str]) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
 
@@ -133,12 +151,21 @@ def test_ddp_two_processes_match_one_process(manifest: Path, tmp_path: Path) -> 
     single = train(CONFIG, [*common, "train.batch_size=2"], tmp_path / "single")
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "medcnn.cli.main", "train", str(CONFIG),
            *_set_args([*common, "train.batch_size=1"]), "-o", str(tmp_path / "ddp")]
+    # PYTHONFAULTHANDLER: on a stall the workers get SIGABRT and print every thread's stack into the kept log
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=quiet_env(PYTHONFAULTHANDLER="1"), cwd=REPO)
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, env=quiet_env(), timeout=300, cwd=REPO)
-    except subprocess.TimeoutExpired as exc:  # keep the log: a bare timeout says nothing about where it stalled
-        log = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-        pytest.fail(f"torchrun did not finish in {exc.timeout:.0f} s; the end of its log:\n{log[-3000:]}")
-    assert res.returncode == 0, res.stderr[-3000:]
+        _, stderr = proc.communicate(timeout=DDP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        for pid in _descendants(proc.pid):
+            os.kill(pid, signal.SIGABRT)
+        time.sleep(5)
+        proc.kill()
+        _, stderr = proc.communicate()
+        (tmp_path / "torchrun_stalled.log").write_text(stderr)
+        pytest.fail(f"torchrun did not finish in {DDP_TIMEOUT_S} s; the workers' stacks and the end of the log "
+                    f"(all of it in {tmp_path / 'torchrun_stalled.log'}):\n{stderr[-6000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
     _same_weights(tmp_path / "single" / "last.pt", tmp_path / "ddp" / "last.pt", atol=1e-5)
     ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert ddp["best_epoch"] == single["best_epoch"]
