@@ -1,9 +1,8 @@
 """Task pipelines (installed as ``medcnn.pipelines``): thin compositions of medcnn parts.
 
-Each pipeline module exposes ``PIPELINE``, an object with ``name``, ``fields``, ``model`` (the
-bundled model name), ``discover``, ``outputs``, ``load`` and ``run`` (see :mod:`medcnn.batch`).
-A pipeline that needs several networks also has ``models`` (all bundled names) and
-``load_models(refs, device)``; :func:`load_models` is the one entry point for both kinds.
+Each pipeline module exposes ``PIPELINE``, an instance of a :class:`~medcnn.pipelines.base.Pipeline` subclass
+(``name``, ``model``, ``fields``, ``discover``, ``outputs``, ``load``, ``run``; optional hooks listed there).
+:func:`load_models` loads what ``run`` expects, one network or several (``models``, ``load_models``).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medcnn.errors import ConfigError, MedcnnError
+from medcnn.pipelines.base import Pipeline  # noqa: F401 (re-exported: the base class of every pipeline)
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def available() -> list[str]:
     return sorted(_MODULES)
 
 
-def get_pipeline(name: str) -> Any:
+def get_pipeline(name: str) -> Pipeline:
     """The pipeline object registered under ``name``.
 
     Raises:
@@ -40,12 +40,12 @@ def get_pipeline(name: str) -> Any:
     return importlib.import_module(_MODULES[name]).PIPELINE
 
 
-def bundled_models(pipeline: Any) -> list[str]:
+def bundled_models(pipeline: Pipeline) -> list[str]:
     """Bundled model names a pipeline runs with by default."""
     return list(getattr(pipeline, "models", None) or [pipeline.model])
 
 
-def load_models(pipeline: Any, refs: Sequence[str] | str | None = None, device: str | None = None) -> tuple[Any, dict[str, Any]]:
+def load_models(pipeline: Pipeline, refs: Sequence[str] | str | None = None, device: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The model object ``pipeline.run`` expects, and its provenance for ``run.json``.
 
     Args:
@@ -75,7 +75,7 @@ def load_models(pipeline: Any, refs: Sequence[str] | str | None = None, device: 
     return model, {"name": ref, **model.provenance()}
 
 
-def _note_ood(pipeline: Any, model: Any) -> None:
+def _note_ood(pipeline: Pipeline, model: Any) -> None:
     """Say once per run when the checkpoint cannot judge out-of-distribution inputs (empty ood columns)."""
     from medcnn.inference.ood import section_of
 
@@ -90,7 +90,7 @@ def _note_ood(pipeline: Any, model: Any) -> None:
                        "stay empty", target.path)
 
 
-def fit_ood_checkpoint(pipeline: Any, data: Sequence[str | Path], dest: str | Path, refs: Sequence[str] | None = None, *,
+def fit_ood_checkpoint(pipeline: Pipeline, data: Sequence[str | Path], dest: str | Path, refs: Sequence[str] | None = None, *,
                        quantile: float = 0.95, device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Fit a checkpoint's OOD statistics on held-out cases and write a copy that carries them (weights unchanged).
 
@@ -104,11 +104,9 @@ def fit_ood_checkpoint(pipeline: Any, data: Sequence[str | Path], dest: str | Pa
         dest: the new checkpoint (the pipeline's OOD checkpoint with an ``ood`` section added or replaced).
         refs: ``--model`` values as for ``medcnn predict`` (``None``: the bundled models).
         quantile: fraction of held-out cases kept below the threshold (out of fold).
-        device: device name.
-        progress: show a progress bar.
+        device: device name; progress: show a progress bar.
 
-    Returns:
-        The ``ood`` section written.
+    Returns: the ``ood`` section written.
 
     Raises:
         ConfigError: a pipeline without OOD support.
@@ -141,8 +139,7 @@ def fit_ood_checkpoint(pipeline: Any, data: Sequence[str | Path], dest: str | Pa
             logger.warning("%s: fitting on a case with hard OOD reasons: %s", case.id, "; ".join(reasons))
         stats.append(s)
         feats.append(f)
-    if any(f is None for f in feats):
-        feats = None
+    feats = None if any(f is None for f in feats) else feats
     try:
         section = fit_ood(stats, feats, layer=layer, quantile=quantile, min_scale=dict(getattr(pipeline, "ood_min_scale", ())))
     except ValueError as exc:

@@ -1,27 +1,20 @@
 """Alzheimer's disease vs cognitively normal from a T1 MRI, with a saliency map.
 
-Cases (DESIGN §3): every T1 image file or DICOM series folder; BIDS
+Cases: every T1 image file or DICOM series folder; BIDS
 ``sub-*/[ses-*/]anat/*_T1w.nii.gz`` gives ids ``sub-XX[_ses-YY]``. Outputs per case:
 ``<case>_saliency.nii.gz`` (Grad-CAM of the predicted class, [0, 1], on the T1's own grid),
 ``qc/<case>.png`` (the T1 in three planes with the map overlaid) and ``p_ad, label`` in ``summary.csv``: ``p_ad`` is the model's probability of AD,
 ``label`` is ``AD`` when ``p_ad`` reaches the decision threshold stored in the checkpoint
 (``inference.threshold`` or ``labels.threshold``; 0.5 when absent), else ``CN``.
 
-:func:`evaluate_summary` scores such a ``summary.csv`` against a BIDS ``participants.tsv``
-(subject-level metrics, ROC curve and confusion matrix):
+:func:`medcnn.evaluation.alzheimer.evaluate_summary` scores such a ``summary.csv`` against a BIDS
+``participants.tsv`` (subject-level metrics, ROC curve and confusion matrix):
 
-    python -m medcnn.pipelines.alzheimer runs/alzheimer/test/summary.csv data/ad_test/participants.tsv -o runs/alzheimer/test
+    medcnn evaluate-run alzheimer runs/alzheimer/test/summary.csv data/ad_test/participants.tsv -o runs/alzheimer/test
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
-import logging
-import math
-import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +27,7 @@ from medcnn.cases import Case, find_image_cases
 from medcnn.errors import InputError
 from medcnn.inference import ood
 from medcnn.io import load, save
-
-logger = logging.getLogger(__name__)
+from medcnn.pipelines.base import Pipeline
 
 #: class names the pipeline reports (the checkpoint's ``labels.classes`` must contain both)
 POSITIVE, NEGATIVE = "AD", "CN"
@@ -54,7 +46,7 @@ def ad_index(config: dict[str, Any]) -> int:
 
 
 @dataclass(frozen=True)
-class AlzheimerPipeline:
+class AlzheimerPipeline(Pipeline):
     """``medcnn predict alzheimer``.
 
     Attributes:
@@ -149,99 +141,5 @@ class AlzheimerPipeline:
 PIPELINE = AlzheimerPipeline()
 
 
-def _subject_of(case: str) -> str:
-    """``sub-XX`` of a case id ``sub-XX[_ses-YY]`` (other ids are their own subject)."""
-    m = re.match(r"^(sub-[A-Za-z0-9]+)", case)
-    return m.group(1) if m else case
-
-
-def evaluate_summary(summary: str | Path, participants: str | Path, out_dir: str | Path | None = None, *,
-                     label_column: str = "diagnosis", threshold: float = 0.5) -> dict[str, Any]:
-    """Score a ``medcnn predict alzheimer`` run against the diagnoses of a ``participants.tsv``.
-
-    Every ``ok`` row of ``summary.csv`` is matched to its subject (``sub-XX`` of ``sub-XX[_ses-YY]``);
-    rows whose subject has no diagnosis, or a diagnosis other than AD/CN, are left out and counted.
-    Metrics are per image (one image per subject in the generated test sets, so per subject there).
-
-    Args:
-        summary: the run's ``summary.csv`` (columns ``case, status, p_ad``).
-        participants: BIDS ``participants.tsv`` (``participant_id`` and ``label_column``).
-        out_dir: if given, ``metrics.json``, ``roc.png`` and ``confusion.png`` are written there.
-        label_column: the diagnosis column (values ``AD``/``CN``).
-        threshold: operating point on ``p_ad`` (use the model's decision threshold; 0.5 unless the
-            checkpoint sets ``inference.threshold``).
-
-    Returns:
-        :func:`medcnn.metrics.binary_report` of ``p_ad`` against AD=1/CN=0 (``auroc``,
-        ``balanced_accuracy``, ``sensitivity``, ``specificity``, ``confusion_matrix`` ...), plus
-        ``n_failed`` (rows not ``ok``), ``n_unmatched`` and ``errors`` (``[[case, true, p_ad], ...]``
-        for the misclassified images).
-
-    Raises:
-        InputError: a file lacks the needed columns, or no row can be scored.
-    """
-    from medcnn.metrics import binary_report
-
-    summary, participants = Path(summary), Path(participants)
-    with open(participants, newline="", encoding="utf-8") as fh:
-        people = list(csv.DictReader(fh, delimiter="\t"))
-    if not people or "participant_id" not in people[0] or label_column not in people[0]:
-        have = ", ".join(people[0]) if people else "no rows"
-        raise InputError(participants, f"needs the columns participant_id and {label_column} (has: {have})")
-    truth = {r["participant_id"]: r[label_column].strip() for r in people}
-    with open(summary, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"case", "status", "p_ad"} <= set(rows[0]):
-        raise InputError(summary, "needs the columns case, status and p_ad (a medcnn predict alzheimer summary)")
-    cases, probs, labels = [], [], []
-    failed = unmatched = 0
-    for r in rows:
-        if r["status"] != "ok":
-            failed += 1
-            continue
-        dx = truth.get(_subject_of(r["case"]))
-        if dx not in (POSITIVE, NEGATIVE):
-            unmatched += 1
-            continue
-        cases.append(r["case"])
-        probs.append(float(r["p_ad"]))
-        labels.append(1 if dx == POSITIVE else 0)
-    if not cases:
-        raise InputError(summary, f"no ok row matches a subject with diagnosis AD or CN in {participants}")
-    if failed or unmatched:
-        logger.warning("%s: %d row(s) not ok and %d without an AD/CN diagnosis left out", summary, failed, unmatched)
-    report = binary_report(probs, labels, threshold=threshold)
-    report["n_failed"], report["n_unmatched"] = failed, unmatched
-    report["errors"] = [[c, POSITIVE if y else NEGATIVE, p] for c, p, y in zip(cases, probs, labels)
-                        if (p >= threshold) != bool(y)]
-    if out_dir is not None:
-        from medcnn.io.atomic import write_text_atomic
-        from medcnn.plotting import plot_confusion, plot_roc
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
-        if math.isfinite(report["auroc"]):
-            plot_roc({"held-out": (report["roc"]["fpr"], report["roc"]["tpr"], report["auroc"])}, out / "roc.png")
-        plot_confusion(report["confusion_matrix"], [NEGATIVE, POSITIVE], out / "confusion.png")
-    return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m medcnn.pipelines.alzheimer SUMMARY PARTICIPANTS [-o DIR]``: print the headline metrics."""
-    ap = argparse.ArgumentParser(prog="python -m medcnn.pipelines.alzheimer", description=evaluate_summary.__doc__.split("\n")[0])
-    ap.add_argument("summary", help="summary.csv of medcnn predict alzheimer")
-    ap.add_argument("participants", help="participants.tsv with the true diagnoses")
-    ap.add_argument("-o", "--out-dir", default=None, help="write metrics.json, roc.png and confusion.png here")
-    ap.add_argument("--threshold", type=float, default=0.5, help="decision threshold on p_ad (default 0.5)")
-    ap.add_argument("--label-column", default="diagnosis")
-    args = ap.parse_args(argv)
-    rep = evaluate_summary(args.summary, args.participants, args.out_dir, label_column=args.label_column, threshold=args.threshold)
-    keys = ("n", "n_positive", "n_negative", "auroc", "balanced_accuracy", "sensitivity", "specificity", "accuracy", "ece")
-    sys.stdout.write(json.dumps({k: rep[k] for k in keys} | {"confusion_matrix [[TN, FP], [FN, TP]]": rep["confusion_matrix"],
-                                                            "errors": rep["errors"]}, indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the former `python -m medcnn.pipelines.alzheimer`, for one release
+    raise SystemExit("moved: `medcnn evaluate-run alzheimer SUMMARY PARTICIPANTS` (see its --help)")

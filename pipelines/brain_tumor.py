@@ -1,6 +1,6 @@
 """Brain-tumour segmentation: 4-contrast MRI (t1n, t1c, t2w, t2f) -> BraTS 2023 label map.
 
-Outputs per case (DESIGN §3): ``<case>.nii.gz`` (1 NCR, 2 ED, 3 ET) on the grid of the t1n file,
+Outputs per case: ``<case>.nii.gz`` (1 NCR, 2 ED, 3 ET) on the grid of the t1n file,
 ``qc/<case>.png`` (t1c with the labels), and ``wt_ml, tc_ml, et_ml`` in ``summary.csv``
 (WT = 1+2+3, TC = 1+3, ET = 3, volumes measured on the input grid). With ``dicom_seg`` (``--dicom-seg``)
 and a DICOM t1n (the first contrast, the reference grid), also ``<case>.seg.dcm`` referencing its series.
@@ -26,11 +26,12 @@ from medcnn.io import geometry, load, save
 from medcnn.io.dicom_seg import is_dicom_image, is_dicom_path, segment_names, write_dicom_seg
 from medcnn.metrics.segmentation import BRATS_REGIONS, region_volumes_ml
 from medcnn.metrics.statistics import label_statistics, write_statistics
+from medcnn.pipelines.base import Pipeline
 from medcnn.preprocessing import prepare
 
 
 @dataclass(frozen=True)
-class BrainTumorPipeline:
+class BrainTumorPipeline(Pipeline):
     """``medcnn predict brain-tumor``."""
 
     name: str = "brain-tumor"

@@ -588,8 +588,15 @@ Examples:
   medcnn train configs/brain_tumor.yaml -o runs/bt --overwrite        # replace the trained run in runs/bt
   medcnn train configs/brain_tumor.yaml --set train.epochs=2 --set model.name=unet
   torchrun --nproc_per_node 2 -m medcnn.cli.main train configs/brain_tumor.yaml -o runs/ddp
+  medcnn train data/Dataset001 --auto -o runs/auto      # plan (medcnn plan) into runs/auto/plan.yaml, then train it
+  medcnn train data/Dataset001 --auto --device cuda --memory-gb 20 --set train.epochs=50 -o runs/auto
 """)
 @click.argument("config", type=click.Path(path_type=Path))
+@click.option("--auto", is_flag=True, help="CONFIG is a dataset folder in nnU-Net layout: plan it into "
+              "RUNDIR/plan.yaml (with fingerprint.json) and train that plan.")
+@click.option("--device", "plan_device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="--auto: device the plan's memory budget is for (default: cuda when available).")
+@click.option("--memory-gb", type=float, default=None, help="--auto: training memory budget of the plan.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (dotted key; YAML value).")
 @click.option("--resume", is_flag=True, help="Continue from RUNDIR/last.pt.")
 @click.option("--overwrite", is_flag=True,
@@ -597,13 +604,31 @@ Examples:
                    "without it or --resume, a folder holding one is refused.")
 @click.option("-o", "--output", "run_dir", type=click.Path(path_type=Path), default=None,
               help="Run folder (default runs/<config name>).")
-def train(config: Path, overrides: tuple[str, ...], resume: bool, overwrite: bool, run_dir: Path | None) -> None:
-    """Train a model from a YAML CONFIG (also under torchrun for DDP)."""
+def train(config: Path, overrides: tuple[str, ...], resume: bool, overwrite: bool, run_dir: Path | None,
+          auto: bool, plan_device: str | None, memory_gb: float | None) -> None:
+    """Train a model from a YAML CONFIG (also under torchrun for DDP), or plan and train a dataset (--auto)."""
     from medcnn.engine import train as run_training
 
-    config = _config_path(config)
     if resume and overwrite:
         raise click.UsageError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
+    if auto:
+        from medcnn.engine.plan import fingerprint, make_plan, write_plan
+
+        if not config.is_dir():
+            raise click.UsageError(f"--auto needs a dataset folder (dataset.json, imagesTr, labelsTr), got {config}")
+        run_dir = run_dir or Path("runs") / config.resolve().name
+        plan_path = run_dir / "plan.yaml"
+        if not (resume and plan_path.exists()) and int(os.environ.get("RANK", "0")) == 0:
+            if plan_device is None:
+                import torch
+
+                plan_device = "cuda" if torch.cuda.is_available() else "cpu"
+            fp = fingerprint(config)
+            gpus = int(os.environ.get("WORLD_SIZE", "1"))
+            write_plan(make_plan(fp, source=str(config.resolve()), device=plan_device, memory_gb=memory_gb, gpus=gpus),
+                       fp, plan_path, gpus=gpus)
+        config = plan_path
+    config = _config_path(config)
     result = run_training(config, list(overrides), run_dir, resume=resume, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"best {result['best']:.4f} at epoch {result['best_epoch']}; outputs in {result['run_dir']}")
@@ -720,6 +745,9 @@ def ood_fit(pipeline: str, data: tuple[Path, ...], dest: Path, model_ref: tuple[
 
 # Commands kept in their own modules register here, one line each (keep their heavy imports inside the command).
 from medcnn.cli.merge import merge_summaries as _merge_summaries; cli.add_command(_merge_summaries)  # noqa: E402,E702
+from medcnn.cli.evaluate_run import evaluate_run as _evaluate_run; cli.add_command(_evaluate_run)  # noqa: E402,E702
+from medcnn.cli.calibrate import calibrate as _calibrate; cli.add_command(_calibrate)  # noqa: E402,E702
+from medcnn.cli.merge_sets import merge_sets as _merge_sets; cli.add_command(_merge_sets)  # noqa: E402,E702
 from medcnn.cli.plan import plan as _plan; cli.add_command(_plan)  # noqa: E402,E702
 
 

@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     "medcnn.models": 3, "medcnn.prompt.modeling": 3,
     "medcnn": 4,  # the facade and everything not listed: inference, engine, metrics, explain, predictor, foreign, prompt
     "medcnn.pipelines": 5, "medcnn.batch": 5, "medcnn.validation": 5, "medcnn.demo": 5, "medcnn.synth": 5,
-    "medcnn.prompt.apply": 5, "medcnn.prompt.evaluate": 5,
+    "medcnn.prompt.apply": 5, "medcnn.prompt.evaluate": 5, "medcnn.evaluation": 5,
     "medcnn.cli": 6,
 }
 

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from medcnn.cli.main import cli
 from medcnn.errors import InputError
-from medcnn.pipelines.alzheimer import evaluate_summary, main
+from medcnn.evaluation.alzheimer import evaluate_summary
 
 PARTICIPANTS = "participant_id\tdiagnosis\tage\nsub-01\tAD\t70\nsub-02\tCN\t71\nsub-03\tAD\t72\nsub-04\tCN\t73\nsub-05\tMCI\t74\n"
 
@@ -48,10 +50,11 @@ def test_metrics_match_a_hand_count(tmp_path: Path) -> None:
     assert evaluate_summary(summary, tsv, threshold=0.65)["confusion_matrix"] == [[2, 0], [1, 2]]
 
 
-def test_command_line_prints_the_headline_metrics(tmp_path: Path, capsys) -> None:
+def test_command_line_prints_the_headline_metrics(tmp_path: Path) -> None:
     summary, tsv = _write(tmp_path, [("sub-01", "ok", "0.9"), ("sub-02", "ok", "0.2"), ("sub-03", "ok", "0.7"), ("sub-04", "ok", "0.1")])
-    assert main([str(summary), str(tsv)]) == 0
-    out = json.loads(capsys.readouterr().out)
+    res = CliRunner().invoke(cli, ["evaluate-run", "alzheimer", str(summary), str(tsv)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
     assert out["auroc"] == 1.0 and out["balanced_accuracy"] == 1.0 and out["errors"] == []
 
 

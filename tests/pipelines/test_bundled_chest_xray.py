@@ -69,7 +69,7 @@ def sample_run(sample_data: Path, tmp_path_factory) -> Path:
 
 
 def test_bundled_lung_masks_match_the_references_in_every_storage_format(sample_run: Path, sample_data: Path) -> None:
-    from medcnn.pipelines.chest_xray import evaluate_run
+    from medcnn.evaluation.chest_xray import evaluate_run
 
     manifest = {m["case"]: m for m in _rows(sample_data / "chest-xray" / "manifest.csv")}
     assert {m["format"] for m in manifest.values()} == {"png", "png16", "dcm-mono1", "dcm-mono2"}

@@ -214,7 +214,7 @@ def test_pipeline_refuses_a_model_without_lungs_channel(tiny_cxr_models, tmp_pat
 def test_evaluate_run_scores_a_perfect_and_a_flawed_run(tiny_cxr, tmp_path) -> None:
     import shutil
 
-    from medcnn.pipelines.chest_xray import evaluate_run, main
+    from medcnn.evaluation.chest_xray import evaluate_run
 
     manifest = _rows(tiny_cxr / "manifest.csv")
     run = tmp_path / "run"
@@ -234,7 +234,9 @@ def test_evaluate_run_scores_a_perfect_and_a_flawed_run(tiny_cxr, tmp_path) -> N
     Image.fromarray(np.zeros_like(np.asarray(Image.open(run / f"{first}_lungs.png")))).save(run / f"{first}_lungs.png")
     rep = evaluate_run(run, tiny_cxr)
     assert rep["dice_lungs_min"] == 0.0 and rep["worst_lungs"][0] == [first, 0.0]
-    assert main([str(run), str(tiny_cxr)]) == 0
+    res = CliRunner().invoke(cli, ["evaluate-run", "chest-xray", str(run), str(tiny_cxr)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["dice_lungs_min"] == 0.0
 
 
 def test_model_init_fine_tunes_from_a_checkpoint(tiny_cxr, tiny_cxr_models, tmp_path, repo_root) -> None:
@@ -255,7 +257,7 @@ def test_model_init_fine_tunes_from_a_checkpoint(tiny_cxr, tiny_cxr_models, tmp_
 
 
 def test_largest_diameter_mm_of_a_disc() -> None:
-    from medcnn.pipelines.chest_xray import largest_diameter_mm
+    from medcnn.evaluation.chest_xray import largest_diameter_mm
 
     yy, xx = np.mgrid[:200, :200]
     disc = (yy - 60) ** 2 + (xx - 60) ** 2 < 20**2  # 40 px across
@@ -266,7 +268,7 @@ def test_largest_diameter_mm_of_a_disc() -> None:
 
 def test_evaluate_run_reports_nodule_auroc_by_size(tmp_path) -> None:
     """Positives of 6, 10 and 20 mm against three negatives: one AUROC per size bin, from the masks' diameters."""
-    from medcnn.pipelines.chest_xray import evaluate_run
+    from medcnn.evaluation.chest_xray import evaluate_run
 
     data, run = tmp_path / "data", tmp_path / "run"
     (data / "masks").mkdir(parents=True)
@@ -353,7 +355,7 @@ def test_nodule_detector_joins_the_nodule_probability(tiny_cxr, tiny_cxr_models,
 def test_fit_score_fusion_matches_scikit_learn() -> None:
     from sklearn.linear_model import LogisticRegression
 
-    from medcnn.pipelines.chest_xray import fit_score_fusion
+    from medcnn.evaluation.chest_xray_fusion import fit_score_fusion
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 300)
@@ -369,7 +371,7 @@ def test_fit_score_fusion_matches_scikit_learn() -> None:
 
 def test_fusion_data_scores_the_findings_models_validation_cases(tiny_cxr, tiny_cxr_models, tiny_cxr_nodule) -> None:
     from medcnn.engine import load_checkpoint
-    from medcnn.pipelines.chest_xray import fusion_data
+    from medcnn.evaluation.chest_xray_fusion import fusion_data
 
     val = load_checkpoint(tiny_cxr_models[0])["training"]["val_cases"]
     p_cls, scores, labels = fusion_data(str(tiny_cxr_nodule), tiny_cxr, findings=str(tiny_cxr_models[0]),
@@ -383,7 +385,7 @@ def test_fusion_data_scores_the_findings_models_validation_cases(tiny_cxr, tiny_
 def test_fusion_data_refuses_a_detector_trained_on_the_validation_cases(tiny_cxr, tiny_cxr_models, tiny_cxr_nodule,
                                                                         tmp_path) -> None:
     from medcnn.engine import load_checkpoint
-    from medcnn.pipelines.chest_xray import fusion_data
+    from medcnn.evaluation.chest_xray_fusion import fusion_data
 
     ckpt = load_checkpoint(tiny_cxr_nodule)
     leaked = ckpt["training"]["train_case_ids"][0]
@@ -395,17 +397,18 @@ def test_fusion_data_refuses_a_detector_trained_on_the_validation_cases(tiny_cxr
                     lungs=str(tiny_cxr_models[1]), progress=False)
 
 
-def test_fit_fusion_command_prints_the_export_setting(monkeypatch, capsys) -> None:
+def test_fit_fusion_command_prints_the_export_setting(monkeypatch) -> None:
     import json
 
-    from medcnn.pipelines import chest_xray
+    from medcnn.evaluation import chest_xray_fusion
 
     rng = np.random.default_rng(0)
     y = [0, 1] * 40
-    monkeypatch.setattr(chest_xray, "fusion_data", lambda det, data: (
+    monkeypatch.setattr(chest_xray_fusion, "fusion_data", lambda det, data, findings, lungs: (
         list(1 / (1 + np.exp(-(rng.normal(0, 1, 80) + np.asarray(y))))), list(rng.normal(8, 1, 80) + np.asarray(y)), y))
-    assert chest_xray.main(["--fit-fusion", "det.pt", "data"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    res = CliRunner().invoke(cli, ["calibrate", "fusion", "det.pt", "."])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
     assert out["n"] == 80 and out["positives"] == 40 and len(out["score_fusion"]) == 3
     assert out["auroc"]["fused"] >= max(out["auroc"]["classifier"], out["auroc"]["detector"]) - 0.02
     assert out["export"] == f"medcnn export det.pt -o OUT.pt --set \"inference.score_fusion={json.dumps(out['score_fusion']).replace(' ', '')}\""
@@ -414,7 +417,7 @@ def test_fit_fusion_command_prints_the_export_setting(monkeypatch, capsys) -> No
 def test_detector_manifest_merges_sets_without_the_findings_validation_cases(tiny_cxr, tiny_cxr_models,
                                                                              tmp_path) -> None:
     from medcnn.engine import load_checkpoint
-    from medcnn.pipelines.chest_xray import detector_manifest
+    from medcnn.evaluation.chest_xray_sets import detector_manifest
 
     val = set(load_checkpoint(tiny_cxr_models[0])["training"]["val_cases"])
     src = _rows(tiny_cxr / "manifest.csv")
@@ -436,16 +439,18 @@ def test_detector_manifest_merges_sets_without_the_findings_validation_cases(tin
         detector_manifest(tmp_path / "bad", [(tiny_cxr, ""), (other, "o-")], findings=str(tiny_cxr_models[0]))
 
 
-def test_detector_data_command_reads_folder_prefix_pairs(monkeypatch, capsys) -> None:
-    from medcnn.pipelines import chest_xray
+def test_detector_data_command_reads_folder_prefix_pairs(monkeypatch) -> None:
+    from medcnn.evaluation import chest_xray_sets
 
     seen = {}
-    monkeypatch.setattr(chest_xray, "detector_manifest", lambda out, sources: seen.update(out=out, sources=sources) or (7, 3))
-    assert chest_xray.main(["--detector-data", "data/det", "data/a", "data/b:s7-", r"C:\data\c"]) == 0
-    assert seen == {"out": "data/det", "sources": [("data/a", ""), ("data/b", "s7-"), (r"C:\data\c", "")]}
-    assert "wrote 7 cases (3 with a nodule)" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        chest_xray.main(["runs/x", "data/a", "extra"])
+    monkeypatch.setattr(chest_xray_sets, "detector_manifest",
+                        lambda out, sources, findings: seen.update(out=out, sources=sources, findings=findings) or (7, 3))
+    res = CliRunner().invoke(cli, ["merge-sets", "detector", "data/det", "data/a", "data/b:s7-", r"C:\data\c"])
+    assert res.exit_code == 0, res.output
+    assert seen == {"out": Path("data/det"), "sources": [("data/a", ""), ("data/b", "s7-"), (r"C:\data\c", "")],
+                    "findings": "chest-xray"}
+    assert "wrote 7 cases (3 with a nodule)" in res.stdout
+    assert CliRunner().invoke(cli, ["merge-sets", "detector", "data/det"]).exit_code == 2  # no set to merge
 
 
 def test_findings_data_merges_sets_into_one_chexpert_folder(tiny_cxr, tiny_cxr_models, tmp_path) -> None:
@@ -454,7 +459,7 @@ def test_findings_data_merges_sets_into_one_chexpert_folder(tiny_cxr, tiny_cxr_m
     ``data.val_cases``."""
     from medcnn.engine import load_checkpoint
     from medcnn.engine.data import find_records, fixed_split
-    from medcnn.pipelines.chest_xray import findings_data
+    from medcnn.evaluation.chest_xray_sets import findings_data
 
     out = tmp_path / "cls"
     n, n_masks = findings_data(out, [(tiny_cxr, ""), (tiny_cxr, "b-")])
@@ -488,13 +493,13 @@ def test_findings_data_merges_sets_into_one_chexpert_folder(tiny_cxr, tiny_cxr_m
     assert (tiny_cxr / src[0]["Path"]).read_bytes() == before and not (tiny_cxr / src[0]["Path"]).is_symlink()
 
 
-def test_findings_data_command(monkeypatch, capsys) -> None:
-    from medcnn.pipelines import chest_xray
+def test_findings_data_command(monkeypatch) -> None:
+    from medcnn.evaluation import chest_xray_sets
 
     seen = {}
-    monkeypatch.setattr(chest_xray, "findings_data", lambda out, sources: seen.update(out=out, sources=sources) or (9, 4))
-    assert chest_xray.main(["--findings-data", "data/cls", "data/a", "data/b:s7-"]) == 0
-    assert seen == {"out": "data/cls", "sources": [("data/a", ""), ("data/b", "s7-")]}
-    assert "wrote 9 radiographs (4 finding masks)" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        chest_xray.main(["--findings-data", "--detector-data", "data/cls", "data/a"])
+    monkeypatch.setattr(chest_xray_sets, "findings_data", lambda out, sources: seen.update(out=out, sources=sources) or (9, 4))
+    res = CliRunner().invoke(cli, ["merge-sets", "findings", "data/cls", "data/a", "data/b:s7-"])
+    assert res.exit_code == 0, res.output
+    assert seen == {"out": Path("data/cls"), "sources": [("data/a", ""), ("data/b", "s7-")]}
+    assert "wrote 9 radiographs (4 finding masks)" in res.stdout
+    assert CliRunner().invoke(cli, ["merge-sets", "both", "data/cls", "data/a"]).exit_code == 2
