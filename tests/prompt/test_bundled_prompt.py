@@ -118,7 +118,10 @@ def test_3d_box_propagates_through_a_volume(seg):
 def test_evaluate_volumes_scores_the_largest_part_from_its_3d_box(tmp_path):
     import nibabel as nib
 
-    from medcnn.prompt.evaluate import evaluate_volumes, main
+    from click.testing import CliRunner
+
+    from medcnn.cli.main import cli
+    from medcnn.prompt.evaluate import evaluate_volumes
 
     d, h, w = 32, 80, 80
     z, y, x = np.mgrid[0:d, 0:h, 0:w].astype(np.float32)
@@ -131,7 +134,7 @@ def test_evaluate_volumes_scores_the_largest_part_from_its_3d_box(tmp_path):
     rows = evaluate_volumes(tmp_path)
     assert [r["case"] for r in rows] == ["v1"] and rows[0]["voxels"] == int(big.sum())
     assert rows[0]["dice"] > 0.85, rows  # scored against the larger part alone: the small one is not in its box
-    assert main(["--volumes", str(tmp_path), "-o", str(tmp_path / "v.csv")]) == 0
+    assert CliRunner().invoke(cli, ["evaluate-run", "prompt", "--volumes", str(tmp_path), "-o", str(tmp_path / "v.csv")]).exit_code == 0
     assert (tmp_path / "v.csv").read_text().startswith("case,voxels,dice")
     assert torch.is_grad_enabled()  # the command leaves no global state behind (training tests run after it)
 

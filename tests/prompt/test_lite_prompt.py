@@ -490,7 +490,7 @@ def test_fine_tuning_with_the_exact_channel_from_a_five_channel_model(tiny_promp
 
 def test_calibrate_exact_writes_the_best_exact_offset_into_a_copy(tiny_prompt_run, tmp_path):
     from medcnn.engine import load_checkpoint
-    from medcnn.prompt.evaluate import calibrate_exact, main
+    from medcnn.prompt.evaluate import calibrate_exact
     from medcnn.prompt.lite import clip_to_box
     from medcnn.prompt.train import load_prompt_case, object_ids
 
@@ -517,8 +517,7 @@ def test_calibrate_exact_writes_the_best_exact_offset_into_a_copy(tiny_prompt_ru
                     scores[o].append(2 * float(((lg + o > 0).numpy() & ref).sum()) / max(1, (lg + o > 0).sum().item() + ref.sum()))
     assert got["objects"] == len(scores[0.0])
     assert max(np.mean(v) for v in scores.values()) == pytest.approx(got["dice"], abs=1e-9)
-    with pytest.raises(SystemExit):
-        main(["--real-t1", "--calibrate-exact", str(tmp_path / "x.pt"), "--model", str(src)])
+    assert _cli(["calibrate", "exact-box", "--model", str(src), "-o", str(tmp_path / "x.pt")]).exit_code == 2  # no DATA
     with pytest.raises(InputError, match="nothing to calibrate"):
         from medcnn.prompt import build_sam
 
@@ -531,7 +530,7 @@ def test_calibrate_exact_writes_the_best_exact_offset_into_a_copy(tiny_prompt_ru
 
 def test_fit_offsets_writes_per_prompt_offset_models_into_a_copy(tiny_prompt_run, tmp_path, capsys):
     from medcnn.engine import load_checkpoint
-    from medcnn.prompt.evaluate import calibrate_exact, fit_offsets, main
+    from medcnn.prompt.evaluate import calibrate_exact, fit_offsets
     from medcnn.synth import generate
 
     generate("prompt", tmp_path / "cal", n=24, seed=6, progress=False)  # images the tiny model never saw
@@ -551,18 +550,22 @@ def test_fit_offsets_writes_per_prompt_offset_models_into_a_copy(tiny_prompt_run
     assert seg.predict(box=(10, 10, 40, 50)).shape == (64, 64)
     calibrate_exact(tmp_path / "cal", tmp_path / "fit.pt", tmp_path / "recal.pt", max_objects=1)
     assert "offset_model" not in load_checkpoint(tmp_path / "recal.pt")["prompt"]
-    assert main([str(tmp_path / "cal"), "--model", str(src), "--fit-offsets", str(tmp_path / "fit2.pt")]) == 0
-    assert "per-prompt (5-fold CV)" in capsys.readouterr().out and (tmp_path / "fit2.pt").is_file()
-    for bad in (["--real-t1", "--fit-offsets", "x.pt", "--model", str(src)],
-                [str(tmp_path / "cal"), "--fit-offsets", "x.pt"],
-                [str(tmp_path / "cal"), "--model", str(src), "--fit-offsets", "x.pt", "--calibrate-exact", "y.pt"]):
-        with pytest.raises(SystemExit):
-            main(bad)
+    res = _cli(["calibrate", "offsets", str(tmp_path / "cal"), "--model", str(src), "-o", str(tmp_path / "fit2.pt")])
+    assert res.exit_code == 0 and "per-prompt (5-fold CV)" in res.stdout and (tmp_path / "fit2.pt").is_file()
+    for bad in (["--model", str(src), "-o", "x.pt"], [str(tmp_path / "cal"), "-o", "x.pt"]):
+        assert _cli(["calibrate", "offsets", *bad]).exit_code == 2
     generate("prompt", tmp_path / "few", n=2, seed=7, progress=False)
     with pytest.raises(InputError, match="too few"):
         fit_offsets(tmp_path / "few", src, tmp_path / "few.pt")
     # several folders fit as one set (case ids kept apart by folder), only with --fit-offsets
     both = fit_offsets([tmp_path / "cal", tmp_path / "few"], src, tmp_path / "both.pt")
     assert both["objects"] > rep["objects"]
-    with pytest.raises(SystemExit):
-        main([str(tmp_path / "cal"), str(tmp_path / "few"), "--model", str(src)])
+    assert _cli(["evaluate-run", "prompt", str(tmp_path / "cal"), str(tmp_path / "few"), "--model", str(src)]).exit_code == 2
+
+
+def _cli(args: list[str]):
+    from click.testing import CliRunner
+
+    from medcnn.cli.main import cli
+
+    return CliRunner().invoke(cli, args)
