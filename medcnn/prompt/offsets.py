@@ -7,7 +7,7 @@ the mask should reach is visible in the crop's own logits: how much of the box e
 how wide the uncertain band is, whether the mask already touches the box's sides. An
 :class:`OffsetModel` maps those features (:func:`offset_features`, computed on the crop, so the same
 at any image size) linearly to that prompt's offset. Fitted by ridge regression on held-out images
-(``python -m medcnn.prompt.evaluate DATA --model M --fit-offsets OUT.pt``),
+(``medcnn calibrate offsets DATA --model M -o OUT.pt``),
 it is stored in the checkpoint (``prompt.offset_model``: plain lists, loadable with ``weights_only``)
 and used for box prompts without clicks or prior masks; other prompts keep the fixed offset.
 """
