@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from relyhelp import REPO, head_volume, quiet_env, tiny_checkpoint, write_nifti
+from relyhelp import AD_TRAIN_TINY, REPO, ad_training_set, head_volume, quiet_env, tiny_checkpoint, write_nifti
 from relyhelp import one_torch_thread  # noqa: F401 - autouse fixture
 
 from medcnn.batch import merge_summaries, parse_shard, run_batch, select_shard
@@ -209,6 +209,18 @@ def test_max_memory_reaches_the_readers_without_the_environment(tmp_path: Path, 
     assert [r["status"] for r in lib] == ["error", "error"] and "limit of 64 KiB" in lib[0]["error"]
     with pytest.raises(ConfigError, match="max_memory"):
         run_batch(pipe, net, [scans], tmp_path / "lib2", model_info=info, max_memory="plenty")
+
+
+def test_max_memory_still_reaches_the_training_preprocessing_threads(tmp_path: Path, monkeypatch) -> None:
+    """Training preprocesses cases on threads of its own: the limit must reach them too (75 KiB scans, 60 KiB limit;
+    the network, about 57 KiB to train, fits it)."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    manifest = ad_training_set(tmp_path / "ad")
+    sets = [a for o in [f"data.source={manifest}", *AD_TRAIN_TINY, "train.epochs=1"] for a in ("--set", o)]
+    res = CliRunner().invoke(cli, ["--max-memory", "60K", "train", str(REPO / "configs" / "alzheimer.yaml"), *sets,
+                                   "-o", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert ".nii.gz: image of 20x24x20 samples" in res.output and "limit of 60 KiB" in res.output, res.output
 
 
 def _free_port() -> int:
