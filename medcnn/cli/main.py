@@ -6,9 +6,11 @@ errors) without a traceback; ``medcnn --debug ...`` shows tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,20 @@ class _Group(click.Group):
 #: commands whose library code reads images in threads it starts itself, without the caller's context (the
 #: training engine's preprocessing): the limit reaches them through the environment fallback
 _LIMIT_VIA_ENV = frozenset({"train", "crossval"})
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """Set environment variable ``name`` for the block, then restore what it was."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -84,7 +100,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool, max_memory: 
         except MedcnnError as exc:
             raise click.BadParameter(str(exc), param_hint="--max-memory") from None
         if ctx.invoked_subcommand in _LIMIT_VIA_ENV:
-            os.environ[ENV_VAR] = max_memory
+            ctx.with_resource(_environ(ENV_VAR, max_memory))
 
 
 @cli.command(context_settings=CONTEXT, epilog="""\b

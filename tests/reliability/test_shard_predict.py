@@ -181,9 +181,8 @@ def test_cli_shard_option_and_merge_summaries(tmp_path: Path) -> None:
     assert len(_csv(out / "summary.csv")) == 2
 
 
-def test_max_memory_reaches_the_readers_without_the_environment(tmp_path: Path, monkeypatch) -> None:
+def test_max_memory_reaches_the_readers_without_the_environment(tmp_path: Path, no_env_limit) -> None:
     """``medcnn --max-memory`` is passed down as an argument: it works with MEDCNN_MAX_MEMORY unset and sets nothing."""
-    monkeypatch.delenv(ENV_VAR, raising=False)
     vol, aff = head_volume()  # 75 KiB to load
     scans = tmp_path / "scans"
     for i in range(2):
@@ -211,16 +210,23 @@ def test_max_memory_reaches_the_readers_without_the_environment(tmp_path: Path, 
         run_batch(pipe, net, [scans], tmp_path / "lib2", model_info=info, max_memory="plenty")
 
 
-def test_max_memory_still_reaches_the_training_preprocessing_threads(tmp_path: Path, monkeypatch) -> None:
+def test_max_memory_still_reaches_the_training_preprocessing_threads(tmp_path: Path, no_env_limit) -> None:
     """Training preprocesses cases on threads of its own: the limit must reach them too (75 KiB scans, 60 KiB limit;
     the network, about 57 KiB to train, fits it)."""
-    monkeypatch.delenv(ENV_VAR, raising=False)
     manifest = ad_training_set(tmp_path / "ad")
     sets = [a for o in [f"data.source={manifest}", *AD_TRAIN_TINY, "train.epochs=1"] for a in ("--set", o)]
     res = CliRunner().invoke(cli, ["--max-memory", "60K", "train", str(REPO / "configs" / "alzheimer.yaml"), *sets,
                                    "-o", str(tmp_path / "run")])
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     assert ".nii.gz: image of 20x24x20 samples" in res.output and "limit of 60 KiB" in res.output, res.output
+    assert ENV_VAR not in os.environ, "the limit ends with its command"
+
+
+@pytest.fixture
+def no_env_limit(monkeypatch) -> None:
+    """MEDCNN_MAX_MEMORY unset during the test, and as it was afterwards."""
+    monkeypatch.setenv(ENV_VAR, "")  # registers the restore; delenv of an absent variable would not
+    monkeypatch.delenv(ENV_VAR)
 
 
 def _free_port() -> int:
