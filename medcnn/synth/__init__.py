@@ -29,6 +29,7 @@ _MODULES = {
     "brain-tumor": "medcnn.synth.brain_tumor",
     "alzheimer": "medcnn.synth.alzheimer",
     "chest-xray": "medcnn.synth.chest_xray",
+    "ct-organs": "medcnn.synth.ct_organs",
     "prompt": "medcnn.synth.prompt",
     "sample": "medcnn.synth.sample",
 }
