@@ -66,6 +66,16 @@ def has_workers(task: str) -> bool:
     return "workers" in inspect.signature(importlib.import_module(_MODULES[task]).generate).parameters
 
 
+def check_case_options(n: int, options: dict[str, Any], make_case: Callable[..., Any], extra: Sequence[str]) -> None:
+    """Refuse a negative case count or an option that neither ``make_case`` nor the writer (``extra``) takes."""
+    if int(n) < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    valid = [p for p in inspect.signature(make_case).parameters if p != "rng"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; valid: {', '.join(valid + list(extra))}")
+
+
 def check_workers(workers: Any) -> int:
     """``workers`` as an int; ValueError unless it is a positive integer (the generators' ``workers``)."""
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:

@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import logging
 import sys
@@ -656,13 +655,9 @@ def generate(
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if int(n) < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    valid = [p for p in inspect.signature(make_case).parameters if p != "rng"]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; valid: {', '.join(valid + ['with_labels', 'workers', 'progress'])}")
-    from medcnn.synth import check_workers, map_jobs
+    from medcnn.synth import check_case_options, check_workers, map_jobs
+
+    check_case_options(n, options, make_case, ['with_labels', 'workers', 'progress'])
 
     workers = check_workers(workers)
     out_dir = Path(out_dir)

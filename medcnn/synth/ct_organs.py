@@ -37,7 +37,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import logging
 import sys
@@ -812,18 +811,13 @@ def generate(
     """
     from tqdm.auto import tqdm
 
-    from medcnn.synth import check_workers, map_jobs
+    from medcnn.synth import check_case_options, check_workers, map_jobs
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if subset not in SUBSETS:
         raise ValueError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
-    if int(n) < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    valid = [p for p in inspect.signature(make_case).parameters if p != "rng"]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; valid: {', '.join(valid + ['subset', 'dicom', 'workers', 'progress'])}")
+    check_case_options(n, options, make_case, ['subset', 'dicom', 'workers', 'progress'])
     workers = check_workers(workers)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
