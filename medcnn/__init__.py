@@ -1,6 +1,6 @@
 """medcnn: deep learning on medical images (CT/MRI volumes, chest X-rays) on PyTorch and MONAI.
 
-Public API (stable names, DESIGN §3)::
+Public API (stable names; tests depend on them)::
 
     img = medcnn.load("scan.nii.gz", spacing=1.5, orientation="RAS")   # MetaTensor (C, *spatial)
     medcnn.save(mask, "mask.nii.gz", like=img)                          # back on the file's grid
@@ -50,6 +50,7 @@ def _map_source_subpackages() -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[full] = module
         spec.loader.exec_module(module)
+        setattr(sys.modules[__name__], name, module)  # as the import system does, so "medcnn.pipelines.x" paths resolve
 
 
 _map_source_subpackages()
