@@ -83,3 +83,21 @@ def test_plan_is_a_valid_config(tmp_path: Path) -> None:
     assert "torchrun --nproc_per_node 2" in (tmp_path / "plan.yaml").read_text()
     cfg = load_train_config(tmp_path / "plan.yaml")
     assert cfg["model"]["name"] == "dynunet" and cfg["train"]["epochs"] == 1
+
+
+def test_train_auto_end_to_end(tmp_path: Path) -> None:
+    import torch
+    from click.testing import CliRunner
+
+    from medcnn.cli.main import cli
+
+    root = _dataset(tmp_path / "ds", 6, (24, 24, 24), (1.0, 1.0, 1.0), "T1")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", str(root), "--auto", "--device", "cpu", "--set", "train.epochs=1",
+                                   "--set", "train.val_every=1", "-o", str(run)])
+    assert res.exit_code == 0, res.output
+    assert (run / "plan.yaml").exists() and (run / "fingerprint.json").exists()
+    ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    cfg = ckpt["training"]["config"]  # the plan travels in the checkpoint as the training config
+    assert ckpt["model"]["name"] == "dynunet" and cfg["preprocess"]["normalize"] == "zscore"
+    assert cfg["train"]["patch_size"] == ckpt["inference"]["roi_size"]
