@@ -74,3 +74,16 @@ def test_source_checkout_imports_like_the_installed_package() -> None:
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-1000:]
     assert "brain-tumor" in res.stdout
+
+
+def test_every_source_package_is_listed_for_the_wheel() -> None:
+    """A package folder missing from pyproject's list imports in an editable install but not after ``pip install .``."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "medcnn").rglob("__init__.py")}
+    found |= {f"medcnn.pipelines.{'.'.join(p.parent.relative_to(root / 'pipelines').parts)}".rstrip(".")
+              for p in (root / "pipelines").rglob("__init__.py")}
+    missing = sorted(name for name in found if name not in listed and "__pycache__" not in name)
+    assert not missing, f"add to [tool.setuptools] packages in pyproject.toml: {missing}"
