@@ -628,7 +628,7 @@ def train(config: Path, overrides: tuple[str, ...], resume: bool, overwrite: boo
     if resume and overwrite:
         raise click.UsageError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
     if auto:
-        from medcnn.engine.plan import fingerprint, make_plan, write_plan
+        from medcnn.engine.plan import plan_dataset
 
         if not config.is_dir():
             raise click.UsageError(f"--auto needs a dataset folder (dataset.json, imagesTr, labelsTr), got {config}")
@@ -639,10 +639,8 @@ def train(config: Path, overrides: tuple[str, ...], resume: bool, overwrite: boo
                 import torch
 
                 plan_device = "cuda" if torch.cuda.is_available() else "cpu"
-            fp = fingerprint(config)
-            gpus = int(os.environ.get("WORLD_SIZE", "1"))
-            write_plan(make_plan(fp, source=str(config.resolve()), device=plan_device, memory_gb=memory_gb, gpus=gpus),
-                       fp, plan_path, gpus=gpus)
+            plan_dataset(config, plan_path, device=plan_device, memory_gb=memory_gb,
+                         gpus=int(os.environ.get("WORLD_SIZE", "1")))
         config = plan_path
     config = _config_path(config)
     result = run_training(config, list(overrides), run_dir, resume=resume, overwrite=overwrite)

@@ -22,10 +22,8 @@ Examples:
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs for DDP: the batch is split per GPU.")
 def plan(dataset: Path, output: Path, device: str, memory_gb: float | None, epochs: int, gpus: int) -> None:
     """Fingerprint DATASET (dataset.json, imagesTr, labelsTr) and write a training plan."""
-    from medcnn.engine.plan import fingerprint, make_plan, write_plan
+    from medcnn.engine.plan import plan_dataset
 
-    fp = fingerprint(dataset)
-    cfg = make_plan(fp, source=str(dataset.resolve()), device=device, memory_gb=memory_gb, epochs=epochs, gpus=gpus)
-    write_plan(cfg, fp, output, gpus=gpus)
+    cfg = plan_dataset(dataset, output, device=device, memory_gb=memory_gb, epochs=epochs, gpus=gpus)
     click.echo(f"plan: spacing {cfg['preprocess']['spacing']} patch {cfg['train']['patch_size']} "
                f"batch {cfg['train']['batch_size']} -> {output}")

@@ -188,3 +188,13 @@ def write_plan(cfg: dict[str, Any], fp: dict[str, Any], path: Path, gpus: int = 
     ]
     path.write_text("\n".join(head) + "\n" + yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     (path.parent / "fingerprint.json").write_text(json.dumps(fp, indent=1), encoding="utf-8")
+
+
+def plan_dataset(folder: Path, path: Path, *, device: str = "cpu", memory_gb: float | None = None,
+                 epochs: int | None = None, gpus: int = 1) -> dict[str, Any]:
+    """Fingerprint ``folder``, plan it and write the plan to ``path`` (``fingerprint.json`` beside); returns the plan."""
+    fp = fingerprint(folder)
+    extra = {} if epochs is None else {"epochs": epochs}
+    cfg = make_plan(fp, source=str(Path(folder).resolve()), device=device, memory_gb=memory_gb, gpus=gpus, **extra)
+    write_plan(cfg, fp, path, gpus=gpus)
+    return cfg

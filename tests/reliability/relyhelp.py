@@ -129,6 +129,18 @@ def medcnn_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "medcnn.cli.main", *args]
 
 
+def alzheimer_predict_args(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """Two small head volumes and a tiny alzheimer checkpoint under ``tmp_path``: (scans folder, checkpoint, the
+    ``predict`` arguments for them)."""
+    vol, aff = head_volume()  # 75 KiB to load
+    scans = tmp_path / "scans"
+    for i in range(2):
+        write_nifti(scans / f"case{i}.nii.gz", vol, aff)
+    model = tiny_checkpoint("alzheimer", tmp_path / "ad.pt")
+    return scans, model, ["predict", "alzheimer", str(scans), "-o", str(tmp_path / "out"), "--model", str(model),
+                          "--device", "cpu"]
+
+
 def quiet_env(**extra: str) -> dict[str, str]:
     """Environment for CLI subprocesses: one thread, no progress bars."""
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", **extra)

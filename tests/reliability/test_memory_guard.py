@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from click.testing import CliRunner
-from relyhelp import head_volume, png_claiming, tiny_checkpoint, write_nifti
+from relyhelp import alzheimer_predict_args, head_volume, png_claiming, write_nifti
 from relyhelp import one_torch_thread  # noqa: F401 - autouse fixture
 
 import medcnn
@@ -86,12 +86,7 @@ def test_lowered_limit_on_a_real_small_file(tmp_path: Path, monkeypatch) -> None
 
 
 def test_cli_max_memory(tmp_path: Path) -> None:
-    vol, aff = head_volume()
-    scans = tmp_path / "scans"
-    for i in range(2):
-        write_nifti(scans / f"case{i}.nii.gz", vol, aff)
-    model = tiny_checkpoint("alzheimer", tmp_path / "ad.pt")
-    args = ["predict", "alzheimer", str(scans), "-o", str(tmp_path / "out"), "--model", str(model), "--device", "cpu"]
+    scans, model, args = alzheimer_predict_args(tmp_path)
     res = CliRunner().invoke(cli, ["--max-memory", "64K", *args])
     assert res.exit_code == 1 and "Traceback" not in res.output
     rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv", encoding="utf-8")))

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from relyhelp import AD_TRAIN_TINY, REPO, ad_training_set, head_volume, quiet_env, tiny_checkpoint, write_nifti
+from relyhelp import AD_TRAIN_TINY, REPO, ad_training_set, alzheimer_predict_args, head_volume, quiet_env, tiny_checkpoint, write_nifti
 from relyhelp import one_torch_thread  # noqa: F401 - autouse fixture
 
 from medcnn.batch import merge_summaries, parse_shard, run_batch, select_shard
@@ -183,12 +183,7 @@ def test_cli_shard_option_and_merge_summaries(tmp_path: Path) -> None:
 
 def test_max_memory_reaches_the_readers_without_the_environment(tmp_path: Path, no_env_limit) -> None:
     """``medcnn --max-memory`` is passed down as an argument: it works with MEDCNN_MAX_MEMORY unset and sets nothing."""
-    vol, aff = head_volume()  # 75 KiB to load
-    scans = tmp_path / "scans"
-    for i in range(2):
-        write_nifti(scans / f"case{i}.nii.gz", vol, aff)
-    model = tiny_checkpoint("alzheimer", tmp_path / "ad.pt")
-    args = ["predict", "alzheimer", str(scans), "-o", str(tmp_path / "out"), "--model", str(model), "--device", "cpu"]
+    scans, model, args = alzheimer_predict_args(tmp_path)
     res = CliRunner().invoke(cli, ["--max-memory", "64K", *args])
     assert res.exit_code == 1 and "Traceback" not in res.output
     rows = _csv(tmp_path / "out" / "summary.csv")
