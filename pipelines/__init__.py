@@ -21,6 +21,8 @@ _MODULES = {
     "brain-tumor": "medcnn.pipelines.brain_tumor",
     "alzheimer": "medcnn.pipelines.alzheimer",
     "chest-xray": "medcnn.pipelines.chest_xray",
+    "ct-organs": "medcnn.pipelines.ct_organs",
+    "segment": "medcnn.pipelines.segment",
 }
 
 

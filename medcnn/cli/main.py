@@ -248,8 +248,10 @@ Examples:
   medcnn generate chest-xray -n 1000 --seed 3 -o data/cxr --formats png,png16,dcm-mono1,dcm-mono2
   medcnn generate chest-xray -n 3000 --seed 7 -o data/cxr_nod --prevalence Nodule=0.6   # nodule-rich
   medcnn generate prompt -n 4000 --seed 1 -o data/prompt_train   # 2D images + object label maps
+  medcnn generate ct-organs -n 60 --seed 4 -o data/ct --workers 2   # abdominal CT (HU), 8 organ labels, nnU-Net layout
+  medcnn generate ct-organs -n 5 --seed 9 -o data/ct_dcm --dicom    # + dicom/CT_XXXXX/ series of each image
 """)
-@click.argument("task", type=click.Choice(["sample", "brain-tumor", "alzheimer", "chest-xray", "prompt"]))
+@click.argument("task", type=click.Choice(["sample", "brain-tumor", "alzheimer", "chest-xray", "ct-organs", "prompt"]))
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=10, show_default=True, help="Number of cases.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (case i depends only on seed and i).")
@@ -257,10 +259,11 @@ Examples:
 @click.option("--formats", default=None, help="chest-xray: comma-separated png, png16, dcm-mono1 (MONOCHROME1), dcm-mono2.")
 @click.option("--prevalence", default=None,
               help="chest-xray: probability of each finding, one number for all or FINDING=P,... (others 0.3).")
+@click.option("--dicom", is_flag=True, help="ct-organs: also write each image as a DICOM series (one file per slice).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (not for sample; the cases do not depend on it).")
 def generate(task: str, out_dir: Path, n: int, seed: int, layout: str | None, formats: str | None,
-             prevalence: str | None, workers: int) -> None:
+             prevalence: str | None, dicom: bool, workers: int) -> None:
     """Generate synthetic training/test data (or the repository's sample data) on real anatomy."""
     from medcnn import synth
 
@@ -277,6 +280,10 @@ def generate(task: str, out_dir: Path, n: int, seed: int, layout: str | None, fo
         if task != "chest-xray":
             raise click.UsageError(f"--prevalence is a chest-xray option, not {task}'s")
         opts["prevalence"] = _parse_prevalence(prevalence)
+    if dicom:
+        if task != "ct-organs":
+            raise click.UsageError(f"--dicom is a ct-organs option, not {task}'s")
+        opts["dicom"] = True
     try:
         records = synth.generate(task, out_dir, n=n, seed=seed, **opts)
     except ValueError as exc:

@@ -7,6 +7,8 @@ on ``(seed, i)``, so a larger set extends a smaller one):
 * ``alzheimer``: T1 MRI of CN and AD subjects in BIDS with ``participants.tsv``;
 * ``chest-xray``: frontal radiographs (PNG 8/16-bit, DICOM MONOCHROME1/2) with lung/heart masks
   and CheXpert/NIH-style label CSVs;
+* ``ct-organs``: abdominal/thoracic CT in HU with 8 TotalSegmentator-named organ labels (nnU-Net layout,
+  optionally DICOM series);
 * ``prompt``: 2D images with object label maps (shapes, MNI brain slices, radiographs) for
   promptable segmentation;
 * ``sample``: the repository's ``sample_data/`` (a handful of cases of each, plus real DICOM
