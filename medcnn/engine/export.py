@@ -30,6 +30,8 @@ from torch import nn
 
 from medcnn._version import __version__
 from medcnn.engine.checkpoint import load_checkpoint, sha256
+from medcnn.engine.tasks import TrainingTask, get_task, task_names
+from medcnn.engine.tasks.segmentation import SegmentationTask
 from medcnn.errors import ConfigError, InputError
 from medcnn.io.atomic import atomic_path, write_text_atomic
 from medcnn.models import create_model
@@ -69,43 +71,42 @@ def _spatial_dims(ck: dict[str, Any]) -> int:
     return int(ck["model"]["kwargs"].get("spatial_dims", 3))
 
 
+def _task_class(ck: dict[str, Any]) -> type[TrainingTask] | None:
+    """The registered :class:`TrainingTask` of a checkpoint's ``task`` (None: unregistered, or a whole-``Trainer``
+    task such as ``prompt``, whose contract is written here)."""
+    name = ck.get("task")
+    if not isinstance(name, str) or name not in task_names():
+        return None
+    target = get_task(name)
+    return target if isinstance(target, type) and issubclass(target, TrainingTask) else None
+
+
 def dynamic_spatial(ck: dict[str, Any]) -> bool:
     """True when the exported network takes any spatial size (fully convolutional: segmentation, prompt)."""
-    return ck.get("task") in ("segmentation", "prompt")
+    task = _task_class(ck)
+    return task.dense_output if task is not None else ck.get("task") == "prompt"
 
 
 def default_window(ck: dict[str, Any]) -> list[int]:
     """The spatial input size the network is exported at: its sliding window, fixed input size or prompt crop."""
     sd = _spatial_dims(ck)
-    pre, inf = ck.get("preprocess") or {}, ck.get("inference") or {}
+    inf = ck.get("inference") or {}
     if ck.get("task") == "prompt":
         return [int((ck.get("prompt") or {}).get("crop_size", 96))] * sd
-    if ck.get("task") == "classification":
-        if pre.get("size"):
-            return [int(s) for s in pre["size"]][:sd]
-        if pre.get("square_size"):
-            return [int(pre["square_size"])] * sd
+    task = _task_class(ck)
+    window = task.export_window(ck, sd) if task is not None else None
+    if window is not None:
+        return window
     if inf.get("roi_size"):
         return [int(s) for s in inf["roi_size"]][:sd]
     return [64] * sd
 
 
 def _activation(ck: dict[str, Any]) -> dict[str, Any]:
-    labels = ck.get("labels") or {}
-    task = ck.get("task")
-    if task == "classification":
-        if labels.get("multilabel"):
-            return {"activation": "sigmoid", "over": "each class independently", "classes": labels.get("classes", [])}
-        return {"activation": "softmax", "over": "the class axis (1)", "classes": labels.get("classes", [])}
-    if task == "prompt":
+    if ck.get("task") == "prompt":
         return {"activation": "sigmoid", "decision": "mask = logits + prompt.logit_offset > 0 (see prompt)"}
-    if labels.get("region_based"):
-        regions = labels.get("regions") or {}
-        channels = list(regions) if regions else list(labels.get("channels") or [])
-        return {"activation": "sigmoid", "over": "each output channel (nested or overlapping regions)", "channels": channels,
-                "decision": "region masks > 0.5" + ("; BraTS labels rebuilt from the nested regions" if regions else ""),
-                "regions": regions}
-    return {"activation": "softmax", "over": "the channel axis (1)", "decision": "argmax over channels = label value"}
+    # a checkpoint of an unregistered task reads as segmentation, the engine's first task
+    return (_task_class(ck) or SegmentationTask).export_activation(ck)
 
 
 def inference_contract(ck: dict[str, Any], fmt: str, file: Path, window: Sequence[int], source: Path) -> dict[str, Any]:
@@ -126,7 +127,9 @@ def inference_contract(ck: dict[str, Any], fmt: str, file: Path, window: Sequenc
     shape: list[Any] = ["batch", int(ck["model"]["kwargs"].get("in_channels", len(names) or 1))]
     shape += [f"{a} (any)" for a in spatial] if dyn else [int(s) for s in window]
     out_channels = int(ck["model"]["kwargs"].get("out_channels", 1))
-    out_shape: list[Any] = ["batch", out_channels] + ([f"{a} (as input)" for a in spatial] if ck.get("task") != "classification" else [])
+    task = _task_class(ck)
+    dense_out = task.dense_output if task is not None else True
+    out_shape: list[Any] = ["batch", out_channels] + ([f"{a} (as input)" for a in spatial] if dense_out else [])
     prompt = {k: v for k, v in (ck.get("prompt") or {}).items() if not k.startswith("offset_model")}
     doc = {
         "format": fmt,

@@ -11,9 +11,19 @@ from medcnn.errors import ConfigError
 
 _NUM = (int, float)
 
+
+def _registered_task(name: str) -> str | None:
+    """Check helper: ``name`` is a registered training task (read at validation time: plugins may add tasks)."""
+    from medcnn.engine.tasks import task_names
+
+    names = task_names()
+    return None if name in names else f"is not a registered task; registered: {', '.join(names)}"
+
+
 TRAIN_SCHEMA: dict[str, Any] = {
-    "task": Field((str,), "segmentation", choices=("segmentation", "classification", "prompt"),
-                  help="what the model predicts (prompt: promptable 2D segmentation, medcnn.prompt)"),
+    "task": Field((str,), "segmentation", check=_registered_task,
+                  help="what the model predicts: a task registered in medcnn.engine.tasks (segmentation, "
+                       "classification, prompt: promptable 2D segmentation, medcnn.prompt; plugins add more)"),
     "name": Field((str, NONE), None, help="run name (default: the config file name)"),
     "seed": Field((int,), 0),
     "data": {
@@ -237,36 +247,23 @@ def check_region_min_ml(inference: dict, regions: dict) -> None:
 
 
 def _cross_checks(cfg: dict) -> None:
+    from medcnn.engine.tasks import TrainingTask, get_task
     from medcnn.models import list_models, model_task
 
+    task = get_task(cfg["task"])
+    defined = isinstance(task, type) and issubclass(task, TrainingTask)
     name = cfg["model"]["name"]
     if name not in list_models():
         raise ConfigError(f"config key 'model.name': unknown model {name!r}; available: {', '.join(list_models())}")
-    if model_task(name) != cfg["task"]:
+    family = task.model_task if defined else cfg["task"]
+    if model_task(name) != family:
         raise ConfigError(f"config key 'model.name': {name!r} is a {model_task(name)} model but task is {cfg['task']!r}")
     t = cfg["train"]
-    if cfg["task"] == "prompt":
+    if defined:
+        task.check_config(cfg)
+    elif cfg["task"] == "prompt":  # a Trainer subclass outside the engine; its checks stay here until it defines them
         if t["loss"] not in ("dicece",):
             raise ConfigError(f"config key 'train.loss': prompt models train with dicece, not {t['loss']!r}")
-    elif cfg["task"] == "segmentation":
-        if t["patch_size"] is None:
-            raise ConfigError("missing required config key 'train.patch_size' for segmentation")
-        sigmoid = bool(cfg["labels"]["regions"]) or bool(cfg["data"].get("masks"))
-        if t["loss"] == "bce" and not sigmoid:
-            raise ConfigError("config key 'train.loss': bce needs sigmoid outputs (data.masks or labels.regions); "
-                              "a label map trains with dicece or dicefocal")
-        if t["loss"] not in ("dicece", "dicefocal", "bce"):
-            raise ConfigError(f"config key 'train.loss': {t['loss']!r} is for classification; use dicece, dicefocal "
-                              "or (sigmoid outputs) bce")
-        for region, labels in cfg["labels"]["regions"].items():
-            if not labels or not all(isinstance(v, int) and v > 0 for v in labels):
-                raise ConfigError(f"config key 'labels.regions.{region}': expected a list of positive label values")
-        if cfg["inference"]["roi_size"] is None:
-            cfg["inference"]["roi_size"] = list(t["patch_size"])
-        check_region_min_ml(cfg["inference"], cfg["labels"]["regions"])
-    else:
-        if t["loss"] in ("dicece", "dicefocal"):
-            t["loss"] = "ce"
     sp = cfg["preprocess"]["spacing"]
     if sp is not None and len(sp) not in (2, 3):
         raise ConfigError(f"config key 'preprocess.spacing': expected 2 or 3 values, got {sp}")

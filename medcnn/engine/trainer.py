@@ -1,11 +1,11 @@
 """The training engine behind ``medcnn train``: one CPU, one GPU, or many (``torchrun``, DDP).
 
-Segmentation: cases are preprocessed once (model grid, foreground crop, normalisation) and kept in
-memory; each step draws foreground-balanced patches, augments them with the configured presets
-and optimises Dice+CE (or Dice+focal) — on nested regions (e.g. BraTS WT ⊃ TC ⊃ ET, sigmoid per
-region) when ``labels.regions`` is set, else on mutually exclusive labels (softmax).
-Classification: whole volumes padded/cropped to a fixed size, cross-entropy with optional class
-balancing, AUROC/balanced accuracy on validation.
+The ``Trainer`` is task-agnostic: what differs between tasks (targets, output channels, patch and
+augmentation chain, loss, validation metrics, the metric that picks ``best.pt``) comes from the
+config's task, a :class:`~medcnn.engine.tasks.base.TrainingTask` looked up by name in
+:mod:`medcnn.engine.tasks` (segmentation: :mod:`medcnn.engine.tasks.segmentation`, classification:
+:mod:`medcnn.engine.tasks.classification`). Cases are preprocessed once and kept in memory (or
+preprocessed when drawn, ``data.cache: false``).
 
 Every epoch is seeded from (seed, epoch, rank), so ``--resume`` after a crash repeats exactly what
 an uninterrupted run would do. ``last.pt`` (resumable) and ``best.pt`` are written atomically by
@@ -15,7 +15,6 @@ rank 0; a NaN/Inf loss stops the run with a clear message and leaves the last go
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import io
 import json
@@ -43,9 +42,8 @@ from medcnn.engine.data import find_records, fixed_split, read_case_list, split_
 from medcnn.errors import ConfigError, MedcnnError
 from medcnn.io.atomic import write_text_atomic
 from medcnn.io.memory import over_limit
-from medcnn.engine.schema import label_target
+from medcnn.engine.tasks.base import TrainingTask
 from medcnn.metrics.labels import BRATS2023, label_mapping, remap_labels, unexpected_labels
-from medcnn.metrics.segmentation import dice_score
 from medcnn.models import create_model, model_arguments
 from medcnn.preprocessing import crop, load_for_model, prepare, square_resize
 
@@ -209,6 +207,17 @@ class _PrepareCase:
         return out if self.keys is None else {k: out[k] for k in self.keys if k in out}
 
 
+class _KeepKeys:
+    """A case preparer whose items keep only ``keys`` (picklable when the preparer is)."""
+
+    def __init__(self, prepare: Any, keys: Sequence[str]) -> None:
+        self.prepare, self.keys = prepare, tuple(keys)
+
+    def __call__(self, rec: dict) -> dict:
+        out = self.prepare(rec)
+        return {k: out[k] for k in self.keys if k in out}
+
+
 class _Plaind:
     """Drop MetaTensor wrappers (faster math in the training step)."""
 
@@ -327,6 +336,51 @@ def _build_network(name: str, kwargs: dict[str, Any]) -> nn.Module:
 # ------------------------------------------------------------------------------------ trainer
 
 
+class _SubclassedTrainerTask(TrainingTask):
+    """The definition of a task registered as a whole :class:`Trainer` subclass (``prompt``): the subclass overrides
+    the data, loss and validation methods itself; selection and curves follow the built-in metric names."""
+
+    selection_metrics = ("dice_mean", "auroc_mean", "auroc", "balanced_accuracy", "accuracy")
+    curve_prefixes = ("dice_", "auroc", "balanced_accuracy", "accuracy")
+
+    def _overridden(self, hook: str) -> Any:
+        raise TypeError(f"task {self.cfg.get('task')!r} is a Trainer subclass: it must override Trainer.{hook}")
+
+    def case_preparer(self, trainer: Any) -> Any:
+        return self._overridden("_build_data")
+
+    def out_channels(self, trainer: Any) -> int:
+        return self._overridden("_out_channels")
+
+    def loss(self, trainer: Any) -> nn.Module:
+        return self._overridden("_loss")
+
+    def validate(self, trainer: Any, net: nn.Module) -> dict[str, float]:
+        return self._overridden("validate")
+
+
+def task_definition(cfg: dict) -> TrainingTask:
+    """The :class:`TrainingTask` for ``cfg["task"]``, from the registry (:mod:`medcnn.engine.tasks`).
+
+    Raises:
+        ConfigError: the task is not registered (naming the registered ones).
+    """
+    from medcnn.engine.tasks import get_task
+
+    target = get_task(cfg["task"])
+    if isinstance(target, type) and issubclass(target, TrainingTask):
+        return target(cfg)
+    return _SubclassedTrainerTask(cfg)
+
+
+def _task_of(trainer: Any) -> TrainingTask:
+    """``trainer.task_def``, or the registered definition of ``trainer.task`` for a partly built trainer."""
+    task_def = getattr(trainer, "task_def", None)
+    if task_def is not None:
+        return task_def
+    return task_definition({**getattr(trainer, "cfg", {}), "task": trainer.task})
+
+
 class Trainer:
     """Train one model from a validated config (see :func:`medcnn.engine.schema.load_train_config`).
 
@@ -336,18 +390,24 @@ class Trainer:
         resume: continue from ``run_dir/last.pt``.
         overwrite: the previous run's checkpoints and ``result.json`` in ``run_dir`` are removed once the
             data and the network are ready (just before the first epoch); see :func:`check_run_folder`.
+        task_def: the task's definition (default: the :class:`TrainingTask` registered as ``cfg["task"]``).
     """
 
-    def __init__(self, cfg: dict, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(self, cfg: dict, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+                 task_def: TrainingTask | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.overwrite = overwrite
         self.env = DistEnv(cfg["train"]["device"])
         self.task = cfg["task"]
+        self.task_def = task_def if task_def is not None else task_definition(cfg)
         self.t = cfg["train"]
+        self.multilabel = False
+        self.mask_names: list[str] = []
+        self.map_classes: list[int] = []
         self.history: list[dict] = []
-        self.best = -math.inf
+        self.best = self.task_def.worst()
         self.best_epoch = -1
         self.bad_validations = 0
         self.start_epoch = 0
@@ -361,34 +421,14 @@ class Trainer:
     def _build_data(self) -> None:
         cfg = self.cfg
         recs = find_records(cfg["data"])
-        self.multilabel = self.task == "classification" and isinstance(recs[0]["label"], list)
-        self.mask_names = list(cfg["data"]["masks"] or []) if self.task == "segmentation" else []
-        strata = None
-        if self.multilabel:
-            if not cfg["data"]["classes"]:
-                raise ConfigError("missing required config key 'data.classes' (finding names) for multi-label data")
-        elif self.task == "classification":
-            classes = cfg["data"]["classes"] or sorted({r["label"] for r in recs})
-            cfg["data"]["classes"] = list(classes)
-            strata = [r["label"] for r in recs]
-            unknown = sorted({f"{r['case']}: {r['label']!r}" for r in recs if r["label"] not in classes})
-            if unknown:
-                raise ConfigError(f"{len(unknown)} case(s) with a label not in data.classes {list(classes)}, e.g. {unknown[0]}")
+        strata = self.task_def.prepare_records(self, recs)
         self._split_records(recs, strata)
-        spec = cfg["preprocess"]
         # findings whose map head is trained: those with at least one mask file (data.finding_masks)
         self.map_classes = sorted({i for r in recs for i, p in enumerate(r.get("finding_masks") or []) if p})
         if self.map_classes:
             self._log_main("finding maps trained for %s", ", ".join(cfg["data"]["classes"][i] for i in self.map_classes))
         cache = cfg["data"]["cache"]
-        classes = cfg["data"]["classes"] if self.task == "classification" else None
-        label_values = None
-        if self.task == "segmentation" and not self.mask_names:
-            declared = [int(k) for k in cfg["labels"]["names"]] + [v for r in cfg["labels"]["regions"].values() for v in r]
-            label_values = sorted(set(declared)) or None
-        self._prepare = prep = _PrepareCase(self.task, spec, classes, self.map_classes, half=cache == "half",
-                                            labels=cfg["data"].get("labels"), label_target=label_target(cfg),
-                                            label_values=label_values)
+        self._prepare = prep = self.task_def.case_preparer(self)
         if not self.train_recs:
             raise ConfigError("data: no training case after the split")
         workers = max(1, min(4, os.cpu_count() or 1))
@@ -421,20 +461,7 @@ class Trainer:
                        len(ts), len(self.val_recs), len(vs))
 
     def _out_channels(self) -> int:
-        if self.task == "classification":
-            return len(self.cfg["data"]["classes"])
-        if self.mask_names:
-            return len(self.mask_names)
-        regions = self.cfg["labels"]["regions"]
-        if regions:
-            return len(regions)
-        names = self.cfg["labels"]["names"]
-        if names:
-            return max(int(k) for k in names) + 1
-        if self.cfg["data"]["cache"] is False:
-            raise ConfigError("data.cache false: give labels.names or labels.regions (the number of outputs is "
-                              "otherwise read from the preprocessed labels)")
-        return int(max(int(it["label"].max()) for it in self.train_items)) + 1
+        return self.task_def.out_channels(self)
 
     def _build_model(self) -> nn.Module:
         m = self.cfg["model"]
@@ -492,28 +519,18 @@ class Trainer:
         return state
 
     def _random_transforms(self):
-        from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
+        from monai.transforms import Compose
 
         from medcnn.transforms import augmentation_preset
 
         aug = self.t["augment"]
         tfs: list = [_Floatd()] if self.cfg["data"]["cache"] == "half" else []
-        if self.task == "segmentation":
-            patch = list(self.t["patch_size"])
-            r = float(self.t["foreground_ratio"])
-            tfs += [
-                SpatialPadd(keys=["image", "label"], spatial_size=patch),
-                RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=patch, pos=r, neg=1 - r,
-                                       num_samples=self.t["samples_per_case"], allow_smaller=False),
-            ]
-            label_keys: tuple[str, ...] | None = ("label",)
-        else:
-            label_keys = ("finding_mask",) if self.map_classes else None
+        before, label_keys, after = self.task_def.sample_transforms(self)
+        tfs += before
         if aug["names"]:
             tfs.append(augmentation_preset(list(aug["names"]), keys="image", label_keys=label_keys, strength=aug["strength"],
                                            prob=aug["prob"], spatial_dims=self.spatial_dims, options=aug["options"] or None))
-        if self.task == "segmentation" and self.cfg["labels"]["regions"]:
-            tfs.append(_ToRegionsd(self.cfg["labels"]["regions"]))
+        tfs += after
         tfs.append(_Plaind())
         return Compose(tfs)
 
@@ -527,14 +544,13 @@ class Trainer:
         if self.cfg["data"]["cache"] is False:
             from monai.transforms import Compose
 
-            prep = copy.copy(self._prepare)  # _build_data's, keeping only the sample keys
-            prep.keys = _SAMPLE_KEYS
+            prep = _KeepKeys(self._prepare, _SAMPLE_KEYS)  # _build_data's, keeping only the sample keys
             # one flat chain: the random transforms draw the same seeds as on cached items
             return Dataset(list(self.train_recs), transform=Compose([prep, *self.transforms.transforms]))
         return Dataset([{k: it[k] for k in _SAMPLE_KEYS if k in it} for it in self.train_items], transform=self.transforms)
 
     def _cases_per_step(self) -> int:
-        per_case = self.t["samples_per_case"] if self.task == "segmentation" else 1
+        per_case = self.t["samples_per_case"] if self.task_def.samples_per_case_key else 1
         return max(1, self.t["batch_size"] // per_case)
 
     def _loader(self, epoch: int):
@@ -555,44 +571,8 @@ class Trainer:
                           persistent_workers=False)
 
     def _loss(self) -> nn.Module:
-        name = self.t["loss"]
-        if self.task == "segmentation":
-            from monai.losses import DiceCELoss, DiceFocalLoss
-
-            region = bool(self.cfg["labels"]["regions"]) or bool(self.mask_names)
-            if name == "bce":  # sigmoid outputs only (schema): per-voxel BCE, no Dice term
-                return nn.BCEWithLogitsLoss()
-            common = {"sigmoid": True} if region else {"softmax": True, "to_onehot_y": True}
-            common["batch"] = bool(self.t["dice_batch"])
-            if name == "dicefocal":
-                return DiceFocalLoss(smooth_nr=1e-5, smooth_dr=1e-5, **common)
-            return DiceCELoss(smooth_nr=1e-5, smooth_dr=1e-5, **common)
-        weights = None
-        cw = self.t["class_weights"]
-        if self.multilabel:
-            if name not in ("bce", "ce"):
-                raise ConfigError(f"config key 'train.loss': multi-label data trains with bce, not {name!r}")
-            pos_weight = None
-            if cw == "balanced":  # negatives / positives per finding, from the training labels
-                y = torch.tensor([r["label"] for r in self.train_recs], dtype=torch.float32)
-                pos = torch.nansum(y, 0)
-                neg = (~torch.isnan(y)).sum(0) - pos
-                pos_weight = (neg / pos.clamp_min(1)).clamp(0.1, 20.0).to(torch.float32)
-            elif isinstance(cw, list):
-                pos_weight = torch.tensor(cw, dtype=torch.float32)
-            return MaskedBCEWithLogits(pos_weight)
-        if cw == "balanced":
-            classes = self.cfg["data"]["classes"]
-            counts = np.bincount([classes.index(r["label"]) for r in self.train_recs],
-                                 minlength=self._out_channels()).astype(float)
-            weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
-        elif isinstance(cw, list):
-            weights = torch.tensor(cw, dtype=torch.float32)
-        if name == "focal":
-            from monai.losses import FocalLoss
-
-            return FocalLoss(to_onehot_y=True, use_softmax=True, weight=weights)
-        return nn.CrossEntropyLoss(weight=weights.to(self.env.device) if weights is not None else None)
+        """The task's loss module (:meth:`TrainingTask.loss`)."""
+        return _task_of(self).loss(self)
 
     def _optimizer(self, params) -> torch.optim.Optimizer:
         t = self.t
@@ -619,7 +599,7 @@ class Trainer:
     def _export(self, metrics: dict[str, float], epoch: int) -> dict:
         cfg = self.cfg
         net = self.net.module if hasattr(self.net, "module") else self.net
-        return {
+        ck = {
             "task": self.task,
             "model": {"name": cfg["model"]["name"], "kwargs": self.model_kwargs},
             "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
@@ -639,6 +619,8 @@ class Trainer:
                          "train_case_ids": [r["case"] for r in self.train_recs],
                          "val_cases": [r["case"] for r in self.val_recs]},
         }
+        ck.update(self.task_def.checkpoint_fields(self))
+        return ck
 
     def _channel_names(self) -> list[str]:
         ch = self.cfg["data"]["channels"]
@@ -749,7 +731,7 @@ class Trainer:
             logits, maps = out
         else:
             logits = out[0] if isinstance(out, (list, tuple)) else out
-        loss = self.loss_fn(logits.float(), y.float() if (self.task == "segmentation" or self.multilabel) else y.long())
+        loss = self.loss_fn(logits.float(), self.task_def.loss_target(self, y))
         if maps is not None:
             from medcnn.models.maps import finding_map_loss
 
@@ -789,9 +771,7 @@ class Trainer:
         """Validation metrics on the held-out subjects (rank 0)."""
         self.net.eval()
         net = self.net.module if hasattr(self.net, "module") else self.net
-        if self.task == "classification":
-            return self._validate_cls(net)
-        return self._validate_seg(net)
+        return self.task_def.validate(self, net)
 
     def _val_logits(self, net: nn.Module, image: torch.Tensor) -> torch.Tensor:
         """Sliding-window logits ``(C, *spatial)`` (float32, CPU) of one validation image ``(C_in, *spatial)``,
@@ -804,76 +784,9 @@ class Trainer:
                                               inf["sw_batch_size"], net, overlap=inf["overlap"], mode=inf["mode"])
         return logits.float()[0].cpu()
 
-    def _validate_seg(self, net: nn.Module) -> dict[str, float]:
-        if self.mask_names:
-            return self._validate_masks(net)
-        regions = self.cfg["labels"]["regions"] or {str(v): [int(k)] for k, v in self.cfg["labels"]["names"].items()}
-        if not regions:
-            regions = {f"label{k}": [k] for k in range(1, self._out_channels())}
-        scores: dict[str, list[float]] = {k: [] for k in regions}
-        for it in self.val_items:
-            logits = self._val_logits(net, it["image"])
-            if self.cfg["labels"]["regions"]:
-                pred_masks = logits > 0
-            else:
-                lab = logits.argmax(0)
-                pred_masks = torch.stack([torch.isin(lab, torch.as_tensor(v)) for v in regions.values()])
-            ref = it["label"][0].to(torch.int64)
-            for i, (name, vals) in enumerate(regions.items()):
-                scores[name].append(dice_score(pred_masks[i], torch.isin(ref, torch.as_tensor(vals))))
-        out = {f"dice_{k}": float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
-        out["dice_mean"] = float(np.nanmean(list(out.values()))) if out else float("nan")
-        return out
-
-    def _validate_masks(self, net: nn.Module) -> dict[str, float]:
-        """Dice per mask channel (``data.masks``) at the model's input size."""
-        scores: dict[str, list[float]] = {k: [] for k in self.mask_names}
-        for it in self.val_items:
-            pred = self._val_logits(net, it["image"]) > 0
-            ref = it["label"].bool()
-            for i, name in enumerate(self.mask_names):
-                scores[name].append(dice_score(pred[i], ref[i]))
-        out = {f"dice_{k}": float(np.mean(v)) for k, v in scores.items()}
-        out["dice_mean"] = float(np.mean(list(out.values())))
-        return out
-
-    def _validate_cls(self, net: nn.Module) -> dict[str, float]:
-        from medcnn.metrics import binary_report
-
-        probs, labels = [], []
-        for it in self.val_items:
-            x = it["image"][None].to(self.env.device).float()
-            with self._autocast():
-                logits = net(x)
-            if self.multilabel:
-                probs.append(torch.sigmoid(logits.float())[0].cpu().numpy())
-                labels.append(it["label"].numpy())
-                continue
-            p = torch.softmax(logits.float(), dim=1)[0].cpu()
-            probs.append(p.numpy())
-            labels.append(int(it["label"]))
-        if self.multilabel:
-            from medcnn.metrics.classification import multilabel_auroc
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # a finding absent from a small validation set
-                rep = multilabel_auroc(np.stack(probs), np.stack(labels), self.cfg["data"]["classes"])
-            out = {f"auroc_{k}": float(v) for k, v in rep["per_finding"].items()}
-            out["auroc_mean"] = float(rep["mean"])
-            return out
-        probs_a, labels_a = np.stack(probs), np.asarray(labels)
-        if probs_a.shape[1] == 2:
-            rep = binary_report(probs_a[:, 1], labels_a)
-            return {"auroc": float(rep["auroc"]), "balanced_accuracy": float(rep["balanced_accuracy"]),
-                    "sensitivity": float(rep["sensitivity"]), "specificity": float(rep["specificity"])}
-        acc = float((probs_a.argmax(1) == labels_a).mean())
-        return {"accuracy": acc}
-
     def _select(self, metrics: dict[str, float]) -> float:
-        for key in ("dice_mean", "auroc_mean", "auroc", "balanced_accuracy", "accuracy"):
-            if key in metrics and math.isfinite(metrics[key]):
-                return metrics[key]
-        return -math.inf
+        """The score that picks ``best.pt`` (:meth:`TrainingTask.select`)."""
+        return self.task_def.select(metrics)
 
     # -- outputs -------------------------------------------------------------------------------
 
@@ -891,7 +804,7 @@ class Trainer:
 
         ep = [r["epoch"] for r in self.history]
         loss = {"train loss": (ep, [r.get("train_loss", float("nan")) for r in self.history])}
-        metric_keys = [k for k in keys if k.startswith(("dice_", "auroc", "balanced_accuracy", "accuracy"))]
+        metric_keys = self.task_def.curve_keys(keys)
         val = {k: (ep, [r.get(k, float("nan")) for r in self.history]) for k in metric_keys}
         line_plot([loss, val] if val else [loss], self.run_dir / "curves.png", titles=["training loss", "validation"][: 2 if val else 1],
                   xlabel="epoch")
@@ -967,7 +880,7 @@ class Trainer:
                 metrics = self.validate()
                 row.update(metrics)
                 score = self._select(metrics)
-                if score > self.best:
+                if self.task_def.is_better(score, self.best):
                     self.best, self.best_epoch, improved = score, epoch + 1, True
                     self.bad_validations = 0
                 else:
@@ -1071,4 +984,7 @@ def train(config: str | Path, overrides: list[str] | None = None, run_dir: str |
     check_run_folder(out, resume=resume, overwrite=overwrite)
     from medcnn.engine.tasks import get_task
 
-    return get_task(cfg["task"])(cfg, out, resume=resume, overwrite=overwrite).fit()
+    target = get_task(cfg["task"])
+    if isinstance(target, type) and issubclass(target, TrainingTask):
+        return Trainer(cfg, out, resume=resume, overwrite=overwrite, task_def=target(cfg)).fit()
+    return target(cfg, out, resume=resume, overwrite=overwrite).fit()

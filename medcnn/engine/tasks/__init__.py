@@ -1,9 +1,11 @@
 """Training tasks registered by name: ``register_task``/``get_task``.
 
-A task is the trainer class that runs configs whose ``task:`` key names it. It is registered either as the
-class itself or as a ``"module:attribute"`` path that is imported only when a config asks for it, like an
-entry point: that lets a higher layer (``medcnn.prompt``) plug a task into the engine without the engine
-importing it.
+A task is what runs configs whose ``task:`` key names it: a :class:`~medcnn.engine.tasks.base.TrainingTask`
+subclass (targets, loss, metrics, best-metric, export contract), which the engine's task-agnostic
+:class:`~medcnn.engine.trainer.Trainer` runs, or a whole ``Trainer`` subclass (``prompt``) that overrides
+its methods itself. It is registered either as the class or as a ``"module:attribute"`` path that is
+imported only when a config asks for it, like an entry point: that lets a higher layer (``medcnn.prompt``,
+a plugin) add a task without the engine importing it. ``docs/adding-a-task.md`` shows a worked example.
 """
 
 from __future__ import annotations
@@ -13,24 +15,26 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from medcnn.engine.tasks.base import TrainingTask
 from medcnn.errors import ConfigError
 
 # Built-in tasks, by module path so that importing this registry imports no trainer.
 _BUILTIN: Mapping[str, str] = MappingProxyType({
-    "segmentation": "medcnn.engine.trainer:Trainer",
-    "classification": "medcnn.engine.trainer:Trainer",
+    "segmentation": "medcnn.engine.tasks.segmentation:SegmentationTask",
+    "classification": "medcnn.engine.tasks.classification:ClassificationTask",
     "prompt": "medcnn.prompt.train:PromptTrainer",
 })
 
 
 class TaskRegistry:
-    """Names -> trainer classes (or ``"module:attribute"`` paths resolved on first use)."""
+    """Names -> task classes (``TrainingTask`` or ``Trainer`` subclasses, or ``"module:attribute"`` paths resolved
+    on first use)."""
 
     def __init__(self, entries: Mapping[str, Any] | None = None) -> None:
         self._entries: dict[str, Any] = dict(entries or {})
 
     def register(self, name: str, target: Any, *, replace: bool = False) -> None:
-        """Register ``target`` (a trainer class or ``"module:attribute"``) under ``name``.
+        """Register ``target`` (a task class or ``"module:attribute"``) under ``name``.
 
         Raises:
             ValueError: ``name`` is taken and ``replace`` is false, or ``target`` is a malformed path.
@@ -50,7 +54,7 @@ class TaskRegistry:
         return tuple(sorted(self._entries))
 
     def get(self, name: str) -> Any:
-        """The trainer class registered as ``name``, importing its module when registered by path.
+        """The task class registered as ``name``, importing its module when registered by path.
 
         Raises:
             ConfigError: ``name`` is not registered.
@@ -80,7 +84,7 @@ def unregister_task(name: str) -> None:
 
 
 def get_task(name: str) -> Any:
-    """The trainer class for ``task: name`` (see :meth:`TaskRegistry.get`)."""
+    """The task class for ``task: name`` (see :meth:`TaskRegistry.get`)."""
     return TASKS.get(name)
 
 
@@ -89,4 +93,4 @@ def task_names() -> tuple[str, ...]:
     return TASKS.names()
 
 
-__all__ = ["TASKS", "TaskRegistry", "get_task", "register_task", "task_names", "unregister_task"]
+__all__ = ["TASKS", "TaskRegistry", "TrainingTask", "get_task", "register_task", "task_names", "unregister_task"]
