@@ -790,7 +790,9 @@ def generate(
     ``imagesTr/CT_XXXXX_0000.nii.gz`` and ``labelsTr/CT_XXXXX.nii.gz`` (``subset="test"``: ``imagesTs``,
     ``labelsTs``), int16 HU and uint8 labels; with ``dicom``, also ``dicom/CT_XXXXX/`` (one CT file per slice,
     RescaleSlope 1, RescaleIntercept -1024, RescaleType HU). ``dataset.json`` has ``channel_names {"0": "CT"}``
-    and :data:`LABELS`.
+    and :data:`LABELS`. The DICOM copy holds the same voxels at the same world positions; a left-handed storage
+    order (e.g. ``LPI``) comes back from any DICOM reader with the slices reversed, since readers order slices
+    along the ImageOrientationPatient normal.
 
     Args:
         out_dir: output folder (created).
