@@ -4,6 +4,8 @@
     OMP_NUM_THREADS=1 python benchmarks/eval_generator_b.py brain-tumor -n 12 --seed 7002 --work runs/genb
     OMP_NUM_THREADS=1 python benchmarks/eval_generator_b.py chest-xray -n 100 --seed 7003 --work runs/genb
     OMP_NUM_THREADS=1 python benchmarks/eval_generator_b.py prompt -n 150 --seed 7004 --work runs/genb
+    OMP_NUM_THREADS=1 python benchmarks/eval_generator_b.py alzheimer --data runs/genb/alzheimer_data \
+        --model alzheimer_cal.pt --work runs/genb_cal       # another checkpoint on the same cases
 
 Each call generates ``WORK/TASK_data`` (kept when it already holds a set: ``--data DIR`` reads another one), runs
 ``medcnn predict`` (prompt: the Python API) into ``WORK/TASK_pred`` and prints the figures as JSON (also written to
@@ -32,8 +34,14 @@ from benchmarks.genb import alzheimer, brain_tumor, chest_xray, prompt  # noqa: 
 GENERATORS = {"alzheimer": alzheimer, "brain-tumor": brain_tumor, "chest-xray": chest_xray, "prompt": prompt}
 
 
+#: ``--model`` values passed to ``medcnn predict`` (empty: the bundled models)
+MODELS: list[str] = []
+
+
 def _predict(pipeline: str, inputs: Path, out: Path) -> None:
     cmd = [sys.executable, "-m", "medcnn.cli.main", "predict", pipeline, str(inputs), "-o", str(out)]
+    for m in MODELS:
+        cmd += ["--model", m]
     subprocess.run(cmd, check=False)
 
 
@@ -141,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7000)
     ap.add_argument("--work", default="runs/genb", help="where the data, predictions and metrics go")
     ap.add_argument("--data", default=None, help="an existing generator-B folder (else WORK/TASK_data)")
+    ap.add_argument("--model", action="append", default=[],
+                    help="checkpoint or bundled name for medcnn predict (repeatable as for predict; not for prompt); "
+                         "use a fresh --work per model (predict skips cases already in WORK/TASK_pred)")
     args = ap.parse_args(argv)
+    if args.model and args.task == "prompt":
+        ap.error("--model is for the predict tasks (alzheimer, brain-tumor, chest-xray)")
+    MODELS[:] = args.model
     work = Path(args.work)
     data = Path(args.data) if args.data else work / f"{args.task}_data"
     marker = {"alzheimer": "participants.tsv", "brain-tumor": "cases.csv", "chest-xray": "labels.csv", "prompt": "objects.csv"}
@@ -152,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         res = {"default_box": eval_prompt(data, pred, False), "exact_box": eval_prompt(data, pred, True)}
     else:
         res = {"alzheimer": eval_alzheimer, "brain-tumor": eval_brain_tumor, "chest-xray": eval_chest_xray}[args.task](data, pred)
+    if args.model:
+        res["model"] = args.model
     res = json.loads(json.dumps(res, default=float))
     (work / f"{args.task}_metrics.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))

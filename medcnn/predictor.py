@@ -261,10 +261,35 @@ class Model:
         return x, info, grid
 
     def _class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """``(..., K)`` logits -> probabilities: sigmoid per class for multi-label models, else softmax."""
+        """``(..., K)`` logits -> probabilities: sigmoid per class for multi-label models, else softmax, of the
+        logits over the checkpoint's ``calibration`` temperature when it has one (:mod:`medcnn.inference.calibration`)."""
+        from medcnn.inference.calibration import scale_logits, temperature_of
+
+        logits = scale_logits(logits.float(), temperature_of(self.config))
         if self.config["labels"].get("multilabel"):
-            return torch.sigmoid(logits.float())
-        return torch.softmax(logits.float(), dim=-1)
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=-1)
+
+    @torch.no_grad()
+    def predict_logits(self, img: MetaTensor) -> torch.Tensor:
+        """Uncalibrated network outputs of one image (classification models), as :meth:`predict_proba` sees them.
+
+        Args:
+            img: ``MetaTensor (C, *spatial)`` from :func:`medcnn.load` (any orientation/spacing).
+
+        Returns:
+            ``(K,)`` float32 logits on CPU (mirror TTA averaged when the checkpoint asks for it).
+
+        Raises:
+            TypeError: a segmentation model.
+            InputError: wrong number of channels, an all-zero image, NaN/Inf.
+        """
+        self._require_classifier("predict_logits")
+        x, _, _ = self.prepare_input(img)
+        logits = self._predictor()(x[None].to(self.device))
+        if isinstance(logits, (list, tuple)):
+            logits = logits[0]
+        return self._check_outputs(logits[0].float()).cpu()
 
     @torch.no_grad()
     def predict_proba(self, img: MetaTensor) -> torch.Tensor:
@@ -276,18 +301,15 @@ class Model:
 
         Returns:
             ``(K,)`` float32 on CPU, in the order of ``config["labels"]["classes"]`` (softmax, or
-            independent sigmoids when ``config["labels"]["multilabel"]`` is true).
+            independent sigmoids when ``config["labels"]["multilabel"]`` is true), of the logits over
+            the checkpoint's ``calibration.temperature`` when it has one.
 
         Raises:
             TypeError: a segmentation model.
             InputError: wrong number of channels, an all-zero image, NaN/Inf.
         """
         self._require_classifier("predict_proba")
-        x, _, _ = self.prepare_input(img)
-        logits = self._predictor()(x[None].to(self.device))
-        if isinstance(logits, (list, tuple)):
-            logits = logits[0]
-        return self._class_probabilities(self._check_outputs(logits[0].float())).cpu()
+        return self._class_probabilities(self.predict_logits(img))
 
     def saliency(self, img: MetaTensor, class_index: int | None = None, method: str = "gradcam",
                  **kwargs: Any) -> MetaTensor:
@@ -416,11 +438,30 @@ def load_model(name_or_path: str | Path = "brain-tumor", device: str | torch.dev
     ck = load_checkpoint(path, map_location="cpu")
     net = network_from_checkpoint(ck, path)
     config = {k: ck[k] for k in ("task", "model", "preprocess", "inference", "labels", "metrics", "ood") if k in ck}
+    _check_calibration(ck, path, config)
     config["training"] = {k: v for k, v in ck.get("training", {}).items() if k != "history"}
     dev = resolve_device(device)
     model = Model(net.to(dev), config, path, dev)
     logger.debug("loaded %s (%s) from %s", ck["model"]["name"], config["task"], path)
     return model
+
+
+def _check_calibration(ck: dict[str, Any], path: Path, config: dict[str, Any]) -> None:
+    """Put a valid ``calibration`` section (temperature scaling) into ``config``; refuse a bad one at load.
+
+    Raises:
+        InputError: a temperature that is not a finite number > 0, on a segmentation model, naming ``path``.
+    """
+    from medcnn.inference.calibration import CALIBRATION_KEY, check_section
+
+    labels = ck.get("labels") or {}
+    sec = check_section(ck.get(CALIBRATION_KEY), path, len(labels.get("classes") or []) or None,
+                        bool(labels.get("multilabel")))
+    if sec is None:
+        return
+    if ck.get("task") != "classification":
+        raise InputError(path, f"has a calibration section, but temperature scaling is for classifiers (task: {ck.get('task')})")
+    config[CALIBRATION_KEY] = sec
 
 
 def _load_foreign(kind: str, path: Path, device: str | torch.device | None, *, arch: str | None, arch_args: Any,
