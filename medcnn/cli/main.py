@@ -641,11 +641,16 @@ def train(config: Path, overrides: tuple[str, ...], resume: bool, overwrite: boo
             raise click.UsageError(f"--auto needs a dataset folder (dataset.json, imagesTr, labelsTr), got {config}")
         run_dir = run_dir or Path("runs") / config.resolve().name
         plan_path = run_dir / "plan.yaml"
-        if not (resume and plan_path.exists()) and int(os.environ.get("RANK", "0")) == 0:
+        if not (resume and plan_path.exists()):
             if plan_device is None:
                 import torch
 
                 plan_device = "cuda" if torch.cuda.is_available() else "cpu"
+            if int(os.environ.get("RANK", "0")) != 0:
+                # the plan is deterministic: every rank makes its own instead of reading rank 0's half-written file
+                import tempfile
+
+                plan_path = Path(tempfile.mkdtemp(prefix="medcnn-plan-")) / "plan.yaml"
             plan_dataset(config, plan_path, device=plan_device, memory_gb=memory_gb,
                          gpus=int(os.environ.get("WORLD_SIZE", "1")))
         config = plan_path

@@ -101,3 +101,15 @@ def test_train_auto_end_to_end(tmp_path: Path) -> None:
     cfg = ckpt["training"]["config"]  # the plan travels in the checkpoint as the training config
     assert ckpt["model"]["name"] == "dynunet" and cfg["preprocess"]["normalize"] == "zscore"
     assert cfg["train"]["patch_size"] == ckpt["inference"]["roi_size"]
+
+
+def test_plan_is_deterministic_so_every_ddp_rank_makes_the_same(tmp_path: Path) -> None:
+    """train --auto under torchrun plans on every rank (only rank 0 writes into the run folder): equal plans."""
+    from medcnn.engine.plan import plan_dataset
+
+    root = _dataset(tmp_path / "ds", 3, (24, 24, 16), (1.0, 1.0, 2.0), "CT")
+    a = plan_dataset(root, tmp_path / "a" / "plan.yaml")
+    b = plan_dataset(root, tmp_path / "b" / "plan.yaml")
+    assert a == b
+    assert (tmp_path / "a" / "plan.yaml").read_text() == (tmp_path / "b" / "plan.yaml").read_text()
+    assert (tmp_path / "a" / "fingerprint.json").read_text() == (tmp_path / "b" / "fingerprint.json").read_text()
