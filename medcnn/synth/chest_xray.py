@@ -1342,6 +1342,124 @@ def _devices(rng: np.random.Generator, frame: _Frame, dens: np.ndarray, *, tw: f
 # the case generator
 
 
+@dataclass(frozen=True)
+class _Study:
+    """Acquisition of one radiograph: view, breathing, patient rotation and detector field.
+
+    Attributes:
+        view: ``"PA"`` or ``"AP"``; ``ap``: ``view == "AP"``.
+        insp: inspiration depth (scales the lung height).
+        rot: axial patient rotation (radians); ``tilt``: in-plane tilt (radians).
+        tw: thorax half-width (mm); ``lh``: lung height (mm).
+        sp: pixel spacing (mm, square pixels).
+        native_sp: detector pixel spacing (mm); ``native_shape``: detector (rows, cols).
+        cut: which border cuts a lung off (``"lateral"``, ``"bottom"``, ``"top"``) or None.
+        frame: canonical mm -> pixel map of the image (rows, cols) = ``frame.shape``.
+    """
+
+    view: str
+    ap: bool
+    insp: float
+    rot: float
+    tilt: float
+    tw: float
+    lh: float
+    sp: float
+    native_sp: float
+    native_shape: tuple[int, int]
+    cut: str | None
+    frame: _Frame
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """Geometry shared by the density layers of one case (all lengths in canonical mm).
+
+    Attributes:
+        frame: canonical mm -> pixel map; ``sp``: mm per pixel.
+        lungs: (right, left) lungs.
+        med_x, spine_x, ant_x: x of the mediastinum, the spine and anterior structures
+            (shifted in opposite directions by the patient's rotation).
+        scale: body scale of the subject; ``lh``, ``tw``: lung height, thorax half-width.
+        f_low: downsampling factor of the low-resolution grid.
+        Xl, Yl: canonical coordinates of the low-resolution grid, shape ``lowshape``.
+        X2, Y2: canonical coordinates of the half-resolution grid, shape ``halfshape``.
+    """
+
+    frame: _Frame
+    sp: float
+    lungs: tuple[_Lung, _Lung]
+    med_x: float
+    spine_x: float
+    ant_x: float
+    scale: float
+    lh: float
+    tw: float
+    f_low: int
+    Xl: np.ndarray
+    Yl: np.ndarray
+    X2: np.ndarray
+    Y2: np.ndarray
+
+    @property
+    def full(self) -> tuple[int, int]:
+        """Full image shape (rows, cols)."""
+        return self.frame.shape
+
+    @property
+    def lowshape(self) -> tuple[int, int]:
+        """Shape of the low-resolution grid."""
+        return self.Xl.shape
+
+    @property
+    def halfshape(self) -> tuple[int, int]:
+        """Shape of the half-resolution grid."""
+        return self.X2.shape
+
+
+@dataclass
+class _Layers:
+    """Density accumulators at three resolutions, summed by :meth:`total` (mm of water).
+
+    Attributes:
+        low: smooth soft tissue on the low-resolution grid (``_Scene.lowshape``).
+        half: medium detail (spine, texture) on the half-resolution grid.
+        full: fine detail (tubes, vessels, lesions) on the image grid (rows, cols).
+    """
+
+    low: np.ndarray
+    half: np.ndarray
+    full: np.ndarray
+
+    def total(self, scene: _Scene) -> np.ndarray:
+        """Upsample and sum the layers: float32 (rows, cols), clipped at 0."""
+        density = _upsample(self.low, scene.f_low, scene.full) + _upsample(self.half, 2, scene.full) + self.full
+        np.maximum(density, 0.0, out=density)
+        return density.astype(np.float32)
+
+
+@dataclass
+class _Air:
+    """Aerated lung: how much air each pixel's ray crosses and where lung is visible.
+
+    Attributes:
+        A: float (rows, cols), air path length (mm) of fully aerated lung.
+        air_frac: float (rows, cols) in [0, 1], aerated fraction (heart cover, fluid removed).
+        recess: float (rows, cols), posterior recesses below the domes.
+        e_lung: float (rows, cols), soft lung-field profile; ``e_heart``: same for the heart.
+        poly_low: bool low-resolution lung polygons (``_Scene.lowshape``).
+        a_max: maximal air path length (mm).
+    """
+
+    A: np.ndarray
+    air_frac: np.ndarray
+    recess: np.ndarray
+    e_lung: np.ndarray
+    e_heart: np.ndarray
+    poly_low: np.ndarray
+    a_max: float
+
+
 def make_case(
     rng: np.random.Generator,
     size: int | tuple[int, int] | None = None,
@@ -1386,18 +1504,95 @@ def make_case(
     Raises:
         ValueError: invalid size, findings or options.
     """
+    # Every stage draws from ``rng`` (study) and ``shape_rng`` (the patient's anatomy) in a
+    # fixed order: reordering the calls below changes every generated image.
     opts = _resolve_options(options)
     fixed = _check_findings(findings)
+    subj, cm_from_subject = _case_subject(rng, opts, subject)
+    shape_rng = np.random.default_rng([int(subj["shape_seed"]), 1])
+    flags = _sample_flags(rng, opts, fixed, subj, cm_from_subject)
+    study = _sample_study(rng, subj, size, opts)
+    scene, heart, ctr_target = _build_thorax(rng, shape_rng, subj, study, flags["Cardiomegaly"])
+    ctr = _fit_heart_ctr(scene, heart, ctr_target)
+    lung_poly_masks = [scene.frame.fill(lg.outline) for lg in scene.lungs]
+    lung_poly = lung_poly_masks[0] | lung_poly_masks[1]
+    heart_mask = scene.frame.fill(heart)
+    low = _body_thickness(rng, shape_rng, subj, scene.Xl, scene.Yl, study.tw, study.lh, scene.med_x, scene.lungs,
+                          scene.f_low * study.sp)
+    layers = _Layers(low=low, half=np.zeros(scene.halfshape, dtype=np.float32),
+                     full=np.zeros(scene.full, dtype=np.float32))
+    air = _lung_air(rng, scene, float(subj["habitus"]), lung_poly, heart_mask)
+    finding_masks: dict[str, np.ndarray] = {}
+    if flags["Effusion"]:
+        fluid, finding_masks["Effusion"] = _effusion(rng, scene, lung_poly, heart_mask)
+        air.air_frac *= 1.0 - fluid
+    ptx_region, pleural_line = None, np.zeros((0, 5))
+    if flags["Pneumothorax"]:
+        ptx_region, pleural_line = _pneumothorax(rng, scene, lung_poly_masks)
+        finding_masks["Pneumothorax"] = ptx_region.astype(np.uint8)
+    air_path = _deposit_air(layers, air, ptx_region)
+    lungs_mask = _lung_mask(lung_poly, heart_mask, finding_masks.get("Effusion"), opts.lung_mask)
+    _vessels_and_texture(rng, scene, air, air_path, ptx_region, layers)
+    _add_lesions(rng, scene, flags, lungs_mask, lung_poly, air, air_path, pleural_line, layers, finding_masks)
+    if rng.random() < 0.6 and "Effusion" not in finding_masks:
+        _gastric_bubble(rng, scene, layers.full)
+    bone_k, trachea = _skeleton(rng, shape_rng, scene, subj, study, layers)
+
+    devices: list[str] = []
+    if rng.random() < (opts.device_prob * (2.5 if study.ap else 1.0)):
+        devices = _devices(rng, scene.frame, layers.full, tw=study.tw, lh=study.lh, med_x=scene.med_x,
+                           scale=scene.scale, ap=study.ap, trachea=trachea, heart=heart, lung_l=scene.lungs[1])
+    density = layers.total(scene)
+    image, signal, window, tone, params = _expose(rng, scene, study, opts, density, layers.low, lung_poly,
+                                                  heart_mask, lungs_mask, finding_masks)
+    return {
+        "image": image,
+        "density": density,
+        "signal": signal,
+        "window": window,
+        "tone": tone,
+        "lungs": lungs_mask.astype(np.uint8),
+        "heart": heart_mask.astype(np.uint8),
+        "findings": flags,
+        "finding_masks": finding_masks,
+        "ctr": ctr,
+        "pixel_spacing": (study.sp, study.sp),
+        "native_pixel_spacing": study.native_sp,
+        "native_shape": study.native_shape,
+        "view": study.view,
+        "sex": str(subj["sex"]),
+        "age": int(subj["age"]),
+        "subject": subj,
+        "params": {
+            "inspiration": study.insp, "rotation_deg": math.degrees(study.rot), "tilt_deg": math.degrees(study.tilt),
+            "cut": study.cut, "devices": devices, "bone_k": bone_k, "ctr_target": ctr_target,
+            **params,
+        },
+    }
+
+
+def _case_subject(rng: np.random.Generator, opts: ChestXrayOptions, subject: Mapping[str, Any] | None
+                  ) -> tuple[dict[str, Any], bool]:
+    """Sample the patient's traits and override them with ``subject``.
+
+    Returns:
+        (traits, whether ``subject`` fixes the cardiomegaly flag).
+
+    Raises:
+        ValueError: ``subject`` holds an unknown trait.
+    """
     subj = sample_subject(rng, opts.prevalence_of("Cardiomegaly"))
     if subject is not None:
         bad = sorted(set(subject) - set(subj))
         if bad:
             raise ValueError(f"subject: unknown trait(s) {bad}; valid: {sorted(subj)}")
         subj.update(subject)
-    cm_from_subject = subject is not None and "cardiomegaly" in subject
-    shape_rng = np.random.default_rng([int(subj["shape_seed"]), 1])
+    return subj, subject is not None and "cardiomegaly" in subject
 
-    # ---------------- findings
+
+def _sample_flags(rng: np.random.Generator, opts: ChestXrayOptions, fixed: Mapping[str, bool],
+                  subj: Mapping[str, Any], cm_from_subject: bool) -> dict[str, bool]:
+    """Finding name -> present; one draw per finding even when it is fixed (stable streams)."""
     flags: dict[str, bool] = {}
     for name in FINDINGS:
         u = rng.random()
@@ -1407,9 +1602,12 @@ def make_case(
             flags[name] = bool(subj["cardiomegaly"])
         else:
             flags[name] = bool(u < opts.prevalence_of(name))
+    return flags
 
-    # ---------------- study / acquisition parameters
-    scale = float(subj["scale"])
+
+def _sample_study(rng: np.random.Generator, subj: Mapping[str, Any], size: int | tuple[int, int] | None,
+                  opts: ChestXrayOptions) -> _Study:
+    """Sample view, breathing, rotation, the detector field of view and the patient's placement."""
     view = "AP" if rng.random() < opts.ap_prob else "PA"
     ap = view == "AP"
     insp = float(rng.uniform(0.82, 0.98) if ap else rng.uniform(0.91, 1.06))
@@ -1419,9 +1617,22 @@ def make_case(
     lh = float(subj["lh"]) * insp
     wide = 2 * tw + 60 > 340 and rng.random() < 0.7
     shape, det = _resolve_size(rng, size, opts, wide)
+    sp, fov = _field_of_view(rng, shape, det, tw, lh)
+    native_sp = float(rng.uniform(*opts.native_spacing_range))
+    native_shape = (int(round(fov[0] / native_sp)), int(round(fov[1] / native_sp)))
+    frame, cut = _place_patient(rng, opts, shape, fov, sp, tw, lh, tilt)
+    return _Study(view=view, ap=ap, insp=insp, rot=rot, tilt=tilt, tw=tw, lh=lh, sp=sp, native_sp=native_sp,
+                  native_shape=native_shape, cut=cut, frame=frame)
+
+
+def _field_of_view(rng: np.random.Generator, shape: tuple[int, int], det: tuple[float, float], tw: float,
+                   lh: float) -> tuple[float, tuple[float, float]]:
+    """Pixel spacing (mm) and field of view (rows, cols in mm) of an image of ``shape``.
+
+    The detector area ``det`` (mm) is electronically cropped so that the lungs fill a
+    typical fraction of the height while the thorax still fits across.
+    """
     H, W = shape
-    # field of view: the detector area, electronically cropped so that the lungs fill a
-    # typical fraction of the height while the thorax still fits across
     lung_span = lh + 20.0
     h_mm = min(det[0], lung_span / float(rng.uniform(0.52, 0.74)))
     need_w = 2.0 * tw * 1.12 + 20.0
@@ -1429,13 +1640,19 @@ def make_case(
         h_mm = min(max(h_mm, need_w * H / W), det[0], det[1] * H / W)
     h_mm = min(h_mm, det[1] * H / W)
     sp = h_mm / H
-    fov = (H * sp, W * sp)
-    sp_row = sp_col = sp
-    native_sp = float(rng.uniform(*opts.native_spacing_range))
-    native_shape = (int(round(fov[0] / native_sp)), int(round(fov[1] / native_sp)))
+    return sp, (H * sp, W * sp)
 
-    # positioning: origin = midline at the apex height
-    bottom_need = lung_span + 15.0
+
+def _place_patient(rng: np.random.Generator, opts: ChestXrayOptions, shape: tuple[int, int],
+                   fov: tuple[float, float], sp: float, tw: float, lh: float, tilt: float
+                   ) -> tuple[_Frame, str | None]:
+    """Position the patient on the detector (origin = midline at the apex height).
+
+    Returns:
+        (the frame with its random warp, the cut border or None).
+    """
+    H, W = shape
+    bottom_need = lh + 20.0 + 15.0
     apex_mm = float(rng.uniform(0.03, 0.16)) * fov[0] + 10.0
     if apex_mm + bottom_need > fov[0]:
         apex_mm = max(6.0, fov[0] - bottom_need)
@@ -1458,14 +1675,20 @@ def make_case(
     warp = np.column_stack([2 * math.pi / lam * np.cos(ang), 2 * math.pi / lam * np.sin(ang),
                             rng.uniform(0.0, 2 * math.pi, n_modes), amp])
     frame = _Frame(shape=(H, W), spacing=sp, c0=W / 2.0 + off_x / sp, r0=apex_mm / sp, theta=tilt, warp=warp)
+    return frame, cut
 
+
+def _build_thorax(rng: np.random.Generator, shape_rng: np.random.Generator, subj: Mapping[str, Any],
+                  study: _Study, enlarged: bool) -> tuple[_Scene, np.ndarray, float]:
+    """Lungs and heart outline in canonical mm, and the grids of the density layers.
+
+    Returns:
+        (scene, heart outline (N, 2) mm, target cardiothoracic ratio).
+    """
+    scale, tw, lh = float(subj["scale"]), study.tw, study.lh
     # rotation: posterior structures move one way, anterior ones the other
-    sr = math.sin(rot)
-    spine_x = -70.0 * sr
-    ant_x = 60.0 * sr
-    med_x = 20.0 * sr
-
-    # ---------------- lungs
+    sr = math.sin(study.rot)
+    spine_x, ant_x, med_x = -70.0 * sr, 60.0 * sr, 20.0 * sr
     tw_r = tw * (1.0 + 0.7 * sr)
     tw_l = tw * (1.0 - 0.7 * sr) * float(shape_rng.uniform(0.95, 1.01))
     dome_r = float(shape_rng.uniform(0.08, 0.15) if shape_rng.random() < 0.85 else shape_rng.uniform(0.03, 0.08)) * lh
@@ -1474,14 +1697,12 @@ def make_case(
     dome_l = dome_r * float(shape_rng.uniform(0.8, 1.1))
     lung_r = _build_lung(shape_rng, -1, tw_r, lh, dome_r, med_x, float(subj["aortic"]))
     lung_l = _build_lung(shape_rng, +1, tw_l, lh_l, dome_l, med_x, float(subj["aortic"]))
-    lungs = (lung_r, lung_l)
 
-    # ---------------- heart
-    enlarged = flags["Cardiomegaly"]
     if enlarged:
         ctr_target = float(np.clip(subj["ctr_enlarged"] + rng.normal(0, 0.015), 0.53, 0.72))
     else:
-        ctr_target = float(np.clip(subj["ctr_normal"] + (0.025 if ap else 0.0) + rng.normal(0, 0.01), 0.36, 0.475))
+        ctr_target = float(np.clip(subj["ctr_normal"] + (0.025 if study.ap else 0.0) + rng.normal(0, 0.01),
+                                   0.36, 0.475))
     thorax_w = float(lung_l.outline[:, 0].max() - lung_r.outline[:, 0].min())
     y_top = (0.4 + float(shape_rng.normal(0, 0.02))) * lh - (0.02 * lh if enlarged else 0.0)
     y_bot = float(lung_r.dome_y(np.array([0.3 * tw_r]))[0]) + 0.04 * lh
@@ -1491,47 +1712,51 @@ def make_case(
     heart_x = med_x + 0.3 * ant_x + float(shape_rng.normal(0.0, 4.0))
     heart = _heart_outline(shape_rng, ctr_target, thorax_w, heart_x, y_top, y_bot, y_apex, enlarged,
                            floor_left=lambda ax: float(lung_l.dome_y(np.array([ax + heart_x - med_x]))[0]))
+    f_low = 4
+    Xl, Yl = study.frame.grid(f_low)
+    X2, Y2 = study.frame.grid(2)
+    scene = _Scene(frame=study.frame, sp=study.sp, lungs=(lung_r, lung_l), med_x=med_x, spine_x=spine_x, ant_x=ant_x,
+                   scale=scale, lh=lh, tw=tw, f_low=f_low, Xl=Xl, Yl=Yl, X2=X2, Y2=Y2)
+    return scene, heart, ctr_target
 
-    # ---------------- outlines in pixels, masks, grids
-    lung_px = [frame.to_px(lg.outline) for lg in lungs]
+
+def _fit_heart_ctr(scene: _Scene, heart: np.ndarray, ctr_target: float) -> float:
+    """Scale ``heart`` (N, 2) in place so that the ratio measured on the image (after warp and tilt) is the target.
+
+    Returns:
+        The cardiothoracic ratio measured on the pixel outlines.
+    """
+    frame = scene.frame
+    lung_px = [frame.to_px(lg.outline) for lg in scene.lungs]
     all_lung_cols = np.concatenate([p[:, 0] for p in lung_px])
     thorax_px = float(all_lung_cols.max() - all_lung_cols.min())
     hx0 = float(heart[:, 0].mean())
-    for _ in range(3):  # make the ratio measured on the image (after warp and tilt) the target
+    for _ in range(3):
         heart_px = frame.to_px(heart)
         ctr = float((heart_px[:, 0].max() - heart_px[:, 0].min()) / thorax_px)
         if abs(ctr - ctr_target) < 1e-3:
             break
         heart[:, 0] = hx0 + (heart[:, 0] - hx0) * (ctr_target / ctr)
-    lung_poly_masks = [frame.fill(lg.outline) for lg in lungs]
-    lung_poly = lung_poly_masks[0] | lung_poly_masks[1]
-    heart_mask = frame.fill(heart)
+    return ctr
 
-    f_low = 4
-    Xl, Yl = frame.grid(f_low)
-    X2, Y2 = frame.grid(2)
-    lowshape, halfshape, full = Xl.shape, X2.shape, (H, W)
-    hab = float(subj["habitus"])
-    sex = str(subj["sex"])
-    half_add = np.zeros(halfshape, dtype=np.float32)  # medium-detail density (spine, texture)
-    dens = np.zeros(full, dtype=np.float32)  # full-resolution density (tubes, vessels, lesions)
 
-    # ---------------- soft tissue (low resolution, smooth)
-    low_add = _body_thickness(rng, shape_rng, subj, Xl, Yl, tw, lh, med_x, lungs, f_low * sp)
-
-    # ---------------- lung air
+def _lung_air(rng: np.random.Generator, scene: _Scene, hab: float, lung_poly: np.ndarray,
+              heart_mask: np.ndarray) -> _Air:
+    """Air path length of the lungs (deepest at the centre) and where it shows (bool (rows, cols) masks in)."""
+    frame, f_low, sp, scale, lh, full = scene.frame, scene.f_low, scene.sp, scene.scale, scene.lh, scene.full
+    lung_r, lung_l = scene.lungs
     cav_low = frame.fill(lung_r.cavity, f_low) | frame.fill(lung_l.cavity, f_low)
     poly_low = frame.fill(lung_r.outline, f_low) | frame.fill(lung_l.outline, f_low)
     d_in = ndi.distance_transform_edt(cav_low).astype(np.float32) * (f_low * sp)
     a_max = (150.0 + 25.0 * hab) * scale * float(rng.uniform(0.9, 1.05))
-    g_y = 0.6 + 0.4 * _smoothstep(Yl / (0.45 * lh))
+    g_y = 0.6 + 0.4 * _smoothstep(scene.Yl / (0.45 * lh))
     A = _upsample(a_max * (1.0 - np.exp(-d_in / (22.0 * scale))) * g_y, f_low, full)
     # posterior recesses: some aerated lung projects below the domes
     recess_frac = float(rng.uniform(0.08, 0.2))
-    recess_low = np.zeros(lowshape, dtype=np.float32)
-    for lg in lungs:
-        ax = lg.s * (Xl - med_x)
-        dy = Yl - lg.dome_y(ax)
+    recess_low = np.zeros(scene.lowshape, dtype=np.float32)
+    for lg in scene.lungs:
+        ax = lg.s * (scene.Xl - scene.med_x)
+        dy = scene.Yl - lg.dome_y(ax)
         lat_ok = _smoothstep((lg.tw * 0.98 - ax) / 10.0) * _smoothstep((ax - lg.x_medial) / 10.0)
         lam = float(rng.uniform(12.0, 30.0)) * scale
         recess_low = np.maximum(recess_low, recess_frac * np.exp(-np.clip(dy, 0.0, None) / lam) * lat_ok)
@@ -1541,85 +1766,118 @@ def make_case(
     e_heart = _upsample(_edge_profile(_downsample_mean(heart_mask, 2), 15.0 / sp), 2, full)
     heart_cover = float(rng.uniform(0.55, 0.75))
     air_frac = lung_vis * (1.0 - heart_cover * e_heart)
+    return _Air(A=A, air_frac=air_frac, recess=recess, e_lung=e_lung, e_heart=e_heart, poly_low=poly_low, a_max=a_max)
 
-    finding_masks: dict[str, np.ndarray] = {}
-    if flags["Effusion"]:
-        fluid_low = np.zeros(lowshape, dtype=np.float32)
-        sides = [lungs[int(rng.integers(0, 2))]] if rng.random() < 0.7 else list(lungs)
-        for lg in sides:
-            ax = lg.s * (Xl - med_x)
-            e_h = float(rng.uniform(22.0, 0.45 * lh))
-            h_men = float(rng.uniform(25.0, 70.0)) * scale
-            x_m = lg.x_medial
-            # meniscus: flat medially, climbing steeply along the lateral chest wall
-            qx = np.clip((ax - x_m) / max(lg.tw * 0.975 - x_m, 1.0), 0.0, 1.0) ** float(rng.uniform(2.5, 4.0))
-            y_men = lg.cp[1] - e_h + h_men * (1.0 - qx)
-            tau_f = float(rng.uniform(12.0, 30.0)) * scale
-            fl = _smoothstep((Yl - y_men) / tau_f)
-            if e_h > 60.0:  # larger effusions layer posteriorly: a veil above the meniscus
-                fl = fl + 0.12 * np.exp(np.clip(Yl - y_men, None, 0.0) / 50.0)
-            fluid_low = np.maximum(fluid_low, np.clip(fl, 0.0, 1.0) * _smoothstep((ax - 8.0) / 8.0))
-        fluid = _upsample(fluid_low, f_low, full)
-        air_frac *= 1.0 - fluid
-        eff = (fluid > 0.5) & lung_poly & ~heart_mask
-        finding_masks["Effusion"] = eff.astype(np.uint8)
 
-    ptx_region = None
+def _effusion(rng: np.random.Generator, scene: _Scene, lung_poly: np.ndarray, heart_mask: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Pleural fluid layering above a meniscus in one or both costophrenic angles.
+
+    Returns:
+        (fluid fraction float (rows, cols) in [0, 1], uint8 (rows, cols) effusion mask).
+    """
+    Xl, Yl, lh, scale = scene.Xl, scene.Yl, scene.lh, scene.scale
+    fluid_low = np.zeros(scene.lowshape, dtype=np.float32)
+    lungs = scene.lungs
+    sides = [lungs[int(rng.integers(0, 2))]] if rng.random() < 0.7 else list(lungs)
+    for lg in sides:
+        ax = lg.s * (Xl - scene.med_x)
+        e_h = float(rng.uniform(22.0, 0.45 * lh))
+        h_men = float(rng.uniform(25.0, 70.0)) * scale
+        x_m = lg.x_medial
+        # meniscus: flat medially, climbing steeply along the lateral chest wall
+        qx = np.clip((ax - x_m) / max(lg.tw * 0.975 - x_m, 1.0), 0.0, 1.0) ** float(rng.uniform(2.5, 4.0))
+        y_men = lg.cp[1] - e_h + h_men * (1.0 - qx)
+        tau_f = float(rng.uniform(12.0, 30.0)) * scale
+        fl = _smoothstep((Yl - y_men) / tau_f)
+        if e_h > 60.0:  # larger effusions layer posteriorly: a veil above the meniscus
+            fl = fl + 0.12 * np.exp(np.clip(Yl - y_men, None, 0.0) / 50.0)
+        fluid_low = np.maximum(fluid_low, np.clip(fl, 0.0, 1.0) * _smoothstep((ax - 8.0) / 8.0))
+    fluid = _upsample(fluid_low, scene.f_low, scene.full)
+    eff = (fluid > 0.5) & lung_poly & ~heart_mask
+    return fluid, eff.astype(np.uint8)
+
+
+def _pneumothorax(rng: np.random.Generator, scene: _Scene, lung_poly_masks: Sequence[np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Collapse one lung away from the chest wall and apex.
+
+    Returns:
+        (bool (rows, cols) pleural-air region, (M, 5) line segments of the visceral pleura).
+    """
+    idx = int(rng.integers(0, 2))
+    lg = scene.lungs[idx]
+    pts = lg.outline
+    ax = lg.s * (pts[:, 0] - scene.med_x) / lg.tw
+    ay = pts[:, 1] / scene.lh
+    w_lat = np.clip((ax - 0.35) / 0.45, 0.0, 1.0)
+    w_apex = np.clip((0.2 - ay) / 0.2, 0.0, 1.0) * (ax > 0.15)
+    w = np.maximum(w_lat, w_apex) * (1.0 - 0.85 * _smoothstep(ay / 0.95))
+    w = ndi.uniform_filter1d(w, 15, mode="wrap")
+    gap = float(rng.uniform(12.0, 60.0)) * scene.scale * w
+    centre = np.array([lg.hilum[0], lg.hilum[1] + 0.1 * scene.lh])
+    vec = centre[None, :] - pts
+    vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-6)
+    collapsed = pts + vec * gap[:, None]
+    ptx_region = lung_poly_masks[idx] & ~scene.frame.fill(collapsed)
+    on_line = gap > 2.0
+    cl = collapsed[on_line]
     pleural_line = np.zeros((0, 5))
-    if flags["Pneumothorax"]:
-        idx = int(rng.integers(0, 2))
-        lg = lungs[idx]
-        pts = lg.outline
-        ax = lg.s * (pts[:, 0] - med_x) / lg.tw
-        ay = pts[:, 1] / lh
-        w_lat = np.clip((ax - 0.35) / 0.45, 0.0, 1.0)
-        w_apex = np.clip((0.2 - ay) / 0.2, 0.0, 1.0) * (ax > 0.15)
-        w = np.maximum(w_lat, w_apex) * (1.0 - 0.85 * _smoothstep(ay / 0.95))
-        w = ndi.uniform_filter1d(w, 15, mode="wrap")
-        gap = float(rng.uniform(12.0, 60.0)) * scale * w
-        centre = np.array([lg.hilum[0], lg.hilum[1] + 0.1 * lh])
-        vec = centre[None, :] - pts
-        vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-6)
-        collapsed = pts + vec * gap[:, None]
-        ptx_region = lung_poly_masks[idx] & ~frame.fill(collapsed)
-        on_line = gap > 2.0
-        cl = collapsed[on_line]
-        if len(cl) > 2:
-            pleural_line = np.concatenate([cl[:-1], cl[1:], np.full((len(cl) - 1, 1), 0.5)], axis=1)
-        finding_masks["Pneumothorax"] = ptx_region.astype(np.uint8)
+    if len(cl) > 2:
+        pleural_line = np.concatenate([cl[:-1], cl[1:], np.full((len(cl) - 1, 1), 0.5)], axis=1)
+    return ptx_region, pleural_line
 
-    air = A * air_frac
-    dens -= _LUNG_AIR * air
+
+def _deposit_air(layers: _Layers, air: _Air, ptx_region: np.ndarray | None) -> np.ndarray:
+    """Subtract the lung air (and the pneumothorax's pure air) from the fine density layer.
+
+    Returns:
+        The air path length float (rows, cols) of aerated lung (mm).
+    """
+    air_path = air.A * air.air_frac
+    layers.full -= _LUNG_AIR * air_path
     if ptx_region is not None:
         # the pleural space holds pure air, without lung tissue and vessels
-        dens -= (_AIR - _LUNG_AIR) * A * ptx_region * air_frac
+        layers.full -= (_AIR - _LUNG_AIR) * air.A * ptx_region * air.air_frac
+    return air_path
 
-    # ---------------- lung mask
+
+def _lung_mask(lung_poly: np.ndarray, heart_mask: np.ndarray, effusion: np.ndarray | None, mode: str) -> np.ndarray:
+    """Bool (rows, cols) lung annotation: the lung fields minus the heart (and fluid when ``mode`` is aerated)."""
     lungs_mask = lung_poly & ~heart_mask
-    if "Effusion" in finding_masks and opts.lung_mask == "aerated":
-        lungs_mask &= ~finding_masks["Effusion"].astype(bool)
+    if effusion is not None and mode == "aerated":
+        lungs_mask &= ~effusion.astype(bool)
         lab, nlab = ndi.label(lungs_mask)
         if nlab > 2:  # drop slivers cut off by the meniscus
             sizes = ndi.sum(lungs_mask, lab, index=np.arange(1, nlab + 1))
             keep_l = np.zeros(nlab + 1, dtype=bool)
             keep_l[1:] = sizes >= 0.02 * sizes.max()
             lungs_mask = keep_l[lab]
+    return lungs_mask
 
-    # ---------------- pulmonary vessels and parenchymal texture
-    def inside_mask(mask_low: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        def inside(xq: np.ndarray, yq: np.ndarray) -> np.ndarray:
-            p = frame.to_px(np.stack([xq, yq], axis=1))
-            jj = np.rint((p[:, 0] - (f_low - 1) / 2) / f_low).astype(np.int64)
-            ii = np.rint((p[:, 1] - (f_low - 1) / 2) / f_low).astype(np.int64)
-            ok = (ii >= 0) & (ii < lowshape[0]) & (jj >= 0) & (jj < lowshape[1])
-            res = np.zeros(len(xq), dtype=bool)
-            res[ok] = mask_low[ii[ok], jj[ok]]
-            return res
-        return inside
 
+def _inside_mask(scene: _Scene, mask_low: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Predicate (x, y) mm -> bool: whether points fall inside ``mask_low`` (bool, ``scene.lowshape``)."""
+    frame, f_low, lowshape = scene.frame, scene.f_low, scene.lowshape
+
+    def inside(xq: np.ndarray, yq: np.ndarray) -> np.ndarray:
+        p = frame.to_px(np.stack([xq, yq], axis=1))
+        jj = np.rint((p[:, 0] - (f_low - 1) / 2) / f_low).astype(np.int64)
+        ii = np.rint((p[:, 1] - (f_low - 1) / 2) / f_low).astype(np.int64)
+        ok = (ii >= 0) & (ii < lowshape[0]) & (jj >= 0) & (jj < lowshape[1])
+        res = np.zeros(len(xq), dtype=bool)
+        res[ok] = mask_low[ii[ok], jj[ok]]
+        return res
+    return inside
+
+
+def _vessels_and_texture(rng: np.random.Generator, scene: _Scene, air: _Air, air_path: np.ndarray,
+                         ptx_region: np.ndarray | None, layers: _Layers) -> None:
+    """Add branching pulmonary vessels (fine layer) and parenchymal texture (half layer) in place."""
+    frame, scale = scene.frame, scene.scale
     segs = []
     vscale = scale * float(rng.uniform(0.85, 1.15))
-    for lg in lungs:
+    for lg in scene.lungs:
         hx, hy = lg.hilum
         s = lg.s
         roots = []
@@ -1627,110 +1885,156 @@ def make_case(
             a = math.radians(ang + float(rng.normal(0, 8)))
             roots.append((hx + float(rng.normal(0, 4)), hy + float(rng.normal(0, 4)),
                           math.atan2(math.sin(a), math.cos(a) * s), rad * vscale))
-        segs.append(_branching_tree(rng, roots, (hx - s * 25.0, hy), inside_mask(poly_low),
+        segs.append(_branching_tree(rng, roots, (hx - s * 25.0, hy), _inside_mask(scene, air.poly_low),
                                     r_min=0.45 * vscale, max_segments=4000))
         # main pulmonary artery from the mediastinum into the hilum
-        segs.append(np.array([[med_x + s * 0.12 * lg.tw, hy - 8.0, hx, hy, 6.5 * vscale],
+        segs.append(np.array([[scene.med_x + s * 0.12 * lg.tw, hy - 8.0, hx, hy, 6.5 * vscale],
                               [hx, hy, hx + s * 8.0, hy + 22.0, 5.5 * vscale]]))
     vessels = _deposit_lines(np.concatenate(segs, axis=0), frame, density=0.8)
-    vis = np.minimum(1.0, e_lung + 2.0 * recess) * (1.0 - 0.6 * e_heart)
+    vis = np.minimum(1.0, air.e_lung + 2.0 * air.recess) * (1.0 - 0.6 * air.e_heart)
     if ptx_region is not None:
         vis = vis * ~ptx_region
-    dens += vessels * vis
-    air_half = _downsample_mean(air if ptx_region is None else air * ~ptx_region, 2)
-    tex = _band_noise(rng, halfshape, 1.2 / (2 * sp) * scale + 0.6)
-    half_add += float(rng.uniform(1.2, 3.2)) * tex * air_half / max(a_max, 1.0)
+    layers.full += vessels * vis
+    air_half = _downsample_mean(air_path if ptx_region is None else air_path * ~ptx_region, 2)
+    tex = _band_noise(rng, scene.halfshape, 1.2 / (2 * scene.sp) * scale + 0.6)
+    layers.half += float(rng.uniform(1.2, 3.2)) * tex * air_half / max(air.a_max, 1.0)
 
-    # ---------------- findings that add density
+
+def _add_lesions(rng: np.random.Generator, scene: _Scene, flags: Mapping[str, bool], lungs_mask: np.ndarray,
+                 lung_poly: np.ndarray, air: _Air, air_path: np.ndarray, pleural_line: np.ndarray,
+                 layers: _Layers, finding_masks: dict[str, np.ndarray]) -> None:
+    """Add the findings that add density (consolidation, nodules, the pleural line) and record their masks."""
     if flags["Consolidation"]:
-        # one focus mostly; sometimes multifocal, occasionally in both lungs
-        n_foci = 1 if rng.random() < 0.7 else int(rng.integers(2, 4))
-        first_side = int(rng.integers(0, 2))
-        both = rng.random() < 0.3
-        o = np.zeros(lowshape, dtype=np.float32)
-        foci = []
-        cand_all = lungs_mask[(f_low - 1) // 2 + 1::f_low, (f_low - 1) // 2 + 1::f_low]
-        cand_all = cand_all[: lowshape[0], : lowshape[1]]
-        xl_c, yl_c = Xl[: cand_all.shape[0], : cand_all.shape[1]], Yl[: cand_all.shape[0], : cand_all.shape[1]]
-        for i_f in range(n_foci):
-            lg = lungs[first_side if (i_f == 0 or not both) else 1 - first_side]
-            ii, jj = np.nonzero(cand_all & ((xl_c - med_x) * lg.s > 0))
-            if len(ii):
-                k = int(rng.integers(0, len(ii)))
-                cx, cy = float(xl_c[ii[k], jj[k]]), float(yl_c[ii[k], jj[k]])
-            else:
-                cx, cy = lg.hilum[0] + lg.s * 40.0, lg.hilum[1] + 40.0
-            axr = float(rng.uniform(22.0, 65.0)) * scale / (1.0 + 0.2 * i_f)
-            ayr = float(rng.uniform(22.0, 65.0)) * scale / (1.0 + 0.2 * i_f)
-            env = np.exp(-(((Xl - cx) / axr) ** 2 + ((Yl - cy) / ayr) ** 2))
-            patchy = np.clip(1.0 + 0.45 * _band_noise(rng, lowshape, 8.0 / (f_low * sp)), 0.0, None)
-            of = _smoothstep((env * patchy - 0.3) / 0.5)
-            of = ndi.gaussian_filter(of, 3.0 / (f_low * sp))  # ill-defined margins
-            if lg.s < 0 and rng.random() < 0.3:  # lobar: sharp border at the minor fissure
-                y_fis = lg.hilum[1] + float(rng.normal(0, 8))
-                of = of * (_smoothstep((y_fis - Yl) / 2.0) if cy < y_fis else _smoothstep((Yl - y_fis) / 2.0))
-            o = np.maximum(o, of.astype(np.float32))
-            foci.append((lg, cx, cy, axr, ayr))
-        o_low = (o * poly_low).astype(np.float32)
-        o_full = np.clip(_upsample(o_low, f_low, full), 0.0, 1.0)
-        fill = float(rng.uniform(0.25, 0.6))
-        dens += _LUNG_AIR * air * o_full * fill
-        if rng.random() < 0.6:  # air bronchograms in the largest focus
-            lg, cx, cy, axr, ayr = foci[0]
-            ang = math.atan2(cy - lg.hilum[1], cx - lg.hilum[0])
-            start = (cx - 0.6 * axr * math.cos(ang), cy - 0.6 * ayr * math.sin(ang))
-            br = _branching_tree(rng, [(start[0], start[1], ang, 2.6 * scale)], lg.hilum,
-                                 inside_mask(o_low > 0.2), r_min=0.7, max_segments=300,
-                                 length_factor=(6.0, 10.0))
-            dens -= _deposit_lines(br, frame, density=0.6) * o_full * fill
-        finding_masks["Consolidation"] = ((o_full > 0.35) & lung_poly).astype(np.uint8)
-
+        finding_masks["Consolidation"] = _consolidation(rng, scene, lungs_mask, lung_poly, air, air_path,
+                                                        layers.full)
     if flags["Nodule"]:
-        nod_mask = np.zeros(full, dtype=bool)
-        n_nod = 1 if rng.random() < 0.75 else int(rng.integers(2, 4))
-        er = ndi.binary_erosion(lungs_mask[::4, ::4], iterations=max(1, int(8.0 / (4 * sp))))
-        ii, jj = np.nonzero(er)
-        for _ in range(n_nod if len(ii) else 0):
-            k = int(rng.integers(0, len(ii)))
-            cr, cc = int(ii[k]) * 4 + 2, int(jj[k]) * 4 + 2
-            diam = float(np.exp(rng.uniform(math.log(6.0), math.log(30.0))))
-            rpx = diam / 2.0 / sp
-            rb = int(math.ceil(rpx * 1.3)) + 2
-            r0_, r1_, c0_, c1_ = max(0, cr - rb), min(H, cr + rb + 1), max(0, cc - rb), min(W, cc + rb + 1)
-            yy, xx = np.mgrid[r0_:r1_, c0_:c1_]
-            ang = np.arctan2(yy - cr, xx - cc)
-            lob = (1.0 + 0.08 * np.sin(3 * ang + rng.uniform(0, 6.3))
-                   + 0.05 * np.sin(5 * ang + rng.uniform(0, 6.3)))
-            rr_ = np.sqrt((yy - cr) ** 2 + (xx - cc) ** 2) / (rpx * lob)
-            prof = diam * np.sqrt(np.clip(1.0 - rr_ * rr_, 0.0, None))
-            dens[r0_:r1_, c0_:c1_] += (0.85 * (2.2 if rng.random() < 0.12 else 1.0) * prof).astype(np.float32)
-            nod_mask[r0_:r1_, c0_:c1_] |= rr_ < 1.0
-        finding_masks["Nodule"] = nod_mask.astype(np.uint8)
-
+        finding_masks["Nodule"] = _nodules(rng, scene, lungs_mask, layers.full)
     if len(pleural_line):
-        dens += _deposit_lines(pleural_line, frame, density=4.0, sigma_scale=0.8)
+        layers.full += _deposit_lines(pleural_line, scene.frame, density=4.0, sigma_scale=0.8)
 
-    # ---------------- gastric bubble under the left dome
-    if rng.random() < 0.6 and "Effusion" not in finding_masks:
-        gx = 0.45 * lung_l.tw + med_x + float(rng.normal(0, 10))
-        gy0 = float(lung_l.dome_y(np.array([0.45 * lung_l.tw]))[0])
-        grx = float(rng.uniform(14, 32)) * scale
-        gry = float(rng.uniform(10, 20)) * scale
-        gy = gy0 + gry + float(rng.uniform(6, 14))
-        level = gy + float(rng.uniform(-0.1, 0.6)) * gry
-        depth = float(rng.uniform(15, 45)) * scale
 
-        def bubble(xg: np.ndarray, yg: np.ndarray) -> np.ndarray:
-            q = ((xg - gx) / grx) ** 2 + ((yg - gy) / gry) ** 2
-            return -_AIR * depth * np.sqrt(np.clip(1 - q, 0, None)) * _smoothstep((level - yg) / 1.5)
+def _consolidation_foci(rng: np.random.Generator, scene: _Scene, lungs_mask: np.ndarray
+                        ) -> tuple[np.ndarray, list[tuple[_Lung, float, float, float, float]]]:
+    """Opacity of one focus mostly, sometimes multifocal, occasionally in both lungs.
 
-        _add_in_box(dens, frame, np.array([[gx - grx, gy - gry], [gx + grx, gy + gry]]), bubble)
+    Returns:
+        (opacity float32 on the low-resolution grid in [0, 1], foci as (lung, cx, cy, rx, ry) mm).
+    """
+    f_low, Xl, Yl, scale, lowshape = scene.f_low, scene.Xl, scene.Yl, scene.scale, scene.lowshape
+    n_foci = 1 if rng.random() < 0.7 else int(rng.integers(2, 4))
+    first_side = int(rng.integers(0, 2))
+    both = rng.random() < 0.3
+    o = np.zeros(lowshape, dtype=np.float32)
+    foci = []
+    cand_all = lungs_mask[(f_low - 1) // 2 + 1::f_low, (f_low - 1) // 2 + 1::f_low]
+    cand_all = cand_all[: lowshape[0], : lowshape[1]]
+    xl_c, yl_c = Xl[: cand_all.shape[0], : cand_all.shape[1]], Yl[: cand_all.shape[0], : cand_all.shape[1]]
+    for i_f in range(n_foci):
+        lg = scene.lungs[first_side if (i_f == 0 or not both) else 1 - first_side]
+        ii, jj = np.nonzero(cand_all & ((xl_c - scene.med_x) * lg.s > 0))
+        if len(ii):
+            k = int(rng.integers(0, len(ii)))
+            cx, cy = float(xl_c[ii[k], jj[k]]), float(yl_c[ii[k], jj[k]])
+        else:
+            cx, cy = lg.hilum[0] + lg.s * 40.0, lg.hilum[1] + 40.0
+        axr = float(rng.uniform(22.0, 65.0)) * scale / (1.0 + 0.2 * i_f)
+        ayr = float(rng.uniform(22.0, 65.0)) * scale / (1.0 + 0.2 * i_f)
+        env = np.exp(-(((Xl - cx) / axr) ** 2 + ((Yl - cy) / ayr) ** 2))
+        patchy = np.clip(1.0 + 0.45 * _band_noise(rng, lowshape, 8.0 / (f_low * scene.sp)), 0.0, None)
+        of = _smoothstep((env * patchy - 0.3) / 0.5)
+        of = ndi.gaussian_filter(of, 3.0 / (f_low * scene.sp))  # ill-defined margins
+        if lg.s < 0 and rng.random() < 0.3:  # lobar: sharp border at the minor fissure
+            y_fis = lg.hilum[1] + float(rng.normal(0, 8))
+            of = of * (_smoothstep((y_fis - Yl) / 2.0) if cy < y_fis else _smoothstep((Yl - y_fis) / 2.0))
+        o = np.maximum(o, of.astype(np.float32))
+        foci.append((lg, cx, cy, axr, ayr))
+    return o, foci
 
-    # ---------------- skeleton and airways
+
+def _consolidation(rng: np.random.Generator, scene: _Scene, lungs_mask: np.ndarray, lung_poly: np.ndarray,
+                   air: _Air, air_path: np.ndarray, dens: np.ndarray) -> np.ndarray:
+    """Fill part of the air spaces (``dens`` (rows, cols) in place), maybe with air bronchograms.
+
+    Returns:
+        uint8 (rows, cols) consolidation mask.
+    """
+    o, foci = _consolidation_foci(rng, scene, lungs_mask)
+    o_low = (o * air.poly_low).astype(np.float32)
+    o_full = np.clip(_upsample(o_low, scene.f_low, scene.full), 0.0, 1.0)
+    fill = float(rng.uniform(0.25, 0.6))
+    dens += _LUNG_AIR * air_path * o_full * fill
+    if rng.random() < 0.6:  # air bronchograms in the largest focus
+        lg, cx, cy, axr, ayr = foci[0]
+        ang = math.atan2(cy - lg.hilum[1], cx - lg.hilum[0])
+        start = (cx - 0.6 * axr * math.cos(ang), cy - 0.6 * ayr * math.sin(ang))
+        br = _branching_tree(rng, [(start[0], start[1], ang, 2.6 * scene.scale)], lg.hilum,
+                             _inside_mask(scene, o_low > 0.2), r_min=0.7, max_segments=300,
+                             length_factor=(6.0, 10.0))
+        dens -= _deposit_lines(br, scene.frame, density=0.6) * o_full * fill
+    return ((o_full > 0.35) & lung_poly).astype(np.uint8)
+
+
+def _nodules(rng: np.random.Generator, scene: _Scene, lungs_mask: np.ndarray, dens: np.ndarray) -> np.ndarray:
+    """Add one or a few lobulated nodules inside the lungs to ``dens`` (rows, cols) in place.
+
+    Returns:
+        uint8 (rows, cols) nodule mask.
+    """
+    H, W = scene.full
+    sp = scene.sp
+    nod_mask = np.zeros(scene.full, dtype=bool)
+    n_nod = 1 if rng.random() < 0.75 else int(rng.integers(2, 4))
+    er = ndi.binary_erosion(lungs_mask[::4, ::4], iterations=max(1, int(8.0 / (4 * sp))))
+    ii, jj = np.nonzero(er)
+    for _ in range(n_nod if len(ii) else 0):
+        k = int(rng.integers(0, len(ii)))
+        cr, cc = int(ii[k]) * 4 + 2, int(jj[k]) * 4 + 2
+        diam = float(np.exp(rng.uniform(math.log(6.0), math.log(30.0))))
+        rpx = diam / 2.0 / sp
+        rb = int(math.ceil(rpx * 1.3)) + 2
+        r0_, r1_, c0_, c1_ = max(0, cr - rb), min(H, cr + rb + 1), max(0, cc - rb), min(W, cc + rb + 1)
+        yy, xx = np.mgrid[r0_:r1_, c0_:c1_]
+        ang = np.arctan2(yy - cr, xx - cc)
+        lob = (1.0 + 0.08 * np.sin(3 * ang + rng.uniform(0, 6.3))
+               + 0.05 * np.sin(5 * ang + rng.uniform(0, 6.3)))
+        rr_ = np.sqrt((yy - cr) ** 2 + (xx - cc) ** 2) / (rpx * lob)
+        prof = diam * np.sqrt(np.clip(1.0 - rr_ * rr_, 0.0, None))
+        dens[r0_:r1_, c0_:c1_] += (0.85 * (2.2 if rng.random() < 0.12 else 1.0) * prof).astype(np.float32)
+        nod_mask[r0_:r1_, c0_:c1_] |= rr_ < 1.0
+    return nod_mask.astype(np.uint8)
+
+
+def _gastric_bubble(rng: np.random.Generator, scene: _Scene, dens: np.ndarray) -> None:
+    """Add the gastric air bubble with its fluid level under the left dome to ``dens`` (rows, cols) in place."""
+    lung_l, scale = scene.lungs[1], scene.scale
+    gx = 0.45 * lung_l.tw + scene.med_x + float(rng.normal(0, 10))
+    gy0 = float(lung_l.dome_y(np.array([0.45 * lung_l.tw]))[0])
+    grx = float(rng.uniform(14, 32)) * scale
+    gry = float(rng.uniform(10, 20)) * scale
+    gy = gy0 + gry + float(rng.uniform(6, 14))
+    level = gy + float(rng.uniform(-0.1, 0.6)) * gry
+    depth = float(rng.uniform(15, 45)) * scale
+
+    def bubble(xg: np.ndarray, yg: np.ndarray) -> np.ndarray:
+        q = ((xg - gx) / grx) ** 2 + ((yg - gy) / gry) ** 2
+        return -_AIR * depth * np.sqrt(np.clip(1 - q, 0, None)) * _smoothstep((level - yg) / 1.5)
+
+    _add_in_box(dens, scene.frame, np.array([[gx - grx, gy - gry], [gx + grx, gy + gry]]), bubble)
+
+
+def _spine_layer(rng: np.random.Generator, shape_rng: np.random.Generator, scene: _Scene,
+                 subj: Mapping[str, Any], half: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+    """Add the (slightly scoliotic) spine to the half-resolution layer ``half`` in place.
+
+    Returns:
+        (the vertebrae from :func:`_vertebrae`, the bone density factor).
+    """
+    scale, sp, frame, halfshape = scene.scale, scene.sp, scene.frame, scene.halfshape
     vert = _vertebrae(shape_rng, scale, y_t1=-(12.0 + float(shape_rng.uniform(-6, 6))) * scale)
     scol = float(shape_rng.normal(0.0, 4.0))
     scol_len = float(shape_rng.uniform(250.0, 450.0))
     scol_ph = float(shape_rng.uniform(0, 2 * math.pi))
+    spine_x = scene.spine_x
 
     def xs(yq: np.ndarray) -> np.ndarray:
         return spine_x + scol * np.sin(2 * math.pi * yq / scol_len + scol_ph)
@@ -1741,82 +2045,73 @@ def make_case(
     c_lo = int(max(0, (min(spine_px[:, 0]) - half_w) // 2))
     c_hi = int(min(halfshape[1], (max(spine_px[:, 0]) + half_w) // 2 + 1))
     if c_hi > c_lo:
-        half_add[:, c_lo:c_hi] += _spine_density(X2[:, c_lo:c_hi], Y2[:, c_lo:c_hi], vert, xs, bone_k)
+        half[:, c_lo:c_hi] += _spine_density(scene.X2[:, c_lo:c_hi], scene.Y2[:, c_lo:c_hi], vert, xs, bone_k)
+    return vert, bone_k
 
-    airway = _airway_tubes(rng, shape_rng, scale, sex, lh, spine_x, med_x, float(subj["aortic"]))
+
+def _skeleton(rng: np.random.Generator, shape_rng: np.random.Generator, scene: _Scene, subj: Mapping[str, Any],
+              study: _Study, layers: _Layers) -> tuple[float, np.ndarray]:
+    """Add spine, ribs, shoulder girdle and airways to ``layers`` in place.
+
+    Returns:
+        (bone density factor, trachea centre line points (N, 2) mm).
+    """
+    frame, scale, med_x, spine_x, ant_x = scene.frame, scene.scale, scene.med_x, scene.spine_x, scene.ant_x
+    vert, bone_k = _spine_layer(rng, shape_rng, scene, subj, layers.half)
+    airway = _airway_tubes(rng, shape_rng, scale, str(subj["sex"]), scene.lh, spine_x, med_x, float(subj["aortic"]))
     it1 = int(vert["i_t1"])
     post: list[_Tube] = [airway[0]]
     ant: list[_Tube] = []
-    for lg in lungs:
+    for lg in scene.lungs:
         p, a = _rib_tubes(shape_rng, lg, vert["tops"][it1: it1 + 13], vert["hw"][it1: it1 + 12],
-                          spine_x - med_x, ant_x - med_x, scale, bone_k, insp)
+                          spine_x - med_x, ant_x - med_x, scale, bone_k, study.insp)
         post += p
         ant += a
-    others, plates, humeral = _shoulder_girdle(rng, shape_rng, lungs, scale, hab, ap, bone_k, spine_x, ant_x)
+    others, plates, humeral = _shoulder_girdle(rng, shape_rng, scene.lungs, scale, float(subj["habitus"]), study.ap,
+                                               bone_k, spine_x, ant_x)
     others += airway[1:]
-    dens += _render_tubes(post, frame) + _render_tubes(ant, frame) + _render_tubes(others, frame)
+    layers.full += _render_tubes(post, frame) + _render_tubes(ant, frame) + _render_tubes(others, frame)
     for poly in plates:
-        plate = ndi.gaussian_filter(frame.fill(poly, f_low).astype(np.float32), 0.7)
-        low_add += plate * 4.0 * bone_k
+        plate = ndi.gaussian_filter(frame.fill(poly, scene.f_low).astype(np.float32), 0.7)
+        layers.low += plate * 4.0 * bone_k
     for hx_, hy_, hr in humeral:
         def head(xg: np.ndarray, yg: np.ndarray, hx_=hx_, hy_=hy_, hr=hr) -> np.ndarray:
             rn = np.sqrt((xg - hx_) ** 2 + (yg - hy_) ** 2) / hr
             c1 = np.sqrt(np.clip(1 - rn * rn, 0, None))
             return bone_k * (0.7 * hr * c1 + 1.2 / np.maximum(c1, 0.3) * _smoothstep((1.0 - rn) * hr / 0.6))
 
-        _add_in_box(dens, frame, np.array([[hx_ - hr, hy_ - hr], [hx_ + hr, hy_ + hr]]), head)
+        _add_in_box(layers.full, frame, np.array([[hx_ - hr, hy_ - hr], [hx_ + hr, hy_ + hr]]), head)
+    return bone_k, airway[0].points
 
-    # ---------------- monitoring devices, lines and tubes
-    devices: list[str] = []
-    if rng.random() < (opts.device_prob * (2.5 if ap else 1.0)):
-        devices = _devices(rng, frame, dens, tw=tw, lh=lh, med_x=med_x, scale=scale, ap=ap,
-                           trachea=airway[0].points, heart=heart, lung_l=lung_l)
 
-    density = _upsample(low_add, f_low, full) + _upsample(half_add, 2, full) + dens
-    np.maximum(density, 0.0, out=density)
-    density = density.astype(np.float32)
+def _expose(rng: np.random.Generator, scene: _Scene, study: _Study, opts: ChestXrayOptions, density: np.ndarray,
+            low: np.ndarray, lung_poly: np.ndarray, heart_mask: np.ndarray, lungs_mask: np.ndarray,
+            finding_masks: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, tuple[float, float],
+                                                           dict[str, float], dict[str, Any]]:
+    """X-ray chain, processing, overlays and tone curve of the (rows, cols) ``density``.
 
-    # ---------------- X-ray chain, processing and overlays
+    Collimator shutters clip ``lungs_mask``, ``heart_mask`` and ``finding_masks`` in place.
+
+    Returns:
+        (image in [0, 1], signal, window (lo, hi), tone parameters, chain and overlay parameters).
+    """
     # the window uses the whole lung fields, so the image does not depend on the mask convention
-    chain = _xray_chain(rng, density, lung_poly & ~heart_mask, low_add > 20.0, f_low, sp, ap, opts)
+    chain = _xray_chain(rng, density, lung_poly & ~heart_mask, low > 20.0, scene.f_low, scene.sp, study.ap, opts)
     signal, (lo, hi), extras = chain
-    overlay = _overlays(rng, signal, lo, hi, sp, ap, opts)
+    overlay = _overlays(rng, signal, lo, hi, scene.sp, study.ap, opts)
     field_mask = overlay.pop("field")
     if field_mask is not None:  # nothing is annotated behind the collimator shutters
         lungs_mask &= field_mask
         heart_mask &= field_mask
-        finding_masks = {k: (v.astype(bool) & field_mask).astype(np.uint8) for k, v in finding_masks.items()}
+        for k, v in finding_masks.items():
+            finding_masks[k] = (v.astype(bool) & field_mask).astype(np.uint8)
     tone = {
         "gamma": float(rng.uniform(0.75, 1.3)),
         "mix": float(rng.uniform(0.0, 0.8)),
         "k": float(rng.uniform(3.0, 7.0)),
     }
     image = apply_tone(signal, (lo, hi), tone)
-
-    return {
-        "image": image,
-        "density": density,
-        "signal": signal,
-        "window": (lo, hi),
-        "tone": tone,
-        "lungs": lungs_mask.astype(np.uint8),
-        "heart": heart_mask.astype(np.uint8),
-        "findings": flags,
-        "finding_masks": finding_masks,
-        "ctr": ctr,
-        "pixel_spacing": (sp_row, sp_col),
-        "native_pixel_spacing": native_sp,
-        "native_shape": native_shape,
-        "view": view,
-        "sex": sex,
-        "age": int(subj["age"]),
-        "subject": subj,
-        "params": {
-            "inspiration": insp, "rotation_deg": math.degrees(rot), "tilt_deg": math.degrees(tilt),
-            "cut": cut, "devices": devices, "bone_k": bone_k, "ctr_target": ctr_target,
-            **extras, **overlay,
-        },
-    }
+    return image, signal, (lo, hi), tone, {**extras, **overlay}
 
 
 def apply_tone(signal: np.ndarray, window: tuple[float, float], tone: Mapping[str, float]) -> np.ndarray:
