@@ -144,7 +144,8 @@ def make_plan(fp: dict[str, Any], *, source: str, device: str = "cpu", memory_gb
         batch = min(batch, 2)
     if fp["modality"] == "ct":
         st = fp["intensity"][0]
-        norm = {"normalize": "ct", "ct_window": [round(st["p00_5"], 1), round(st["p99_5"], 1)]}
+        norm = {"normalize": "ct", "ct_window": [round(st["p00_5"], 1), round(st["p99_5"], 1)],
+                "ct_zscore": [round(st["mean"], 1), round(st["std"], 1)]}
     else:
         norm = {"normalize": "zscore"}
     n_classes = max(fp["labels"]) if fp["labels"] else 1

@@ -70,6 +70,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "spacing": Field((list, NONE), None, check=positive, help="voxel size in mm the model works at"),
         "normalize": Field((str,), "brain_mri", choices=("brain_mri", "ct", "zscore", "minmax", "none")),
         "ct_window": Field((list, str, NONE), None),
+        "ct_zscore": Field((list, NONE), None),  # [mean, std] HU: global z-score after the ct_window clip
         "crop_foreground": Field((bool,), True, help="crop to the non-zero bounding box (brain/head)"),
         "crop_threshold": Field(_NUM, 0.0, check=fraction,
                                 help="foreground = above this fraction of the 99.5th percentile (0: non-zero)"),

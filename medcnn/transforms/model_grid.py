@@ -206,6 +206,10 @@ def normalize(img: torch.Tensor, spec: Mapping[str, Any]) -> torch.Tensor:
         win = spec.get("ct_window") or (-1000.0, 1000.0)
         lo, hi = CT_WINDOWS[win] if isinstance(win, str) else (float(win[0]), float(win[1]))
         out = (x.clamp(lo, hi) - lo) / (hi - lo)
+        stats = spec.get("ct_zscore")  # (mean, std) HU of the training foreground: a global z-score after clipping
+        if stats:
+            mean, std = float(stats[0]), float(stats[1])
+            out = (x.clamp(lo, hi) - mean) / max(std, 1e-8)
     elif kind == "minmax":
         flat = x.flatten(1)
         k_lo = max(1, int(0.005 * flat.shape[1]))

@@ -39,6 +39,8 @@ def test_anisotropic_ct(tmp_path: Path) -> None:
     assert cfg["preprocess"]["normalize"] == "ct"
     lo, hi = cfg["preprocess"]["ct_window"]
     assert lo < -400 < hi
+    mean, std = cfg["preprocess"]["ct_zscore"]  # clip to the foreground's 0.5/99.5 %, then a global z-score
+    assert mean == pytest.approx(-400, abs=5) and 0 < std < 200
     assert cfg["preprocess"]["spacing"] == pytest.approx([0.8, 0.8, 5.0])
 
 
@@ -113,3 +115,15 @@ def test_plan_is_deterministic_so_every_ddp_rank_makes_the_same(tmp_path: Path) 
     assert a == b
     assert (tmp_path / "a" / "plan.yaml").read_text() == (tmp_path / "b" / "plan.yaml").read_text()
     assert (tmp_path / "a" / "fingerprint.json").read_text() == (tmp_path / "b" / "fingerprint.json").read_text()
+
+
+def test_ct_zscore_normalisation_clips_then_standardises() -> None:
+    import torch
+
+    from medcnn.transforms.model_grid import normalize
+
+    x = torch.tensor([[-3000.0, -1000.0, 40.0, 140.0, 5000.0]])
+    plain = normalize(x, {"normalize": "ct", "ct_window": [-1000.0, 1000.0]})
+    torch.testing.assert_close(plain, torch.tensor([[0.0, 0.0, 0.52, 0.57, 1.0]]))
+    z = normalize(x, {"normalize": "ct", "ct_window": [-1000.0, 1000.0], "ct_zscore": [40.0, 100.0]})
+    torch.testing.assert_close(z, torch.tensor([[-10.4, -10.4, 0.0, 1.0, 9.6]]))
