@@ -45,7 +45,7 @@ ONNX_OPSET = 17
 NORMALISATION = {
     "brain_mri": "per-channel z-score over the voxels non-zero in any channel; background stays 0",
     "zscore": "per-channel z-score over the whole image",
-    "ct": "clip to preprocess.ct_window (HU) and scale to [0, 1]",
+    "ct": "clip to preprocess.ct_window (HU) and scale to [0, 1]; with ct_zscore [mean, std]: (clipped - mean) / std instead",
     "minmax": "per-channel 0.5-99.5 percentile scaling to [0, 1], clipped",
     "none": "none (the prompt model's channels are built by medcnn.prompt: image scaled to [0, 1], box and click maps)",
 }
@@ -150,7 +150,7 @@ def inference_contract(ck: dict[str, Any], fmt: str, file: Path, window: Sequenc
         "preprocess": {
             "orientation": pre.get("orientation"), "spacing_mm": pre.get("spacing"),
             "normalize": pre.get("normalize"), "normalize_means": NORMALISATION.get(str(pre.get("normalize")), ""),
-            "ct_window": pre.get("ct_window"), "crop_foreground": pre.get("crop_foreground"),
+            "ct_window": pre.get("ct_window"), "ct_zscore": pre.get("ct_zscore"), "crop_foreground": pre.get("crop_foreground"),
             "crop_threshold": pre.get("crop_threshold"), "size": pre.get("size"), "square_size": pre.get("square_size"),
             "order": "resample to spacing/orientation -> crop foreground -> normalize -> pad/crop to size or letterbox to square_size",
         },
