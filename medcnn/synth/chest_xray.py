@@ -819,10 +819,28 @@ def _rib_tubes(rng: np.random.Generator, lung: _Lung, levels: np.ndarray, spine_
     Returns:
         (posterior tubes, anterior tubes).
     """
+    x_lat = _lateral_border(lung)
+    centre_x = lung.cp[0] - lung.s * lung.tw * 0.975
+    post: list[_Tube] = []
+    ant: list[_Tube] = []
+    for k in range(12):
+        ctrl_a, split, r_post = _rib_control_points(rng, k, lung, levels, spine_hw, x_lat, scale, insp)
+        curve = _spline(ctrl_a, 200)
+        # index on the dense curve closest to the split control point
+        isplit = int(np.argmin(np.sum((curve - ctrl_a[split]) ** 2, axis=1)))
+        pts = np.stack([centre_x + lung.s * curve[:, 0], curve[:, 1]], axis=1)
+        p, a = _rib_parts(rng, k, pts, isplit, r_post, spine_x, ant_shift, scale, bone_k)
+        post.append(p)
+        if a is not None:
+            ant.append(a)
+    return post, ant
+
+
+def _lateral_border(lung: _Lung) -> Callable[[float], float]:
+    """|x| (mm, from the lung's own midline) of the lung's lateral border as a function of y (mm)."""
     s = lung.s
-    # lateral border |x| as a function of y, from the lung outline
     ol = lung.outline
-    rel = s * (ol[:, 0] - (lung.cp[0] - s * lung.tw * 0.975))  # |x| from the lung's own midline
+    rel = s * (ol[:, 0] - (lung.cp[0] - s * lung.tw * 0.975))
     ys = np.linspace(-40.0, lung.cp[1] + 60.0, 120)
     xl = np.empty_like(ys)
     for i, yy in enumerate(ys):
@@ -830,76 +848,88 @@ def _rib_tubes(rng: np.random.Generator, lung: _Lung, levels: np.ndarray, spine_
         xl[i] = rel[band].max() if band.any() else np.nan
     valid = ~np.isnan(xl)
     xl = np.interp(ys, ys[valid], xl[valid])
-    centre_x = lung.cp[0] - s * lung.tw * 0.975
 
     def x_lat(y: float) -> float:
         return float(np.interp(y, ys, xl))
 
-    post: list[_Tube] = []
-    ant: list[_Tube] = []
-    for k in range(12):
-        y0 = float(levels[k])
-        spacing = float(levels[k + 1] - levels[k]) * (0.85 + 0.15 * insp)
-        x_sp = float(spine_hw[k]) + 9.0 * scale
-        r_post = (6.5 if k == 0 else 5.6) * scale * float(rng.uniform(0.9, 1.1))
-        if k == 0:
-            rr = x_lat(18.0) + 2.0
-            ctrl = [(x_sp, y0), (x_sp + 0.35 * (rr - x_sp), y0 - 6.0), (0.85 * rr, y0 + 2.0),
-                    (rr, y0 + 14.0), (0.92 * rr, y0 + 26.0), (0.6 * rr, y0 + 38.0), (26.0 * scale, y0 + 48.0)]
-            split = 3
-        elif k < 10:
-            y_lat = y0 + 1.7 * spacing
-            rr = max(x_lat(y_lat), x_lat(y0 + 0.5 * spacing)) + r_post + 3.0
-            drop = float(levels[min(k + 4, 12)] - y0) + 8.0
-            x_cc = (0.28 + 0.03 * k) * rr + float(rng.normal(0, 3))
-            if k >= 6:  # lower anterior ribs: only their lateral part is seen above the costal margin
-                drop *= 0.8
-                x_cc = (0.5 + 0.04 * (k - 6)) * rr
-            ctrl = [(x_sp, y0), (x_sp + 0.2 * (rr - x_sp), y0 - 0.15 * spacing),
-                    (x_sp + 0.5 * (rr - x_sp), y0 + 0.2 * spacing), (0.8 * rr, y0 + 0.75 * spacing),
-                    (0.97 * rr, y0 + 1.35 * spacing), (rr, y_lat + 0.2 * spacing),
-                    (0.96 * rr, y0 + 2.4 * spacing),
-                    (0.78 * rr, y0 + 0.55 * drop + 0.9 * spacing), (x_cc, y0 + drop)]
-            split = 5
-        else:
-            rr = 0.55 * x_lat(lung.cp[1]) + (0.15 if k == 10 else 0.0) * x_lat(lung.cp[1])
-            ctrl = [(x_sp, y0), (x_sp + 0.4 * (rr - x_sp), y0 + 0.1 * spacing),
-                    (0.85 * rr, y0 + 0.55 * spacing), (rr, y0 + 1.2 * spacing)]
-            split = len(ctrl) - 1
-        ctrl_a = np.array(ctrl, dtype=np.float64)
-        ctrl_a[1:, :] += rng.normal(0.0, 1.0, ctrl_a[1:, :].shape) * scale
-        curve = _spline(ctrl_a, 200)
-        # index on the dense curve closest to the split control point
-        isplit = int(np.argmin(np.sum((curve - ctrl_a[split]) ** 2, axis=1)))
-        pts = np.stack([centre_x + s * curve[:, 0], curve[:, 1]], axis=1)
-        # posterior (near spine) parts shift with rotation less than anterior ones
-        # posterior and anterior parts cross-fade over the lateral bend (no double density)
-        fade = 12
-        n_pts = len(pts)
-        shift = np.full(n_pts, spine_x)
-        if isplit < n_pts - 3:
-            frac = np.clip((np.arange(n_pts) - isplit) / max(n_pts - 1 - isplit, 1), 0.0, 1.0)
-            shift = spine_x + (ant_shift - spine_x) * frac
-        pts = pts + np.stack([shift, np.zeros(n_pts)], axis=1)
-        wpost = bone_k * (0.55 if k >= 10 else 1.0) * float(rng.uniform(0.85, 1.15))
-        e_post = min(n_pts, isplit + fade + 1) if isplit < n_pts - 3 else n_pts
-        w_p = np.full(e_post, wpost)
-        r_p = r_post * np.interp(np.linspace(0.0, 1.0, e_post), [0.0, 0.15, 0.6, 1.0],
-                                 [0.75, 0.95, 1.05, 1.0])
-        if e_post < n_pts or isplit < n_pts - 3:
-            ramp = np.clip((e_post - 1 - np.arange(e_post)) / (2.0 * fade), 0.0, 1.0)
-            w_p = w_p * ramp
-        post.append(_Tube(pts[:e_post], r_p, w_p,
-                          cortex=1.0 * scale, depth_ratio=1.15, marrow=0.15))
-        if isplit < n_pts - 3:
-            b = max(0, isplit - fade)
-            pa = pts[b:]
-            m_a = len(pa)
-            ramp = np.clip(np.arange(m_a) / (2.0 * fade), 0.0, 1.0)
-            r_ant = r_post * np.linspace(1.0, 1.3, m_a)
-            w_ant = bone_k * np.linspace(0.85, 0.45 if k < 6 else 0.25, m_a) * ramp
-            ant.append(_Tube(pa, r_ant, w_ant, cortex=1.0 * scale, depth_ratio=0.75, marrow=0.35))
-    return post, ant
+    return x_lat
+
+
+def _rib_control_points(rng: np.random.Generator, k: int, lung: _Lung, levels: np.ndarray, spine_hw: np.ndarray,
+                        x_lat: Callable[[float], float], scale: float, insp: float
+                        ) -> tuple[np.ndarray, int, float]:
+    """Jittered control points of rib ``k`` (0 = first rib) in (|x| from the midline, y) mm.
+
+    Returns:
+        (control points (P, 2), index of the point where the posterior part ends, posterior radius mm).
+    """
+    y0 = float(levels[k])
+    spacing = float(levels[k + 1] - levels[k]) * (0.85 + 0.15 * insp)
+    x_sp = float(spine_hw[k]) + 9.0 * scale
+    r_post = (6.5 if k == 0 else 5.6) * scale * float(rng.uniform(0.9, 1.1))
+    if k == 0:
+        rr = x_lat(18.0) + 2.0
+        ctrl = [(x_sp, y0), (x_sp + 0.35 * (rr - x_sp), y0 - 6.0), (0.85 * rr, y0 + 2.0),
+                (rr, y0 + 14.0), (0.92 * rr, y0 + 26.0), (0.6 * rr, y0 + 38.0), (26.0 * scale, y0 + 48.0)]
+        split = 3
+    elif k < 10:
+        y_lat = y0 + 1.7 * spacing
+        rr = max(x_lat(y_lat), x_lat(y0 + 0.5 * spacing)) + r_post + 3.0
+        drop = float(levels[min(k + 4, 12)] - y0) + 8.0
+        x_cc = (0.28 + 0.03 * k) * rr + float(rng.normal(0, 3))
+        if k >= 6:  # lower anterior ribs: only their lateral part is seen above the costal margin
+            drop *= 0.8
+            x_cc = (0.5 + 0.04 * (k - 6)) * rr
+        ctrl = [(x_sp, y0), (x_sp + 0.2 * (rr - x_sp), y0 - 0.15 * spacing),
+                (x_sp + 0.5 * (rr - x_sp), y0 + 0.2 * spacing), (0.8 * rr, y0 + 0.75 * spacing),
+                (0.97 * rr, y0 + 1.35 * spacing), (rr, y_lat + 0.2 * spacing),
+                (0.96 * rr, y0 + 2.4 * spacing),
+                (0.78 * rr, y0 + 0.55 * drop + 0.9 * spacing), (x_cc, y0 + drop)]
+        split = 5
+    else:
+        rr = 0.55 * x_lat(lung.cp[1]) + (0.15 if k == 10 else 0.0) * x_lat(lung.cp[1])
+        ctrl = [(x_sp, y0), (x_sp + 0.4 * (rr - x_sp), y0 + 0.1 * spacing),
+                (0.85 * rr, y0 + 0.55 * spacing), (rr, y0 + 1.2 * spacing)]
+        split = len(ctrl) - 1
+    ctrl_a = np.array(ctrl, dtype=np.float64)
+    ctrl_a[1:, :] += rng.normal(0.0, 1.0, ctrl_a[1:, :].shape) * scale
+    return ctrl_a, split, r_post
+
+
+def _rib_parts(rng: np.random.Generator, k: int, pts: np.ndarray, isplit: int, r_post: float, spine_x: float,
+               ant_shift: float, scale: float, bone_k: float) -> tuple[_Tube, _Tube | None]:
+    """Posterior and anterior tubes of rib ``k`` along its centre line ``pts`` (N, 2) mm.
+
+    Returns:
+        (posterior tube, anterior tube or None when the rib has no anterior part).
+    """
+    # posterior (near spine) parts shift with rotation less than anterior ones
+    # posterior and anterior parts cross-fade over the lateral bend (no double density)
+    fade = 12
+    n_pts = len(pts)
+    shift = np.full(n_pts, spine_x)
+    if isplit < n_pts - 3:
+        frac = np.clip((np.arange(n_pts) - isplit) / max(n_pts - 1 - isplit, 1), 0.0, 1.0)
+        shift = spine_x + (ant_shift - spine_x) * frac
+    pts = pts + np.stack([shift, np.zeros(n_pts)], axis=1)
+    wpost = bone_k * (0.55 if k >= 10 else 1.0) * float(rng.uniform(0.85, 1.15))
+    e_post = min(n_pts, isplit + fade + 1) if isplit < n_pts - 3 else n_pts
+    w_p = np.full(e_post, wpost)
+    r_p = r_post * np.interp(np.linspace(0.0, 1.0, e_post), [0.0, 0.15, 0.6, 1.0],
+                             [0.75, 0.95, 1.05, 1.0])
+    if e_post < n_pts or isplit < n_pts - 3:
+        ramp = np.clip((e_post - 1 - np.arange(e_post)) / (2.0 * fade), 0.0, 1.0)
+        w_p = w_p * ramp
+    post = _Tube(pts[:e_post], r_p, w_p, cortex=1.0 * scale, depth_ratio=1.15, marrow=0.15)
+    if isplit >= n_pts - 3:
+        return post, None
+    b = max(0, isplit - fade)
+    pa = pts[b:]
+    m_a = len(pa)
+    ramp = np.clip(np.arange(m_a) / (2.0 * fade), 0.0, 1.0)
+    r_ant = r_post * np.linspace(1.0, 1.3, m_a)
+    w_ant = bone_k * np.linspace(0.85, 0.45 if k < 6 else 0.25, m_a) * ramp
+    return post, _Tube(pa, r_ant, w_ant, cortex=1.0 * scale, depth_ratio=0.75, marrow=0.35)
 
 
 def _vertebrae(rng: np.random.Generator, scale: float, y_t1: float) -> dict[str, np.ndarray]:
@@ -2369,15 +2399,9 @@ def generate(
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    for name, v in (("uncertain_frac", uncertain_frac), ("blank_frac", blank_frac), ("followup_prob", followup_prob)):
-        if not 0.0 <= float(v) <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], got {v!r}")
     from medcnn.synth import check_workers, map_jobs
 
+    _check_generate_args(n, seed, uncertain_frac=uncertain_frac, blank_frac=blank_frac, followup_prob=followup_prob)
     workers = check_workers(workers)
     fmts = _normalise_formats(formats)
     _resolve_options(options)  # fail fast on bad options
@@ -2388,7 +2412,33 @@ def generate(
     done = map_jobs(_case_job, jobs, workers, chunksize=len(jobs) // (8 * workers))
     rows: list[dict[str, Any]] = list(tqdm(done, total=len(jobs), desc="synthetic chest x-rays", unit="case",
                                            disable=not progress))
+    man_rows = _write_label_tables(out, rows)
+    logger.info("wrote %d synthetic chest radiographs (%d patients) to %s", len(rows),
+                len({r["subject"] for r in rows}), out)
+    return man_rows
 
+
+def _check_generate_args(n: Any, seed: Any, **fractions: float) -> None:
+    """Validate :func:`generate`'s case count, seed and probabilities.
+
+    Raises:
+        ValueError: ``n`` or ``seed`` is not a non-negative integer, or a fraction lies outside [0, 1].
+    """
+    if not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    for name, v in fractions.items():
+        if not 0.0 <= float(v) <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {v!r}")
+
+
+def _write_label_tables(out: Path, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Write labels.csv (CheXpert style), nih_labels.csv and manifest.csv from the cases' rows.
+
+    Returns:
+        The manifest rows (the case rows without their private ``_`` fields), in case order.
+    """
     chex_rows, nih_rows, man_rows = [], [], []
     for row in rows:
         chex_rows.append({
@@ -2410,6 +2460,4 @@ def generate(
     write_csv_atomic(out / "labels.csv", [*CHEXPERT_COLUMNS, *FINDINGS], chex_rows)
     write_csv_atomic(out / "nih_labels.csv", NIH_COLUMNS, nih_rows)
     write_csv_atomic(out / "manifest.csv", man_cols, man_rows)
-    logger.info("wrote %d synthetic chest radiographs (%d patients) to %s", len(rows),
-                len({r["subject"] for r in rows}), out)
     return man_rows
