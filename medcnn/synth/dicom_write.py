@@ -24,6 +24,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -131,6 +132,46 @@ def write_xray_dicom(
     """
     path = Path(path)
     pixels = np.asarray(pixels_stored)
+    bits_stored = _check_image(pixels, photometric, modality, bits_stored)
+    _check_rescale(modality, rescale_slope, rescale_intercept)
+    centers, widths = _check_windows(window_center, window_width, voi_lut_function)
+    lut = _check_voi_lut(voi_lut, voi_lut_bits, voi_lut_first_mapped, rescale_slope, rescale_intercept)
+    if not centers and lut is None:
+        logger.debug("%s: no VOI given; readers will show the full stored range", path)
+    spacing = tuple(float(v) for v in pixel_spacing)
+    if len(spacing) != 2 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise ValueError(f"pixel_spacing must be two positive numbers, got {pixel_spacing!r}")
+    if view_position not in _VIEWS:
+        raise ValueError(f"view_position must be one of {_VIEWS}, got {view_position!r}")
+    if patient_sex not in ("M", "F", "O"):
+        raise ValueError(f"patient_sex must be 'M', 'F' or 'O', got {patient_sex!r}")
+
+    ds = _new_dataset(path, modality, sop_instance_uid or generate_uid())
+    _set_patient_study(ds, modality=modality, view_position=view_position, patient_name=patient_name,
+                       patient_id=patient_id, patient_sex=patient_sex, patient_age=patient_age,
+                       study_instance_uid=study_instance_uid, series_instance_uid=series_instance_uid,
+                       study_id=study_id, series_number=series_number, instance_number=instance_number,
+                       burned_in_annotation=burned_in_annotation)
+    _set_image(ds, pixels, modality=modality, photometric=photometric, bits_stored=bits_stored, spacing=spacing,
+               rescale_slope=rescale_slope, rescale_intercept=rescale_intercept, centers=centers, widths=widths,
+               voi_lut_function=voi_lut_function)
+    if lut is not None:
+        ds.VOILUTSequence = DicomSequence([_voi_lut_item(lut, voi_lut_first_mapped, voi_lut_bits)])
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    _save_atomic(ds, path)
+    logger.debug("wrote %s (%s %s, %d bits)", path, modality, photometric, bits_stored)
+    return path
+
+
+def _check_image(pixels: np.ndarray, photometric: str, modality: str, bits_stored: Any) -> int:
+    """Validate the (rows, cols) stored pixels against the enumerated image attributes.
+
+    Returns:
+        ``bits_stored`` as an int.
+
+    Raises:
+        ValueError: bad shape, photometric, modality, bit depth, dtype or value range.
+    """
     if pixels.ndim != 2 or min(pixels.shape) < 1:
         raise ValueError(f"pixels_stored must be 2D (rows, cols), got shape {pixels.shape}")
     if photometric not in _PHOTOMETRIC:
@@ -147,12 +188,33 @@ def write_xray_dicom(
             f"pixels_stored values must lie in [0, {2**bits_stored - 1}] for "
             f"bits_stored={bits_stored}, got [{int(pixels.min())}, {int(pixels.max())}]"
         )
-    if (rescale_slope is None) != (rescale_intercept is None):
+    return bits_stored
+
+
+def _check_rescale(modality: str, slope: float | None, intercept: float | None) -> None:
+    """Validate the modality rescale (DX allows only the identity).
+
+    Raises:
+        ValueError: only one of the two given, a non-identity DX rescale, or a zero/non-finite slope.
+    """
+    if (slope is None) != (intercept is None):
         raise ValueError("give both rescale_slope and rescale_intercept, or neither")
-    if modality == "DX" and (rescale_slope != 1.0 or rescale_intercept != 0.0):
+    if modality == "DX" and (slope != 1.0 or intercept != 0.0):
         raise ValueError("DX images require rescale_slope=1 and rescale_intercept=0")
-    if rescale_slope is not None and not (np.isfinite(rescale_slope) and rescale_slope != 0):
-        raise ValueError(f"rescale_slope must be finite and non-zero, got {rescale_slope!r}")
+    if slope is not None and not (np.isfinite(slope) and slope != 0):
+        raise ValueError(f"rescale_slope must be finite and non-zero, got {slope!r}")
+
+
+def _check_windows(window_center: float | Sequence[float] | None, window_width: float | Sequence[float] | None,
+                   voi_lut_function: str | None) -> tuple[list[float], list[float]]:
+    """Validate the VOI windows and function.
+
+    Returns:
+        (centers, widths), empty lists without a window.
+
+    Raises:
+        ValueError: unpaired or invalid windows, or an unknown VOI LUT function.
+    """
     if (window_center is None) != (window_width is None):
         raise ValueError("give both window_center and window_width, or neither")
     centers: list[float] = []
@@ -168,45 +230,57 @@ def write_xray_dicom(
             raise ValueError("a LINEAR window needs window_width >= 1")
     if voi_lut_function is not None and voi_lut_function not in _VOI_FUNCTIONS:
         raise ValueError(f"voi_lut_function must be one of {_VOI_FUNCTIONS}")
-    lut: np.ndarray | None = None
-    if voi_lut is not None:
-        lut = np.asarray(voi_lut)
-        if lut.ndim != 1 or not 1 <= lut.size <= 65536:
-            raise ValueError("voi_lut must be 1D with 1..65536 entries")
-        if voi_lut_bits != 8 and not 10 <= voi_lut_bits <= 16:
-            raise ValueError(f"voi_lut_bits must be 8 or 10..16, got {voi_lut_bits}")
-        if int(lut.min()) < 0 or int(lut.max()) >= 2**voi_lut_bits:
-            raise ValueError(f"voi_lut values must lie in [0, {2**voi_lut_bits - 1}]")
-        if not 0 <= voi_lut_first_mapped <= 65535:
-            raise ValueError("voi_lut_first_mapped must lie in 0..65535")
-        if rescale_slope not in (None, 1.0) or (
-            rescale_intercept is not None and float(rescale_intercept) != int(rescale_intercept)
-        ):
-            raise ValueError("a VOI LUT table needs integer modality values (slope 1)")
-    if not centers and lut is None:
-        logger.debug("%s: no VOI given; readers will show the full stored range", path)
-    spacing = tuple(float(v) for v in pixel_spacing)
-    if len(spacing) != 2 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
-        raise ValueError(f"pixel_spacing must be two positive numbers, got {pixel_spacing!r}")
-    if view_position not in _VIEWS:
-        raise ValueError(f"view_position must be one of {_VIEWS}, got {view_position!r}")
-    if patient_sex not in ("M", "F", "O"):
-        raise ValueError(f"patient_sex must be 'M', 'F' or 'O', got {patient_sex!r}")
+    return centers, widths
 
+
+def _check_voi_lut(voi_lut: np.ndarray | None, bits: int, first_mapped: int, slope: float | None,
+                   intercept: float | None) -> np.ndarray | None:
+    """Validate the optional VOI LUT table.
+
+    Returns:
+        The table as an (n_entries,) array, or None.
+
+    Raises:
+        ValueError: bad size, bit depth, values, first mapped value, or non-integer modality values.
+    """
+    if voi_lut is None:
+        return None
+    lut = np.asarray(voi_lut)
+    if lut.ndim != 1 or not 1 <= lut.size <= 65536:
+        raise ValueError("voi_lut must be 1D with 1..65536 entries")
+    if bits != 8 and not 10 <= bits <= 16:
+        raise ValueError(f"voi_lut_bits must be 8 or 10..16, got {bits}")
+    if int(lut.min()) < 0 or int(lut.max()) >= 2**bits:
+        raise ValueError(f"voi_lut values must lie in [0, {2**bits - 1}]")
+    if not 0 <= first_mapped <= 65535:
+        raise ValueError("voi_lut_first_mapped must lie in 0..65535")
+    if slope not in (None, 1.0) or (intercept is not None and float(intercept) != int(intercept)):
+        raise ValueError("a VOI LUT table needs integer modality values (slope 1)")
+    return lut
+
+
+def _new_dataset(path: Path, modality: str, sop_uid: str) -> FileDataset:
+    """Empty CR or DX (For Presentation) dataset with its file meta information and SOP identity."""
     sop_class = CR_IMAGE_STORAGE if modality == "CR" else DX_IMAGE_STORAGE_PRESENTATION
-    sop_uid = sop_instance_uid or generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "MEDCNN_SYNTH"
-
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["DERIVED", "PRIMARY"]
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
+    return ds
+
+
+def _set_patient_study(ds: FileDataset, *, modality: str, view_position: str, patient_name: str, patient_id: str,
+                       patient_sex: str, patient_age: int | None, study_instance_uid: str | None,
+                       series_instance_uid: str | None, study_id: str, series_number: int, instance_number: int,
+                       burned_in_annotation: bool) -> None:
+    """Set the patient, study and series attributes (synthetic identifiers, empty dates) in place."""
     ds.StudyDate = ""
     ds.StudyTime = ""
     ds.AccessionNumber = ""
@@ -233,6 +307,12 @@ def write_xray_dicom(
     ds.ImageLaterality = "U"
     ds.BurnedInAnnotation = "YES" if burned_in_annotation else "NO"
     ds.LossyImageCompression = "00"
+
+
+def _set_image(ds: FileDataset, pixels: np.ndarray, *, modality: str, photometric: str, bits_stored: int,
+               spacing: tuple[float, ...], rescale_slope: float | None, rescale_intercept: float | None,
+               centers: Sequence[float], widths: Sequence[float], voi_lut_function: str | None) -> None:
+    """Set the spacing, image pixel description, rescale and windows of (rows, cols) ``pixels`` in place."""
     if modality == "DX":
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.ImagerPixelSpacing = [_ds_str(v) for v in spacing]
@@ -241,7 +321,6 @@ def write_xray_dicom(
         ds.RescaleType = "US"
     else:
         ds.PixelSpacing = [_ds_str(v) for v in spacing]
-
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.Rows, ds.Columns = (int(v) for v in pixels.shape)
@@ -257,19 +336,24 @@ def write_xray_dicom(
         ds.WindowWidth = [_ds_str(v) for v in widths] if len(widths) > 1 else _ds_str(widths[0])
         if voi_lut_function is not None:
             ds.VOILUTFunction = voi_lut_function
-    if lut is not None:
-        item = pydicom.Dataset()
-        n_entries = int(lut.size)
-        # both elements have ambiguous VRs (US/SS, US/OW): state US explicitly
-        item.add_new(0x00283002, "US", [n_entries % 65536, int(voi_lut_first_mapped), int(voi_lut_bits)])
-        item.LUTExplanation = "SYNTH TONE CURVE"
-        if 2 * n_entries <= 0xFFFE:
-            item.add_new(0x00283006, "US", [int(v) for v in lut.astype(np.int64)])
-        else:  # too long for a 16-bit length field: OW, little endian like the file
-            item.add_new(0x00283006, "OW", np.ascontiguousarray(lut, dtype="<u2").tobytes())
-        ds.VOILUTSequence = DicomSequence([item])
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
 
+
+def _voi_lut_item(lut: np.ndarray, first_mapped: int, bits: int) -> pydicom.Dataset:
+    """One VOI LUT Sequence item holding the (n_entries,) table ``lut``."""
+    item = pydicom.Dataset()
+    n_entries = int(lut.size)
+    # both elements have ambiguous VRs (US/SS, US/OW): state US explicitly
+    item.add_new(0x00283002, "US", [n_entries % 65536, int(first_mapped), int(bits)])
+    item.LUTExplanation = "SYNTH TONE CURVE"
+    if 2 * n_entries <= 0xFFFE:
+        item.add_new(0x00283006, "US", [int(v) for v in lut.astype(np.int64)])
+    else:  # too long for a 16-bit length field: OW, little endian like the file
+        item.add_new(0x00283006, "OW", np.ascontiguousarray(lut, dtype="<u2").tobytes())
+    return item
+
+
+def _save_atomic(ds: FileDataset, path: Path) -> None:
+    """Save ``ds`` to a temporary file in ``path``'s folder (created), then rename it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -279,8 +363,6 @@ def write_xray_dicom(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    logger.debug("wrote %s (%s %s, %d bits)", path, modality, photometric, bits_stored)
-    return path
 
 
 def reference_display(ds: pydicom.Dataset | str | os.PathLike[str]) -> np.ndarray:
