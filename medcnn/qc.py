@@ -178,6 +178,7 @@ def volume_panels(
     center: Sequence[int] | None = None,
     convention: str = "radiological",
     box: Sequence[float] | None = None,
+    value_range: tuple[float, float] | None = None,
 ) -> list[Panel]:
     """Axial, coronal and sagittal slices of a volume, reoriented to RAS, in a display convention.
 
@@ -189,6 +190,8 @@ def volume_panels(
         convention: ``"radiological"`` (default: patient's right on the image's left; sagittal anterior on the
             left, as PACS and 3D Slicer show it) or ``"neurological"`` (patient's right on the right).
         box: optional ``(i0, j0, k0, i1, j1, k1)`` prompt box in the volume's voxel indices (max exclusive).
+        value_range: ``(low, high)`` shown black to white (e.g. a CT window in HU); default: the 0.5-99.5
+            percentiles of the non-zero voxels.
 
     Returns:
         The informative panels (a single-slice volume has one).
@@ -220,7 +223,7 @@ def volume_panels(
     if bx is not None:
         bx = t[k].numpy() > 0.5
     sp = geometry.voxel_spacing(ras_aff)
-    g = window(vol)
+    g = window(vol) if value_range is None else np.clip((vol - value_range[0]) / max(value_range[1] - value_range[0], 1e-8), 0.0, 1.0)
     if center is None:
         if lab is not None and (lab > 0).any():
             center = label_slices(lab)
@@ -359,6 +362,7 @@ def volume_figure(
     convention: str = "radiological",
     center: Sequence[int] | None = None,
     height_px: int = 300,
+    value_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """A QC picture a radiologist reads: three planes with orientation markers, legend, case id and figures.
 
@@ -367,11 +371,12 @@ def volume_figure(
         names: label value -> name for the legend (default: the values present).
         case_id: printed at the top, with ``figures`` (e.g. ``{"WT mL": 12.3, "p(AD)": 0.83}``).
         height_px: height of the panels in pixels.
+        value_range: ``(low, high)`` shown black to white (a CT window in HU); default: robust percentiles.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB.
     """
-    panels = volume_panels(image, affine, label, heat, center, convention, box)
+    panels = volume_panels(image, affine, label, heat, center, convention, box, value_range)
     legend = _legend(label, names)
     title = caption(case_id, figures)
     if title:

@@ -43,7 +43,7 @@ class BrainTumorPipeline(SegmentPipeline):
     def regions(self, names: Mapping[int, str]) -> dict[str, Any]:
         return dict(BRATS_REGIONS)
 
-    def summary(self, volumes: Mapping[str, float]) -> dict[str, Any]:
+    def summary(self, volumes: Mapping[str, float], means: Mapping[str, float]) -> dict[str, Any]:
         return {f"{k.lower()}_ml": round(v, 3) for k, v in volumes.items()}
 
     def qc_figures(self, volumes: Mapping[str, float]) -> dict[str, float]:

@@ -2,7 +2,8 @@
 
 Label values and names are TotalSegmentator's (``medcnn.synth.ct_organs.LABELS``). Outputs as for the generic
 segmentation pipeline (:mod:`medcnn.pipelines.segment`): ``<case>.nii.gz`` on the input grid, ``qc/<case>.png``,
-``labels.json``; the summary has one ``<organ>_ml`` column per organ (measured on the input grid). A DICOM input
+``labels.json``, and QC pictures in the soft-tissue (``qc/<case>.png``) and lung (``qc/<case>_lung.png``) windows;
+the summary has ``<organ>_ml`` and ``<organ>_hu`` (mean HU) per organ, measured on the input grid. A DICOM input
 whose Modality is not CT is flagged out of distribution.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from medcnn.errors import InputError
 from medcnn.pipelines.segment import SegmentPipeline
 from medcnn.synth.ct_organs import LABELS
+from medcnn.transforms.windows import CT_WINDOWS
 
 ORGANS: dict[int, str] = {v: k for k, v in LABELS.items() if v > 0}
 
@@ -25,9 +27,10 @@ class CtOrgansPipeline(SegmentPipeline):
 
     name: str = "ct-organs"
     model: str = "ct-organs"
-    fields: tuple[str, ...] = (*(f"{n}_ml" for n in ORGANS.values()), "ood", "ood_score")
+    fields: tuple[str, ...] = (*(f"{n}_{unit}" for n in ORGANS.values() for unit in ("ml", "hu")), "ood", "ood_score")
     channels: tuple[str, ...] = ("CT",)
     modalities: tuple[str, ...] = ("CT",)
+    qc_windows: tuple[tuple[str, tuple[float, float] | None], ...] = (("", CT_WINDOWS["soft_tissue"]), ("_lung", CT_WINDOWS["lung"]))
 
     def check_model(self, model: Any) -> None:
         """Refuse a checkpoint that is not a one-channel CT model with these organ labels.
@@ -50,8 +53,12 @@ class CtOrgansPipeline(SegmentPipeline):
     def regions(self, names: Mapping[int, str]) -> dict[str, Any]:
         return {name: value for value, name in ORGANS.items()}
 
-    def summary(self, volumes: Mapping[str, float]) -> dict[str, Any]:
-        return {f"{k}_ml": round(v, 1) for k, v in volumes.items()}
+    def summary(self, volumes: Mapping[str, float], means: Mapping[str, float]) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for name, ml in volumes.items():
+            row[f"{name}_ml"] = round(ml, 1)
+            row[f"{name}_hu"] = "" if ml == 0 else round(means[name], 1)  # mean HU on the input grid
+        return row
 
 
 PIPELINE = CtOrgansPipeline()

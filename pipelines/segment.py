@@ -27,7 +27,7 @@ from medcnn.inference import ood
 from medcnn.io import geometry, load, save
 from medcnn.io.dicom_seg import is_dicom_image, is_dicom_path, segment_names, write_dicom_seg
 from medcnn.io.readers import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES
-from medcnn.metrics.segmentation import region_volumes_ml
+from medcnn.metrics.segmentation import region_masks, region_volumes_ml
 from medcnn.metrics.statistics import label_statistics, write_statistics
 from medcnn.pipelines.base import Pipeline
 from medcnn.preprocessing import prepare
@@ -48,6 +48,7 @@ class SegmentPipeline(Pipeline):
     channels: tuple[str, ...] = ("image",)  # input channels, in the model's order
     modalities: tuple[str, ...] = ()  # DICOM Modality values expected (others are an OOD reason); () = any
     qc_channel: int = 0  # the channel drawn under the labels in the QC picture
+    qc_windows: tuple[tuple[str, tuple[float, float] | None], ...] = (("", None),)  # (file suffix, value range)
 
     def discover(self, inputs):
         return _drop_channel_suffix(find_image_cases(inputs, suffixes=_VOLUME_SUFFIXES + DICOM_SUFFIXES, bids=False))
@@ -55,7 +56,8 @@ class SegmentPipeline(Pipeline):
     def outputs(self, case: Case, out_dir: Path) -> list[Path]:
         seg = [out_dir / f"{case.id}.seg.dcm"] if self.dicom_seg and case.inputs and is_dicom_path(case.inputs[0]) else []
         stats = [out_dir / f"{case.id}_statistics.json"] if self.statistics else []
-        return [out_dir / f"{case.id}.nii.gz", out_dir / "qc" / f"{case.id}.png", *seg, *stats]
+        pictures = [out_dir / "qc" / f"{case.id}{suffix}.png" for suffix, _ in self.qc_windows]
+        return [out_dir / f"{case.id}.nii.gz", *pictures, *seg, *stats]
 
     def load(self, case: Case):
         return load(case.inputs, spatial_dims=3)
@@ -77,8 +79,8 @@ class SegmentPipeline(Pipeline):
         """Region name -> label value(s) whose volumes the summary reports (here: every label alone)."""
         return {name: value for value, name in names.items()}
 
-    def summary(self, volumes: Mapping[str, float]) -> dict[str, Any]:
-        """The :attr:`fields` values (without ood) from the region volumes in mL."""
+    def summary(self, volumes: Mapping[str, float], means: Mapping[str, float]) -> dict[str, Any]:
+        """The :attr:`fields` values (without ood) from the region volumes in mL and mean intensities."""
         return {"labels_ml": "; ".join(f"{k}={v:.1f}" for k, v in volumes.items())}
 
     def ood_model(self, model: Any) -> Any:
@@ -142,14 +144,22 @@ class SegmentPipeline(Pipeline):
             write_statistics(out_dir / f"{case.id}_statistics.json",
                              label_statistics(labels, img, spacing, names, self.channels, regions))
         vols = region_volumes_ml(labels, spacing, regions)
-        qc.save_png(qc.volume_figure(img[self.qc_channel], img.affine.numpy(), label=labels, names=names,
-                                     case_id=case.id, figures=self.qc_figures(vols), convention=self.qc_convention),
-                    out_dir / "qc" / f"{case.id}.png")
-        return {**self.summary(vols), **flags}
+        shown = img[self.qc_channel]
+        for suffix, value_range in self.qc_windows:
+            qc.save_png(qc.volume_figure(shown, img.affine.numpy(), label=labels, names=names, case_id=case.id,
+                                         figures=self.qc_figures(vols), convention=self.qc_convention,
+                                         value_range=value_range), out_dir / "qc" / f"{case.id}{suffix}.png")
+        return {**self.summary(vols, _region_means(labels, shown, regions)), **flags}
 
     def qc_figures(self, volumes: Mapping[str, float]) -> dict[str, float]:
         """The figures printed on the QC picture."""
         return {f"{k} mL": round(v, 1) for k, v in volumes.items()}
+
+
+def _region_means(labels: np.ndarray, image: Any, regions: Mapping[str, Any]) -> dict[str, float]:
+    """Mean intensity of ``image`` (X, Y, Z) inside each region (NaN for an empty one)."""
+    values = np.asarray(image, dtype=np.float64)
+    return {name: float(values[m].mean()) if m.any() else float("nan") for name, m in region_masks(labels, regions).items()}
 
 
 def _drop_channel_suffix(cases: list[Case]) -> list[Case]:

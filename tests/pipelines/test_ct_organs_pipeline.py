@@ -68,8 +68,18 @@ def test_ct_organs_columns_modality_flag_and_model_check(ct_run, tmp_path: Path)
     assert res.exit_code == 0, res.output
     (row,) = _rows(out)
     assert row["status"] == "ok" and row["case"] == "CT_00000"
-    assert {"liver_ml", "spleen_ml", "aorta_ml", "ood", "ood_score"} <= set(row)
-    float(row["liver_ml"])
+    assert {"liver_ml", "liver_hu", "spleen_ml", "aorta_ml", "aorta_hu", "ood", "ood_score"} <= set(row)
+    import medcnn
+
+    mask = np.asarray(medcnn.load(out / "CT_00000.nii.gz"))[0]
+    hu = np.asarray(medcnn.load(root / "dcm" / "dicom" / "CT_00000"))[0]
+    for value, organ in ((1, "liver"), (5, "lung_left")):
+        if (mask == value).any():
+            assert float(row[f"{organ}_hu"]) == pytest.approx(hu[mask == value].mean(), abs=0.06)
+        else:
+            assert row[f"{organ}_hu"] == "" and float(row[f"{organ}_ml"]) == 0
+    soft, lung = (out / "qc" / "CT_00000.png"), (out / "qc" / "CT_00000_lung.png")
+    assert soft.exists() and lung.exists() and soft.read_bytes() != lung.read_bytes()
 
     res = CliRunner().invoke(cli, ["predict", "ct-organs", str(root / "dcm" / "dicom"), "-o", str(tmp_path / "bad"),
                                    "--model", "alzheimer"])
