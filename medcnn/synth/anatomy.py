@@ -291,54 +291,18 @@ def derive_regions(
         name -> (X, Y, Z) bool mask for every name in :data:`REGION_NAMES`.
     """
     xyz = affine_coords(affine, gm.shape)
-    x, y, z = xyz
+    x = xyz[0]
     vox_mm = float(np.cbrt(abs(np.linalg.det(affine[:3, :3]))))
     inside = brain > 0.5
     depth = ndi.distance_transform_edt(ndi.binary_fill_holes(inside)) * vox_mm
 
     infra = infratentorial(xyz) & inside
-    brainstem = inside & (ellipsoid(xyz, (0.0, -26.0, -28.0), (12.0, 13.0, 30.0)) < 1) & (y > -42)
+    brainstem = inside & (ellipsoid(xyz, (0.0, -26.0, -28.0), (12.0, 13.0, 30.0)) < 1) & (xyz[1] > -42)
     cerebellum = infra & ~brainstem
     infra = infra | brainstem
-
-    # Deep grey matter: basal ganglia and thalami.
-    deep_zone = (
-        (ellipsoid(xyz, (14, -18, 6), (10, 13, 10)) < 1)
-        | (ellipsoid(xyz, (-14, -18, 6), (10, 13, 10)) < 1)
-        | (ellipsoid(xyz, (22, 4, 2), (10, 20, 13)) < 1)
-        | (ellipsoid(xyz, (-22, 4, 2), (10, 20, 13)) < 1)
-        | (ellipsoid(xyz, (12, 12, 8), (7, 12, 12)) < 1)
-        | (ellipsoid(xyz, (-12, 12, 8), (7, 12, 12)) < 1)
-    )
-    deep_gm = deep_zone & (gm > 0.35) & ~infra
-
-    # Lateral ventricles: deep CSF connected to seeds in the ventricular bodies.
-    candidate = (csf > 0.4) & (depth > 10.0) & ~infra & (z > -8) & (z < 36) & (y > -55) & (y < 40) & (np.abs(x) < 32)
-    labels, _ = ndi.label(candidate)
-    seeds = []
-    for sx in (-1.0, 1.0):
-        for sy, sz in ((10.0, 14.0), (-10.0, 20.0), (-30.0, 16.0)):
-            ijk = np.round(np.linalg.solve(affine, [sx * 14.0, sy, sz, 1.0])[:3]).astype(int)
-            # Search a small neighbourhood for a candidate voxel.
-            lo = np.maximum(ijk - 3, 0)
-            hi = np.minimum(ijk + 4, gm.shape)
-            patch = labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-            seeds.extend(int(v) for v in np.unique(patch) if v)
-    ventricles = np.isin(labels, np.unique(seeds)) if seeds else np.zeros_like(candidate)
-    # Drop the midline cisterns/fissures that touch the ventricles at 2 mm.
-    ventricles &= ~((np.abs(x) < 3) & ((z > 24) | (y > 30) | (y < -35)))
-    ventricles = ndi.binary_opening(ventricles, iterations=1) | (ventricles & (np.abs(x) > 3))
-
-    hipp_dist = np.minimum(
-        ellipsoid(xyz, HIPPOCAMPUS_CENTRE, (6.0, 19.0, 6.5), tilt_deg=25.0),
-        ellipsoid(xyz, (-HIPPOCAMPUS_CENTRE[0], *HIPPOCAMPUS_CENTRE[1:]), (6.0, 19.0, 6.5), tilt_deg=25.0),
-    )
-    hippocampus = (hipp_dist < 1.0) & (gm + 0.5 * csf > 0.3) & inside
-    mtl_dist = np.minimum(
-        ellipsoid(xyz, (26.0, -18.0, -18.0), (13.0, 27.0, 12.0), tilt_deg=20.0),
-        ellipsoid(xyz, (-26.0, -18.0, -18.0), (13.0, 27.0, 12.0), tilt_deg=20.0),
-    )
-    mtl = (mtl_dist < 1.0) & inside & ~infra
+    deep_gm = _deep_grey_matter(xyz, gm, infra)
+    ventricles = _lateral_ventricles(affine, xyz, csf, depth, infra)
+    hippocampus, mtl = _medial_temporal(xyz, gm, csf, inside, infra)
 
     cerebrum = inside & ~infra & ~brainstem
     cortex = cerebrum & (gm > 0.3) & ~deep_gm & ~hippocampus & (depth < 45.0)
@@ -355,6 +319,62 @@ def derive_regions(
         "left": inside & (x < 0),
         "right": inside & (x >= 0),
     }
+
+
+def _deep_grey_matter(xyz: np.ndarray, gm: np.ndarray, infra: np.ndarray) -> np.ndarray:
+    """Basal ganglia and thalami: grey matter in six ellipsoids, (X, Y, Z) bool (``xyz``: (3, X, Y, Z) mm)."""
+    deep_zone = (
+        (ellipsoid(xyz, (14, -18, 6), (10, 13, 10)) < 1)
+        | (ellipsoid(xyz, (-14, -18, 6), (10, 13, 10)) < 1)
+        | (ellipsoid(xyz, (22, 4, 2), (10, 20, 13)) < 1)
+        | (ellipsoid(xyz, (-22, 4, 2), (10, 20, 13)) < 1)
+        | (ellipsoid(xyz, (12, 12, 8), (7, 12, 12)) < 1)
+        | (ellipsoid(xyz, (-12, 12, 8), (7, 12, 12)) < 1)
+    )
+    return deep_zone & (gm > 0.35) & ~infra
+
+
+def _lateral_ventricles(affine: np.ndarray, xyz: np.ndarray, csf: np.ndarray, depth: np.ndarray,
+                        infra: np.ndarray) -> np.ndarray:
+    """Lateral ventricles: deep CSF connected to seeds in the ventricular bodies, (X, Y, Z) bool.
+
+    Args:
+        affine: (4, 4) voxel->MNI affine; ``xyz``: (3, X, Y, Z) MNI coordinates (mm).
+        csf: (X, Y, Z) CSF probability; ``depth``: (X, Y, Z) distance to the brain surface (mm).
+        infra: (X, Y, Z) bool infratentorial mask.
+    """
+    x, y, z = xyz
+    candidate = (csf > 0.4) & (depth > 10.0) & ~infra & (z > -8) & (z < 36) & (y > -55) & (y < 40) & (np.abs(x) < 32)
+    labels, _ = ndi.label(candidate)
+    seeds = []
+    for sx in (-1.0, 1.0):
+        for sy, sz in ((10.0, 14.0), (-10.0, 20.0), (-30.0, 16.0)):
+            ijk = np.round(np.linalg.solve(affine, [sx * 14.0, sy, sz, 1.0])[:3]).astype(int)
+            # Search a small neighbourhood for a candidate voxel.
+            lo = np.maximum(ijk - 3, 0)
+            hi = np.minimum(ijk + 4, csf.shape)
+            patch = labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+            seeds.extend(int(v) for v in np.unique(patch) if v)
+    ventricles = np.isin(labels, np.unique(seeds)) if seeds else np.zeros_like(candidate)
+    # Drop the midline cisterns/fissures that touch the ventricles at 2 mm.
+    ventricles &= ~((np.abs(x) < 3) & ((z > 24) | (y > 30) | (y < -35)))
+    return ndi.binary_opening(ventricles, iterations=1) | (ventricles & (np.abs(x) > 3))
+
+
+def _medial_temporal(xyz: np.ndarray, gm: np.ndarray, csf: np.ndarray, inside: np.ndarray, infra: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Hippocampi and medial temporal lobes (both sides), each (X, Y, Z) bool (``xyz``: (3, X, Y, Z) mm)."""
+    hipp_dist = np.minimum(
+        ellipsoid(xyz, HIPPOCAMPUS_CENTRE, (6.0, 19.0, 6.5), tilt_deg=25.0),
+        ellipsoid(xyz, (-HIPPOCAMPUS_CENTRE[0], *HIPPOCAMPUS_CENTRE[1:]), (6.0, 19.0, 6.5), tilt_deg=25.0),
+    )
+    hippocampus = (hipp_dist < 1.0) & (gm + 0.5 * csf > 0.3) & inside
+    mtl_dist = np.minimum(
+        ellipsoid(xyz, (26.0, -18.0, -18.0), (13.0, 27.0, 12.0), tilt_deg=20.0),
+        ellipsoid(xyz, (-26.0, -18.0, -18.0), (13.0, 27.0, 12.0), tilt_deg=20.0),
+    )
+    mtl = (mtl_dist < 1.0) & inside & ~infra
+    return hippocampus, mtl
 
 
 def lobe_of(point: np.ndarray | tuple[float, float, float]) -> str:
