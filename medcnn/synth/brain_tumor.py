@@ -56,6 +56,7 @@ from medcnn.synth.anatomy import (
     random_subject_transform,
 )
 from medcnn.synth.grid import (
+    Grid,
     affine_coords,
     bias_field,
     random_grid,
@@ -261,53 +262,70 @@ def sample_lesions(
     template_centres: list[np.ndarray] = []
     for i in range(int(n_lesions)):
         radius = _draw_radius(rng, size) if i == 0 else min(_draw_radius(rng, size), lesions[0].radius)
-        ok = tissue & (anat.depth > 0.5 * radius + 6.0)
-        for prev, les in zip(template_centres, lesions):  # keep lesions apart
-            d2 = np.sum((xyz - prev.astype(np.float32)[:, None, None, None]) ** 2, axis=0)
-            ok &= d2 > (les.radius + radius + 8.0) ** 2
-        idx = np.flatnonzero(ok)
-        if idx.size == 0:
-            idx = np.flatnonzero(tissue & (anat.depth > 8.0))
-        weights = weights_all[idx].astype(np.float64)
-        pick = rng.choice(idx, p=weights / weights.sum())
-        ijk = np.array(np.unravel_index(pick, anat.shape), dtype=np.float64) + rng.uniform(-0.5, 0.5, size=3)
-        tpl_centre = anat.affine[:3, :3] @ ijk + anat.affine[:3, 3]
+        tpl_centre = _draw_template_centre(rng, anat, tissue, xyz, weights_all, radius, template_centres, lesions)
         template_centres.append(tpl_centre)
         centre = transform.approx_inverse(tpl_centre[None])[0]
-
-        enh = bool(rng.random() < 0.85) if enhancement is None else bool(enhancement)
-        if necrosis is None:
-            nec = enh and radius > 6.0 and bool(rng.random() < min(0.95, 0.25 + radius / 25.0))
-        else:
-            nec = bool(necrosis)
-        rim_min = float(rng.uniform(1.2, 3.0))
-        rim = float(rng.uniform(2.5, max(2.6, min(10.0, 0.6 * radius))))  # enhancing rim thickness, mm
-        nec_fraction = float(np.clip(1.0 - rim / radius, 0.2, 0.85))
-        if rng.random() < 0.05:
-            edema_radius = radius + float(rng.uniform(1.0, 3.0))  # almost no oedema
-        else:
-            edema_radius = min(radius * float(rng.uniform(1.05, 1.4)) + float(rng.uniform(3.0, 18.0)), 48.0)
-        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-        axes = np.exp(rng.normal(0.0, 0.18, size=3))
-        axes /= np.cbrt(np.prod(axes))
-        strength = float(rng.uniform(0.15, 0.5) * np.clip(radius / 25.0, 0.15, 1.0)) if mass_effect else 0.0
-        lesions.append(
-            Lesion(
-                centre=centre,
-                radius=radius,
-                edema_radius=edema_radius,
-                necrosis=nec,
-                enhancing=enh,
-                necrosis_fraction=nec_fraction,
-                rim_min=rim_min,
-                rotation=q,
-                axes=axes,
-                irregularity=float(rng.uniform(0.08, 0.35)),
-                edema_irregularity=float(rng.uniform(0.1, 0.35)),
-                mass_effect=strength,
-            )
-        )
+        lesions.append(_draw_lesion(rng, centre, radius, necrosis=necrosis, enhancement=enhancement,
+                                    mass_effect=mass_effect))
     return lesions
+
+
+def _draw_template_centre(rng: np.random.Generator, anat: Anatomy, tissue: np.ndarray, xyz: np.ndarray,
+                          weights_all: np.ndarray, radius: float, template_centres: Sequence[np.ndarray],
+                          lesions: Sequence[Lesion]) -> np.ndarray:
+    """Draw a lesion centre (3,) in template mm, deep enough and away from the earlier lesions.
+
+    Args:
+        tissue: (X, Y, Z) bool allowed template voxels; ``xyz``: (3, X, Y, Z) their world coordinates.
+        weights_all: (X*Y*Z,) sampling weights (white matter favoured).
+        template_centres, lesions: the lesions drawn so far and their template centres.
+    """
+    ok = tissue & (anat.depth > 0.5 * radius + 6.0)
+    for prev, les in zip(template_centres, lesions):  # keep lesions apart
+        d2 = np.sum((xyz - prev.astype(np.float32)[:, None, None, None]) ** 2, axis=0)
+        ok &= d2 > (les.radius + radius + 8.0) ** 2
+    idx = np.flatnonzero(ok)
+    if idx.size == 0:
+        idx = np.flatnonzero(tissue & (anat.depth > 8.0))
+    weights = weights_all[idx].astype(np.float64)
+    pick = rng.choice(idx, p=weights / weights.sum())
+    ijk = np.array(np.unravel_index(pick, anat.shape), dtype=np.float64) + rng.uniform(-0.5, 0.5, size=3)
+    return anat.affine[:3, :3] @ ijk + anat.affine[:3, 3]
+
+
+def _draw_lesion(rng: np.random.Generator, centre: np.ndarray, radius: float, *, necrosis: bool | None,
+                 enhancement: bool | None, mass_effect: bool) -> Lesion:
+    """Draw the appearance, shape and mass effect of a lesion of core ``radius`` (mm) at ``centre`` (3,)."""
+    enh = bool(rng.random() < 0.85) if enhancement is None else bool(enhancement)
+    if necrosis is None:
+        nec = enh and radius > 6.0 and bool(rng.random() < min(0.95, 0.25 + radius / 25.0))
+    else:
+        nec = bool(necrosis)
+    rim_min = float(rng.uniform(1.2, 3.0))
+    rim = float(rng.uniform(2.5, max(2.6, min(10.0, 0.6 * radius))))  # enhancing rim thickness, mm
+    nec_fraction = float(np.clip(1.0 - rim / radius, 0.2, 0.85))
+    if rng.random() < 0.05:
+        edema_radius = radius + float(rng.uniform(1.0, 3.0))  # almost no oedema
+    else:
+        edema_radius = min(radius * float(rng.uniform(1.05, 1.4)) + float(rng.uniform(3.0, 18.0)), 48.0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    axes = np.exp(rng.normal(0.0, 0.18, size=3))
+    axes /= np.cbrt(np.prod(axes))
+    strength = float(rng.uniform(0.15, 0.5) * np.clip(radius / 25.0, 0.15, 1.0)) if mass_effect else 0.0
+    return Lesion(
+        centre=centre,
+        radius=radius,
+        edema_radius=edema_radius,
+        necrosis=nec,
+        enhancing=enh,
+        necrosis_fraction=nec_fraction,
+        rim_min=rim_min,
+        rotation=q,
+        axes=axes,
+        irregularity=float(rng.uniform(0.08, 0.35)),
+        edema_irregularity=float(rng.uniform(0.1, 0.35)),
+        mass_effect=strength,
+    )
 
 
 def lesion_levels(
@@ -438,12 +456,7 @@ def make_case(
         ValueError: on invalid options.
     """
     t0 = time.perf_counter()
-    if dtype not in (None, "float32", "int16"):
-        raise ValueError(f"dtype must be 'float32', 'int16' or None, got {dtype!r}")
-    if noise is not None and noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
-    if bias is not None and bias < 0:
-        raise ValueError(f"bias must be >= 0, got {bias}")
+    _check_case_args(dtype, noise, bias)
     anat = load_mni152() if anatomy is None else anatomy
 
     # 1. subject anatomy, 2. lesions (+ mass effect).
@@ -455,7 +468,67 @@ def make_case(
     maps = _subject_maps(anat, transform, lesions)
     levels = lesion_levels(rng, anat, maps, lesions)
 
-    # 3. acquisition grid and head pose: world = pose @ (subject - centre) + centre + offset.
+    # 3. acquisition grid and head pose, then resampling onto it.
+    grid, world_to_subject = _acquisition_grid(rng, anat, transform, spacing=spacing, oriented=oriented,
+                                               max_rotation_deg=max_rotation_deg)
+    shape = grid.shape
+    lvl, tissue = _resample_case(anat, transform, lesions, levels, grid, world_to_subject)
+    gm, wm, csf, brain = tissue
+    del tissue
+    label, mask = _case_label(lvl, brain, shape)
+    vox = np.flatnonzero(mask)  # everything below is computed on brain voxels only
+
+    # 4. contrasts.
+    table = _draw_intensities(rng)
+    mix = _mixture(rng, gm, wm, csf, brain, lvl, vox, grid, lesions)
+    del gm, wm, csf
+    noise_sigma = float(rng.uniform(0.01, 0.06)) if noise is None else float(noise)
+    out_dtype = str(rng.choice(["float32", "int16"], p=[0.6, 0.4])) if dtype is None else dtype
+    images, scales = _render_contrasts(rng, table, mix, vox, shape, bias=bias, noise_sigma=noise_sigma,
+                                       out_dtype=out_dtype)
+
+    vox_ml = float(np.prod(grid.spacing) / 1000.0)
+    meta = {
+        "shape": list(shape),
+        "spacing": [round(s, 4) for s in grid.spacing],
+        "axcodes": grid.axcodes,
+        "n_lesions": len(lesions),
+        "lesions": [les.describe() for les in lesions],
+        "volumes_ml": {name: round(float((label == v).sum() * vox_ml), 3) for name, v in LABELS.items() if v},
+        "intensities": {c: {k: round(v, 3) for k, v in t.items()} for c, t in table.items()},
+        "scales": {c: round(s, 3) for c, s in scales.items()},
+        "noise_sigma": round(noise_sigma, 4),
+        "sharpness": round(float(mix.gamma), 3),
+        "dtype": out_dtype,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return {**images, "label": label, "brain_mask": mask, "affine": grid.affine.copy(), "meta": meta}
+
+
+def _check_case_args(dtype: str | None, noise: float | None, bias: float | None) -> None:
+    """Validate :func:`make_case`'s image options.
+
+    Raises:
+        ValueError: unknown dtype or a negative noise or bias level.
+    """
+    if dtype not in (None, "float32", "int16"):
+        raise ValueError(f"dtype must be 'float32', 'int16' or None, got {dtype!r}")
+    if noise is not None and noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    if bias is not None and bias < 0:
+        raise ValueError(f"bias must be >= 0, got {bias}")
+
+
+def _acquisition_grid(rng: np.random.Generator, anat: Anatomy, transform: SubjectTransform, *,
+                      spacing: float | Sequence[float] | None, oriented: bool, max_rotation_deg: float
+                      ) -> tuple[Grid, np.ndarray]:
+    """Random head pose and the stored grid around the posed head.
+
+    The pose is ``world = pose @ (subject - centre) + centre + offset``.
+
+    Returns:
+        (the grid, the (4, 4) world -> subject affine).
+    """
     centre = transform.centre
     pose = rotation_matrix(rng.normal(size=3), float(rng.uniform(0.0, 8.0)))
     offset = rng.normal(0.0, 15.0, size=3)
@@ -468,6 +541,21 @@ def make_case(
     world_to_subject = np.eye(4)
     world_to_subject[:3, :3] = pose.T
     world_to_subject[:3, 3] = centre - pose.T @ (centre + offset)
+    return grid, world_to_subject
+
+
+def _resample_case(anat: Anatomy, transform: SubjectTransform, lesions: Sequence[Lesion], levels: np.ndarray,
+                   grid: Grid, world_to_subject: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sample the lesion level fields and the tissue maps on the stored grid.
+
+    Thick slices are averaged over their thickness (:func:`slice_profile_offsets`).
+
+    Args:
+        levels: (3, X, Y, Z) level fields on the template grid (:func:`lesion_levels`).
+
+    Returns:
+        (lvl (3, *grid.shape) level fields, tissue (4, n_vox) gm, wm, csf and brain fractions).
+    """
     shape = grid.shape
     near = np.argwhere(np.any(levels > _OUTSIDE, axis=0))
     box = np.stack([near.min(axis=0) - 1, near.max(axis=0) + 1]).astype(np.float64) if near.size else None
@@ -476,19 +564,11 @@ def make_case(
     tissue = np.zeros((4, n_vox), dtype=np.float32)
     tissue_stack = np.stack([anat.gm, anat.wm, anat.csf, anat.brain])
     offsets = slice_profile_offsets(grid)
-    for off in offsets:  # thick slices: average over the slice thickness
+    for off in offsets:
         shift = np.eye(4)
         shift[:3, 3] = off
         subj = affine_coords(world_to_subject @ grid.affine @ shift, shape).reshape(3, -1)
-        # Lesion level fields: sampled only where some lesion is near.
-        part = np.full((3, n_vox), _OUTSIDE, dtype=np.float32)
-        if box is not None:
-            box_world = np.stack([anat.affine[:3, :3] @ b + anat.affine[:3, 3] for b in box])
-            lo, hi = box_world.min(axis=0).astype(np.float32), box_world.max(axis=0).astype(np.float32)
-            idx = np.flatnonzero(np.all((subj >= lo[:, None]) & (subj <= hi[:, None]), axis=0))
-            part[:, idx] = sample(levels, _world_to_voxel(anat.affine, subj[:, idx]), order=1, cval=_OUTSIDE)
-        lvl += part
-        del part
+        lvl += _levels_near_lesions(anat, levels, box, subj)
         # Tissue: output voxel -> subject -> healthy subject -> template.
         tpl_vox = _world_to_voxel(anat.affine, transform(mass_effect_pull(lesions, subj)))
         del subj
@@ -500,24 +580,77 @@ def make_case(
     if len(offsets) > 1:
         lvl /= np.float32(len(offsets))
         tissue /= np.float32(len(offsets))
-    lvl = lvl.reshape(3, *shape)
-    gm, wm, csf, brain = tissue
-    del tissue
+    return lvl.reshape(3, *shape), tissue
 
+
+def _levels_near_lesions(anat: Anatomy, levels: np.ndarray, box: np.ndarray | None, subj: np.ndarray) -> np.ndarray:
+    """Level fields at subject points ``subj`` (3, n), sampled only inside the template ``box`` around the lesions.
+
+    Returns:
+        (3, n) float32, ``_OUTSIDE`` away from every lesion.
+    """
+    part = np.full((3, subj.shape[1]), _OUTSIDE, dtype=np.float32)
+    if box is not None:
+        box_world = np.stack([anat.affine[:3, :3] @ b + anat.affine[:3, 3] for b in box])
+        lo, hi = box_world.min(axis=0).astype(np.float32), box_world.max(axis=0).astype(np.float32)
+        idx = np.flatnonzero(np.all((subj >= lo[:, None]) & (subj <= hi[:, None]), axis=0))
+        part[:, idx] = sample(levels, _world_to_voxel(anat.affine, subj[:, idx]), order=1, cval=_OUTSIDE)
+    return part
+
+
+def _case_label(lvl: np.ndarray, brain: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """BraTS 2023 labels from the (3, X, Y, Z) level fields, and the brain mask (brain or lesion).
+
+    Returns:
+        (uint8 (X, Y, Z) label, bool (X, Y, Z) mask); labels are 0 outside the mask.
+    """
     label = np.zeros(shape, dtype=np.uint8)
     label[lvl[2] > 0] = LABELS["ED"]
     label[lvl[1] > 0] = LABELS["ET"]
     label[lvl[0] > 0] = LABELS["NCR"]
     mask = (brain.reshape(shape) > 0.5) | (label > 0)
     label[~mask] = 0
-    vox = np.flatnonzero(mask)  # everything below is computed on brain voxels only
+    return label, mask
 
-    # 4. contrasts.
-    table = _draw_intensities(rng)
+
+@dataclass(frozen=True)
+class _Mixture:
+    """Per-brain-voxel composition of one case (all arrays over the ``n`` masked voxels).
+
+    Attributes:
+        weights: (3, n) gm, wm, csf weights (sharpened by ``gamma``, summing to the brain fraction).
+        t_core, t_ncr, t_et, t_ed: (n,) soft fractions of tumour core, necrosis, enhancing tumour, oedema.
+        texture: (3, n) smooth fields for normal-tissue texture and lesion heterogeneity.
+        tex_amp, het_amp: amplitudes of the texture and the heterogeneity.
+        ncr_kind: intensity class of the core (``"nec"`` necrotic or ``"net"`` non-enhancing).
+        gamma: sharpness exponent of the tissue weights.
+    """
+
+    weights: np.ndarray
+    t_core: np.ndarray
+    t_ncr: np.ndarray
+    t_et: np.ndarray
+    t_ed: np.ndarray
+    texture: np.ndarray
+    tex_amp: np.float32
+    het_amp: np.float32
+    ncr_kind: str
+    gamma: np.float32
+
+
+def _mixture(rng: np.random.Generator, gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, brain: np.ndarray,
+             lvl: np.ndarray, vox: np.ndarray, grid: Grid, lesions: Sequence[Lesion]) -> _Mixture:
+    """Tissue and lesion fractions of the brain voxels ``vox`` (flat indices into ``grid.shape``).
+
+    Args:
+        gm, wm, csf, brain: (n_vox,) tissue fractions on the stored grid.
+        lvl: (3, *grid.shape) lesion level fields (mm, positive inside).
+    """
+    shape = grid.shape
     gamma = np.float32(rng.uniform(1.0, 2.2))
     powered = np.stack([gm[vox], wm[vox], csf[vox]]) ** gamma
     weights = powered * (brain[vox] / np.maximum(powered.sum(axis=0), 1e-6))[None]
-    del powered, gm, wm, csf
+    del powered
     edge = float(rng.uniform(0.4, 1.2))  # blur of lesion boundaries in the images, mm
     lv = lvl.reshape(3, -1)[:, vox]
     t_core = sigmoid(lv[1] / edge)
@@ -534,19 +667,29 @@ def make_case(
     ncr_kind = "nec" if any(les.necrosis for les in lesions) else "net"
     if not any_enh:
         ncr_kind = "net" if rng.random() < 0.7 else "nec"
-    noise_sigma = float(rng.uniform(0.01, 0.06)) if noise is None else float(noise)
-    out_dtype = str(rng.choice(["float32", "int16"], p=[0.6, 0.4])) if dtype is None else dtype
+    return _Mixture(weights=weights, t_core=t_core, t_ncr=t_ncr, t_et=t_et, t_ed=t_ed, texture=texture,
+                    tex_amp=tex_amp, het_amp=het_amp, ncr_kind=ncr_kind, gamma=gamma)
 
+
+def _render_contrasts(rng: np.random.Generator, table: Mapping[str, Mapping[str, float]], mix: _Mixture,
+                      vox: np.ndarray, shape: tuple[int, ...], *, bias: float | None, noise_sigma: float,
+                      out_dtype: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Render every contrast: tissue mixture, bias field, Rician noise and a random scanner scale.
+
+    Returns:
+        (contrast -> (X, Y, Z) image in ``out_dtype``, contrast -> intensity scale).
+    """
     images: dict[str, np.ndarray] = {}
     scales: dict[str, float] = {}
+    weights, texture = mix.weights, mix.texture
     for contrast in CONTRASTS:
         mu = table[contrast]
         normal = np.float32(mu["gm"]) * weights[0] + np.float32(mu["wm"]) * weights[1]
         normal += np.float32(mu["csf"]) * weights[2]
-        normal *= 1.0 + tex_amp * texture[0]
-        val = normal * (1.0 - t_core - t_ed) + np.float32(mu["ed"]) * t_ed
-        val += np.float32(mu[ncr_kind]) * (1.0 + het_amp * texture[1]) * t_ncr
-        val += np.float32(mu["et"]) * (1.0 + het_amp * texture[2]) * t_et
+        normal *= 1.0 + mix.tex_amp * texture[0]
+        val = normal * (1.0 - mix.t_core - mix.t_ed) + np.float32(mu["ed"]) * mix.t_ed
+        val += np.float32(mu[mix.ncr_kind]) * (1.0 + mix.het_amp * texture[1]) * mix.t_ncr
+        val += np.float32(mu["et"]) * (1.0 + mix.het_amp * texture[2]) * mix.t_et
         strength = float(rng.uniform(0.0, 0.25)) if bias is None else float(bias)
         val *= bias_field(rng, shape, strength).reshape(-1)[vox]
         val = rician_noise(rng, val, noise_sigma)
@@ -559,23 +702,7 @@ def make_case(
         img[vox] = val
         img = img.reshape(shape)
         images[contrast] = np.round(img).astype(np.int16) if out_dtype == "int16" else img
-
-    vox_ml = float(np.prod(grid.spacing) / 1000.0)
-    meta = {
-        "shape": list(shape),
-        "spacing": [round(s, 4) for s in grid.spacing],
-        "axcodes": grid.axcodes,
-        "n_lesions": len(lesions),
-        "lesions": [les.describe() for les in lesions],
-        "volumes_ml": {name: round(float((label == v).sum() * vox_ml), 3) for name, v in LABELS.items() if v},
-        "intensities": {c: {k: round(v, 3) for k, v in t.items()} for c, t in table.items()},
-        "scales": {c: round(s, 3) for c, s in scales.items()},
-        "noise_sigma": round(noise_sigma, 4),
-        "sharpness": round(float(gamma), 3),
-        "dtype": out_dtype,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    return {**images, "label": label, "brain_mask": mask, "affine": grid.affine.copy(), "meta": meta}
+    return images, scales
 
 
 
