@@ -24,6 +24,9 @@ _CT_NAMES = {"ct", "ct_hu", "hu", "computed tomography"}
 _SAMPLES_PER_CASE = 10_000
 #: spacing ratio (coarse / fine) above which a dataset counts as anisotropic
 ANISOTROPY = 3.0
+#: most voxels in a CPU patch: a CPU step costs ~voxels x filters^2, and beyond this one epoch of a few dozen
+#: cases takes many minutes on a few cores
+CPU_MAX_PATCH_VOXELS = 64 ** 3
 
 
 def _read(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -125,13 +128,23 @@ def make_plan(fp: dict[str, Any], *, source: str, device: str = "cpu", memory_gb
     """A medcnn segmentation config (the keys of configs/*.yaml) from a fingerprint.
 
     Patch: the median image size at the target spacing, shrunk along its longest axis (in mm) until one sample
-    fits the memory budget (default 8 GB on cuda, 2 GB on cpu); batch: as many samples as fit, 2 to 16.
+    fits the memory budget (default 8 GB on cuda, 2 GB on cpu); batch: as many samples as fit, 2 to 16. On cpu
+    the network is narrower (8-128 filters) and a volume larger than :data:`CPU_MAX_PATCH_VOXELS` at the target
+    spacing gets a coarser spacing, so that training fits hours, not days.
     """
     dims = fp["spatial_dims"]
     spacing = target_spacing(fp)
     budget = (memory_gb if memory_gb else (8.0 if device == "cuda" else 2.0)) * 1024 ** 3
-    filters = [32, 64, 128, 256, 320, 320] if device == "cuda" else [16, 32, 64, 128, 256, 320]
+    filters = [32, 64, 128, 256, 320, 320] if device == "cuda" else [8, 16, 32, 64, 128, 128]
     size = [int(round(n * s / t)) for n, s, t in zip(fp["median_shape"], fp["median_spacing"], spacing)]
+    if device == "cpu" and dims == 3 and math.prod(size) > CPU_MAX_PATCH_VOXELS:
+        # a low-resolution plan (nnU-Net's 3d_lowres idea): coarser spacing so that one patch still sees the
+        # median image, instead of a full-resolution patch that sees a fraction of it
+        f = (math.prod(size) / CPU_MAX_PATCH_VOXELS) ** (1 / 3)
+        spacing = [round(float(t) * f, 4) for t in spacing]
+        size = [int(round(n * s / t)) for n, s, t in zip(fp["median_shape"], fp["median_spacing"], spacing)]
+        log.info("CPU plan: spacing coarsened %.2fx to %s so that a patch of <= %d voxels covers the median image",
+                 f, spacing, CPU_MAX_PATCH_VOXELS)
     cap = 256 if dims == 3 else 1024
     patch = [max(8, min(cap, _round16(n))) for n in size]
     while activation_bytes(patch, filters, 2, spacing) > budget and max(patch) > 16:

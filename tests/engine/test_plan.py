@@ -57,15 +57,32 @@ def test_isotropic_mri_and_memory_budget(tmp_path: Path) -> None:
     assert fp["modality"] == "mr" and fp["spatial_dims"] == 3
     fp["median_shape"] = [400, 400, 400]  # a large volume: the patch must shrink to the budget
     for gb in (0.5, 4.0):
-        cfg = make_plan(fp, source="x", memory_gb=gb)
+        cfg = make_plan(fp, source="x", memory_gb=gb, device="cuda")
         assert cfg["preprocess"]["normalize"] == "zscore"
         patch = cfg["train"]["patch_size"]
         used = activation_bytes(patch, cfg["model"]["kwargs"]["filters"], cfg["train"]["batch_size"],
                                 cfg["preprocess"]["spacing"])
         assert used <= gb * 1024 ** 3 * 1.01 or min(patch) == 16
-    small = make_plan(fp, source="x", memory_gb=0.5)["train"]["patch_size"]
-    big = make_plan(fp, source="x", memory_gb=4.0)["train"]["patch_size"]
+    small = make_plan(fp, source="x", memory_gb=0.5, device="cuda")["train"]["patch_size"]
+    big = make_plan(fp, source="x", memory_gb=4.0, device="cuda")["train"]["patch_size"]
     assert np.prod(small) < np.prod(big)
+
+
+def test_cpu_plan_is_low_resolution_and_narrow() -> None:
+    """On cpu a large volume gets a coarser spacing so that one small patch still covers the median image."""
+    from medcnn.engine.plan import CPU_MAX_PATCH_VOXELS
+
+    fp = {"spatial_dims": 3, "median_spacing": [0.8, 0.8, 2.5], "median_shape": [512, 512, 120], "anisotropy": 3.1,
+          "spacings": [[0.8, 0.8, 2.5]] * 3, "modality": "ct", "channels": ["CT"], "labels": {1: "liver"},
+          "intensity": [{"mean": 50.0, "std": 100.0, "p00_5": -900.0, "p99_5": 300.0}]}
+    gpu, cpu = make_plan(fp, source="x", device="cuda"), make_plan(fp, source="x", device="cpu")
+    assert gpu["preprocess"]["spacing"] == [0.8, 0.8, 2.5]
+    f = cpu["preprocess"]["spacing"][0] / 0.8
+    assert f > 2 and cpu["preprocess"]["spacing"] == pytest.approx([0.8 * f, 0.8 * f, 2.5 * f], rel=1e-3)
+    covered = [p * s for p, s in zip(cpu["train"]["patch_size"], cpu["preprocess"]["spacing"])]
+    assert all(c >= 0.85 * n * s for c, n, s in zip(covered, fp["median_shape"], fp["median_spacing"]))
+    assert np.prod(cpu["train"]["patch_size"]) <= 1.5 * CPU_MAX_PATCH_VOXELS
+    assert max(cpu["model"]["kwargs"]["filters"]) < max(gpu["model"]["kwargs"]["filters"])
 
 
 def test_2d_inputs(tmp_path: Path) -> None:
