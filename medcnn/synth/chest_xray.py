@@ -1228,36 +1228,12 @@ def _overlays(rng: np.random.Generator, signal: np.ndarray, lo: float, hi: float
         The overlay parameters (``grid_lines``, ``collimated``, ``marker``, ``texts``) and
         ``field``: the exposed field as a bool (H, W) mask, or None without shutters.
     """
-    H, W = signal.shape
     span = hi - lo
     grid = rng.random() < opts.grid_prob
-    if grid:  # aliased anti-scatter grid
-        fq = float(rng.uniform(0.08, 0.45))
-        amp = float(rng.uniform(0.003, 0.012)) * span
-        ph = float(rng.uniform(0, 2 * math.pi))
-        if rng.random() < 0.8:
-            signal += (amp * np.sin(2 * math.pi * fq * np.arange(W) + ph)).astype(np.float32)[None, :]
-        else:
-            signal += (amp * np.sin(2 * math.pi * fq * np.arange(H) + ph)).astype(np.float32)[:, None]
+    if grid:
+        _grid_lines(rng, signal, span)
     collimated = rng.random() < opts.collimation_prob
-    field_mask = None
-    if collimated:  # outside the shutters: nearly unexposed (white) or electronically masked (black)
-        m = [float(rng.uniform(0.01, 0.12)) if rng.random() < 0.7 else -1.0 for _ in range(4)]
-        ang = math.radians(float(rng.normal(0, 1.0)))
-        rr = np.arange(H, dtype=np.float32)[:, None] - H / 2.0
-        cc = np.arange(W, dtype=np.float32)[None, :] - W / 2.0
-        u = cc * math.cos(ang) + rr * math.sin(ang)
-        v = -cc * math.sin(ang) + rr * math.cos(ang)
-        ramp = float(rng.uniform(0.7, 2.5))
-        inside = (np.clip((u + W / 2 - m[0] * W) / ramp, 0, 1) * np.clip((W / 2 - m[1] * W - u) / ramp, 0, 1)
-                  * np.clip((v + H / 2 - m[2] * H) / ramp, 0, 1) * np.clip((H / 2 - m[3] * H - v) / ramp, 0, 1))
-        if rng.random() < 0.8:
-            outside = hi + float(rng.uniform(0.0, 0.4)) * span + 0.05 * (signal - lo)
-        else:
-            outside = np.float32(lo - 0.5 * span)
-        signal *= inside
-        signal += (outside * (1.0 - inside)).astype(np.float32)
-        field_mask = inside > 0.5
+    field_mask = _collimate(rng, signal, lo, hi) if collimated else None
     marker = None
     texts: list[str] = []
     if rng.random() < opts.marker_prob:
@@ -1267,31 +1243,79 @@ def _overlays(rng: np.random.Generator, signal: np.ndarray, lo: float, hi: float
         choices = ["AP", "PORTABLE", "AP SITTING", "SUPINE"] if ap else ["PA", "ERECT", "UPRIGHT", "INSP"]
         texts.append(str(rng.choice(choices)))
     for t_i, text in enumerate(texts):
-        is_marker = t_i == 0 and marker is not None
-        height_mm = float(rng.uniform(12.0, 22.0)) if is_marker else float(rng.uniform(6.0, 11.0))
-        px_h = max(8, int(height_mm / sp))
-        font = ImageFont.load_default(size=px_h)
-        x0, y0, x1, y1 = font.getbbox(text)
-        pad = int(0.3 * px_h) if is_marker else 1
-        img = Image.new("L", (x1 - x0 + 2 + 2 * pad, y1 - y0 + 2 + 2 * pad), 0)
-        draw = ImageDraw.Draw(img)
-        draw.text((pad - x0, pad - y0), text, font=font, fill=255)
-        if is_marker:
-            draw.rectangle([0, 0, img.width - 1, img.height - 1], outline=160, width=max(1, pad // 3))
-        lab = np.asarray(img, dtype=np.float32) / 255.0
-        lh_, lw_ = lab.shape
-        if lh_ >= H // 3 or lw_ >= W // 3:
-            continue
-        # the lead marker sits on the side it names (patient's left = image right)
-        right = (text == "L") if is_marker else bool(rng.random() < 0.5)
-        r_at = int(rng.uniform(0.02, 0.25) * H) if is_marker else int(rng.uniform(0.02, 0.08) * H)
-        c_at = int(W - lw_ - rng.uniform(0.03, 0.2) * W) if right else int(rng.uniform(0.03, 0.2) * W)
-        r_at = int(np.clip(r_at, 0, H - lh_))
-        c_at = int(np.clip(c_at, 0, W - lw_))
-        val = hi + 0.3 * span
-        reg = signal[r_at:r_at + lh_, c_at:c_at + lw_]
-        signal[r_at:r_at + lh_, c_at:c_at + lw_] = reg * (1 - lab) + val * lab
+        _burn_in(rng, signal, text, is_marker=t_i == 0 and marker is not None, value=hi + 0.3 * span, sp=sp)
     return {"grid_lines": grid, "collimated": collimated, "marker": marker, "texts": texts, "field": field_mask}
+
+
+def _grid_lines(rng: np.random.Generator, signal: np.ndarray, span: float) -> None:
+    """Add the aliased pattern of an anti-scatter grid (vertical lines mostly) to (H, W) ``signal`` in place."""
+    H, W = signal.shape
+    fq = float(rng.uniform(0.08, 0.45))
+    amp = float(rng.uniform(0.003, 0.012)) * span
+    ph = float(rng.uniform(0, 2 * math.pi))
+    if rng.random() < 0.8:
+        signal += (amp * np.sin(2 * math.pi * fq * np.arange(W) + ph)).astype(np.float32)[None, :]
+    else:
+        signal += (amp * np.sin(2 * math.pi * fq * np.arange(H) + ph)).astype(np.float32)[:, None]
+
+
+def _collimate(rng: np.random.Generator, signal: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Apply collimator shutters to (H, W) ``signal`` in place.
+
+    Outside the shutters the film is nearly unexposed (white) or electronically masked (black).
+
+    Returns:
+        The exposed field, bool (H, W).
+    """
+    H, W = signal.shape
+    span = hi - lo
+    m = [float(rng.uniform(0.01, 0.12)) if rng.random() < 0.7 else -1.0 for _ in range(4)]
+    ang = math.radians(float(rng.normal(0, 1.0)))
+    rr = np.arange(H, dtype=np.float32)[:, None] - H / 2.0
+    cc = np.arange(W, dtype=np.float32)[None, :] - W / 2.0
+    u = cc * math.cos(ang) + rr * math.sin(ang)
+    v = -cc * math.sin(ang) + rr * math.cos(ang)
+    ramp = float(rng.uniform(0.7, 2.5))
+    inside = (np.clip((u + W / 2 - m[0] * W) / ramp, 0, 1) * np.clip((W / 2 - m[1] * W - u) / ramp, 0, 1)
+              * np.clip((v + H / 2 - m[2] * H) / ramp, 0, 1) * np.clip((H / 2 - m[3] * H - v) / ramp, 0, 1))
+    if rng.random() < 0.8:
+        outside = hi + float(rng.uniform(0.0, 0.4)) * span + 0.05 * (signal - lo)
+    else:
+        outside = np.float32(lo - 0.5 * span)
+    signal *= inside
+    signal += (outside * (1.0 - inside)).astype(np.float32)
+    return inside > 0.5
+
+
+def _burn_in(rng: np.random.Generator, signal: np.ndarray, text: str, *, is_marker: bool, value: float,
+             sp: float) -> None:
+    """Burn ``text`` (a boxed lead marker, or small annotation text) into a corner of (H, W) ``signal`` in place.
+
+    Text that would cover a third of the image is skipped (after its size is drawn).
+    """
+    H, W = signal.shape
+    height_mm = float(rng.uniform(12.0, 22.0)) if is_marker else float(rng.uniform(6.0, 11.0))
+    px_h = max(8, int(height_mm / sp))
+    font = ImageFont.load_default(size=px_h)
+    x0, y0, x1, y1 = font.getbbox(text)
+    pad = int(0.3 * px_h) if is_marker else 1
+    img = Image.new("L", (x1 - x0 + 2 + 2 * pad, y1 - y0 + 2 + 2 * pad), 0)
+    draw = ImageDraw.Draw(img)
+    draw.text((pad - x0, pad - y0), text, font=font, fill=255)
+    if is_marker:
+        draw.rectangle([0, 0, img.width - 1, img.height - 1], outline=160, width=max(1, pad // 3))
+    lab = np.asarray(img, dtype=np.float32) / 255.0
+    lh_, lw_ = lab.shape
+    if lh_ >= H // 3 or lw_ >= W // 3:
+        return
+    # the lead marker sits on the side it names (patient's left = image right)
+    right = (text == "L") if is_marker else bool(rng.random() < 0.5)
+    r_at = int(rng.uniform(0.02, 0.25) * H) if is_marker else int(rng.uniform(0.02, 0.08) * H)
+    c_at = int(W - lw_ - rng.uniform(0.03, 0.2) * W) if right else int(rng.uniform(0.03, 0.2) * W)
+    r_at = int(np.clip(r_at, 0, H - lh_))
+    c_at = int(np.clip(c_at, 0, W - lw_))
+    reg = signal[r_at:r_at + lh_, c_at:c_at + lw_]
+    signal[r_at:r_at + lh_, c_at:c_at + lw_] = reg * (1 - lab) + value * lab
 
 
 def _devices(rng: np.random.Generator, frame: _Frame, dens: np.ndarray, *, tw: float, lh: float, med_x: float,
@@ -1303,35 +1327,16 @@ def _devices(rng: np.random.Generator, frame: _Frame, dens: np.ndarray, *, tw: f
     """
     drawn: list[str] = []
     lines: list[np.ndarray] = []
-
-    def polyline(pts: np.ndarray, radius: float, n: int = 80) -> np.ndarray:
-        c = _spline(np.asarray(pts, dtype=np.float64), n)
-        return np.concatenate([c[:-1], c[1:], np.full((n - 1, 1), radius)], axis=1)
-
-    if rng.random() < 0.75:  # ECG electrodes (metal snap in a foam pad) with wandering leads
+    if rng.random() < 0.75:
         drawn.append("ecg")
-        for _ in range(int(rng.integers(2, 5))):
-            ex = float(rng.uniform(-1.1, 1.1)) * tw + med_x
-            ey = float(rng.uniform(-0.1, 0.5)) * lh
-
-            def electrode(xg: np.ndarray, yg: np.ndarray, ex: float = ex, ey: float = ey) -> np.ndarray:
-                rn = np.sqrt((xg - ex) ** 2 + (yg - ey) ** 2) / 5.0
-                return 60.0 * np.sqrt(np.clip(1 - (rn / 0.5) ** 2, 0, None)) + 3.0 * (np.abs(rn - 2.0) < 0.15)
-
-            _add_in_box(dens, frame, np.array([[ex - 11.0, ey - 11.0], [ex + 11.0, ey + 11.0]]), electrode)
-            wp = [(ex, ey)]
-            d = float(rng.uniform(0, 2 * math.pi))
-            for _i in range(int(rng.integers(5, 8))):
-                d += float(rng.normal(0, 0.5))
-                wp.append((wp[-1][0] + 50 * math.cos(d), wp[-1][1] + 50 * math.sin(d)))
-            lines.append(polyline(np.array(wp), 0.9, 60))
+        lines += _ecg_electrodes(rng, frame, dens, tw=tw, lh=lh, med_x=med_x)
     tr_top, carina = trachea[0], trachea[-1]
     if rng.random() < (0.5 if ap else 0.1):  # endotracheal tube ending 3-7 cm above the carina
         drawn.append("ett")
         tip_y = carina[1] - float(rng.uniform(30.0, 70.0)) * scale
         sel = trachea[trachea[:, 1] < tip_y] + np.array([float(rng.normal(0, 2)), 0.0])
         if len(sel) > 3:
-            lines.append(polyline(sel, 0.7))
+            lines.append(_polyline(sel, 0.7))
     if rng.random() < (0.4 if ap else 0.05):  # nasogastric tube down the oesophagus into the stomach
         drawn.append("ngt")
         gx = 0.4 * lung_l.tw + med_x
@@ -1339,33 +1344,77 @@ def _devices(rng: np.random.Generator, frame: _Frame, dens: np.ndarray, *, tw: f
         pts = np.array([[tr_top[0] + 6.0, tr_top[1]], [carina[0] + 8.0, carina[1]],
                         [med_x + 12.0, 0.8 * lh], [gx - 15.0, gy - 10.0], [gx, gy],
                         [gx + 20.0 * float(rng.uniform(-1, 1)), gy + 20.0]])
-        lines.append(polyline(pts, 0.8))
+        lines.append(_polyline(pts, 0.8))
     if rng.random() < (0.4 if ap else 0.08):  # central venous line into the SVC
         drawn.append("cvc")
         s = -1.0 if rng.random() < 0.6 else 1.0
         tip = np.array([med_x - 0.2 * tw, heart[:, 1].min() + float(rng.uniform(-10.0, 15.0))])
         pts = np.array([[s * 1.1 * tw + med_x, 0.08 * lh], [s * 0.6 * tw + med_x, 0.12 * lh],
                         [med_x - 0.12 * tw, 0.2 * lh], tip])
-        lines.append(polyline(pts, 0.7))
-    if rng.random() < 0.12:  # pacemaker: metal can in the upper chest, leads into the right heart
+        lines.append(_polyline(pts, 0.7))
+    if rng.random() < 0.12:
         drawn.append("pacemaker")
-        s = 1.0 if rng.random() < 0.8 else -1.0
-        px_, py_ = s * 0.65 * tw + med_x, 0.1 * lh + float(rng.uniform(0, 20))
-        a_, b_ = 24.0 * scale, 20.0 * scale
-
-        def can(xg: np.ndarray, yg: np.ndarray) -> np.ndarray:
-            q = np.abs((xg - px_) / a_) ** 4 + np.abs((yg - py_) / b_) ** 4
-            return 45.0 * _smoothstep((1.0 - q) / 0.15) + 40.0 * _smoothstep((0.35 - q) / 0.1)
-
-        _add_in_box(dens, frame, np.array([[px_ - a_, py_ - b_], [px_ + a_, py_ + b_]]), can)
-        hx, hy0, hy1 = float(heart[:, 0].mean()), float(heart[:, 1].min()), float(heart[:, 1].max())
-        for tip in ([hx + 10.0, hy1 - 15.0], [hx - 25.0, hy0 + 30.0]):
-            pts = np.array([[px_, py_], [px_ - s * 40.0, py_ - 15.0], [med_x - 0.15 * tw, 0.25 * lh],
-                            [med_x - 0.18 * tw, hy0 + 10.0], tip])
-            lines.append(polyline(pts, 1.1))
+        lines += _pacemaker(rng, frame, dens, tw=tw, lh=lh, med_x=med_x, scale=scale, heart=heart)
     if lines:
         dens += _deposit_lines(np.concatenate(lines), frame, density=8.0, sigma_scale=0.6)
     return drawn
+
+
+def _polyline(pts: np.ndarray, radius: float, n: int = 80) -> np.ndarray:
+    """A smooth wire through the control points ``pts`` (P, 2) mm as (n - 1, 5) line segments of ``radius``."""
+    c = _spline(np.asarray(pts, dtype=np.float64), n)
+    return np.concatenate([c[:-1], c[1:], np.full((n - 1, 1), radius)], axis=1)
+
+
+def _ecg_electrodes(rng: np.random.Generator, frame: _Frame, dens: np.ndarray, *, tw: float, lh: float,
+                    med_x: float) -> list[np.ndarray]:
+    """Add ECG electrodes (metal snap in a foam pad) to ``dens`` in place.
+
+    Returns:
+        Their wandering leads, each as (M, 5) line segments.
+    """
+    lines: list[np.ndarray] = []
+    for _ in range(int(rng.integers(2, 5))):
+        ex = float(rng.uniform(-1.1, 1.1)) * tw + med_x
+        ey = float(rng.uniform(-0.1, 0.5)) * lh
+
+        def electrode(xg: np.ndarray, yg: np.ndarray, ex: float = ex, ey: float = ey) -> np.ndarray:
+            rn = np.sqrt((xg - ex) ** 2 + (yg - ey) ** 2) / 5.0
+            return 60.0 * np.sqrt(np.clip(1 - (rn / 0.5) ** 2, 0, None)) + 3.0 * (np.abs(rn - 2.0) < 0.15)
+
+        _add_in_box(dens, frame, np.array([[ex - 11.0, ey - 11.0], [ex + 11.0, ey + 11.0]]), electrode)
+        wp = [(ex, ey)]
+        d = float(rng.uniform(0, 2 * math.pi))
+        for _i in range(int(rng.integers(5, 8))):
+            d += float(rng.normal(0, 0.5))
+            wp.append((wp[-1][0] + 50 * math.cos(d), wp[-1][1] + 50 * math.sin(d)))
+        lines.append(_polyline(np.array(wp), 0.9, 60))
+    return lines
+
+
+def _pacemaker(rng: np.random.Generator, frame: _Frame, dens: np.ndarray, *, tw: float, lh: float, med_x: float,
+               scale: float, heart: np.ndarray) -> list[np.ndarray]:
+    """Add a pacemaker's metal can in the upper chest to ``dens`` in place.
+
+    Returns:
+        Its two leads into the right heart, each as (M, 5) line segments.
+    """
+    s = 1.0 if rng.random() < 0.8 else -1.0
+    px_, py_ = s * 0.65 * tw + med_x, 0.1 * lh + float(rng.uniform(0, 20))
+    a_, b_ = 24.0 * scale, 20.0 * scale
+
+    def can(xg: np.ndarray, yg: np.ndarray) -> np.ndarray:
+        q = np.abs((xg - px_) / a_) ** 4 + np.abs((yg - py_) / b_) ** 4
+        return 45.0 * _smoothstep((1.0 - q) / 0.15) + 40.0 * _smoothstep((0.35 - q) / 0.1)
+
+    _add_in_box(dens, frame, np.array([[px_ - a_, py_ - b_], [px_ + a_, py_ + b_]]), can)
+    hx, hy0, hy1 = float(heart[:, 0].mean()), float(heart[:, 1].min()), float(heart[:, 1].max())
+    lines = []
+    for tip in ([hx + 10.0, hy1 - 15.0], [hx - 25.0, hy0 + 30.0]):
+        pts = np.array([[px_, py_], [px_ - s * 40.0, py_ - 15.0], [med_x - 0.15 * tw, 0.25 * lh],
+                        [med_x - 0.18 * tw, hy0 + 10.0], tip])
+        lines.append(_polyline(pts, 1.1))
+    return lines
 
 
 # --------------------------------------------------------------------------------------
@@ -2270,8 +2319,6 @@ def finding_mask_path(case_id: str, finding: str) -> Path:
 
 def _case_job(args: tuple[Path, int, int, tuple[str, ...], Any, dict[str, Any], float, float, float]) -> dict[str, Any]:
     """Generate and write one case (runs in worker processes too)."""
-    from medcnn.synth.dicom_write import write_xray_dicom
-
     out_dir, seed, index, formats, size, options, uncertain_frac, blank_frac, followup_prob = args
     opts = _resolve_options(options)
     block = index // 2
@@ -2284,47 +2331,15 @@ def _case_job(args: tuple[Path, int, int, tuple[str, ...], Any, dict[str, Any], 
     subject_id = f"patient{first + 1:05d}"
     fmt = formats[index % len(formats)]
     H, W = case["image"].shape
-    if fmt in ("png", "png16"):
-        rel_img = Path("images") / f"{case_id}.png"
-        if fmt == "png":
-            pix = np.rint(case["image"] * 255.0).astype(np.uint8)
-        else:
-            pix = np.rint(case["image"] * 65535.0).astype(np.uint16)
-        write_png_atomic(out_dir / rel_img, pix)
-    else:
-        rel_img = Path("images") / f"{case_id}.dcm"
-        photometric = "MONOCHROME1" if fmt == "dcm-mono1" else "MONOCHROME2"
-        enc = dicom_encoding(case, np.random.default_rng([seed, index, 5]), photometric)
-        from pydicom.uid import generate_uid
-
-        uid = lambda kind: generate_uid(entropy_srcs=["medcnn-synth-cxr", str(seed), case_id, kind])  # noqa: E731
-        study_uid = generate_uid(entropy_srcs=["medcnn-synth-cxr", str(seed), subject_id, str(study), "study"])
-        write_xray_dicom(
-            out_dir / rel_img, enc.pop("pixels_stored"), **enc,
-            pixel_spacing=case["pixel_spacing"], view_position=case["view"],
-            patient_name=f"SYNTH^{subject_id.upper()}", patient_id=subject_id,
-            patient_sex=case["sex"], patient_age=case["age"], study_instance_uid=study_uid,
-            series_instance_uid=uid("series"), sop_instance_uid=uid("sop"), study_id=str(study + 1),
-            burned_in_annotation=bool(case["params"]["texts"]),
-        )
+    rel_img = _write_case_image(out_dir, case, fmt, seed=seed, index=index, case_id=case_id, subject_id=subject_id,
+                                study=study)
     rel_lungs = Path("masks") / f"{case_id}_lungs.png"
     rel_heart = Path("masks") / f"{case_id}_heart.png"
     write_png_atomic(out_dir / rel_lungs, (case["lungs"] * 255).astype(np.uint8))
     write_png_atomic(out_dir / rel_heart, (case["heart"] * 255).astype(np.uint8))
     for name, fmask in case["finding_masks"].items():  # where each present finding is (pixel supervision)
         write_png_atomic(out_dir / finding_mask_path(case_id, name), (fmask * 255).astype(np.uint8))
-
-    lab_rng = np.random.default_rng([seed, index, 3])
-    chexpert: dict[str, Any] = {}
-    for name in FINDINGS:
-        u, v = lab_rng.random(), lab_rng.random()
-        present = case["findings"][name]
-        if u < uncertain_frac:
-            chexpert[name] = "-1.0"
-        elif not present and v < blank_frac:
-            chexpert[name] = ""
-        else:
-            chexpert[name] = "1.0" if present else "0.0"
+    chexpert = _chexpert_labels(np.random.default_rng([seed, index, 3]), case["findings"], uncertain_frac, blank_frac)
     return {
         "case": case_id, "subject": subject_id, "study": study, "image": rel_img.as_posix(),
         "lungs": rel_lungs.as_posix(), "heart": rel_heart.as_posix(),
@@ -2336,6 +2351,57 @@ def _case_job(args: tuple[Path, int, int, tuple[str, ...], Any, dict[str, Any], 
         **{name: int(case["findings"][name]) for name in FINDINGS},
         "_chexpert": chexpert,
     }
+
+
+def _write_case_image(out_dir: Path, case: Mapping[str, Any], fmt: str, *, seed: int, index: int, case_id: str,
+                      subject_id: str, study: int) -> Path:
+    """Write the (rows, cols) image of ``case`` as 8/16-bit PNG or DICOM with seed-derived UIDs.
+
+    Returns:
+        The image path relative to ``out_dir``.
+    """
+    from medcnn.synth.dicom_write import write_xray_dicom
+
+    if fmt in ("png", "png16"):
+        rel_img = Path("images") / f"{case_id}.png"
+        if fmt == "png":
+            pix = np.rint(case["image"] * 255.0).astype(np.uint8)
+        else:
+            pix = np.rint(case["image"] * 65535.0).astype(np.uint16)
+        write_png_atomic(out_dir / rel_img, pix)
+        return rel_img
+    from pydicom.uid import generate_uid
+
+    rel_img = Path("images") / f"{case_id}.dcm"
+    photometric = "MONOCHROME1" if fmt == "dcm-mono1" else "MONOCHROME2"
+    enc = dicom_encoding(case, np.random.default_rng([seed, index, 5]), photometric)
+    uid = lambda kind: generate_uid(entropy_srcs=["medcnn-synth-cxr", str(seed), case_id, kind])  # noqa: E731
+    study_uid = generate_uid(entropy_srcs=["medcnn-synth-cxr", str(seed), subject_id, str(study), "study"])
+    write_xray_dicom(
+        out_dir / rel_img, enc.pop("pixels_stored"), **enc,
+        pixel_spacing=case["pixel_spacing"], view_position=case["view"],
+        patient_name=f"SYNTH^{subject_id.upper()}", patient_id=subject_id,
+        patient_sex=case["sex"], patient_age=case["age"], study_instance_uid=study_uid,
+        series_instance_uid=uid("series"), sop_instance_uid=uid("sop"), study_id=str(study + 1),
+        burned_in_annotation=bool(case["params"]["texts"]),
+    )
+    return rel_img
+
+
+def _chexpert_labels(lab_rng: np.random.Generator, findings: Mapping[str, bool], uncertain_frac: float,
+                     blank_frac: float) -> dict[str, str]:
+    """CheXpert label strings per finding: "1.0"/"0.0", "-1.0" (uncertain) or "" (unmentioned negative)."""
+    chexpert: dict[str, str] = {}
+    for name in FINDINGS:
+        u, v = lab_rng.random(), lab_rng.random()
+        present = findings[name]
+        if u < uncertain_frac:
+            chexpert[name] = "-1.0"
+        elif not present and v < blank_frac:
+            chexpert[name] = ""
+        else:
+            chexpert[name] = "1.0" if present else "0.0"
+    return chexpert
 
 
 def generate(
