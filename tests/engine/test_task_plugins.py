@@ -142,6 +142,12 @@ def test_a_plugin_task_trains_with_the_engine_unchanged(regression_task, tmp_pat
     assert last["resume"]["next_epoch"] == 2 and len(last["training"]["history"]) == 2
     header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0].split(",")
     assert "mae" in header and "dice_mean" not in header
+    # export asks the task too: one output per volume, at the fixed input size
+    from medcnn.engine.export import export_network
+
+    doc = export_network(tmp_path / "run" / "best.pt", tmp_path / "regression.ts", "torchscript")
+    assert doc["task"] == "regression" and doc["output"]["shape"] == ["batch", 1]
+    assert doc["input"]["shape"] == ["batch", 1, 12, 12, 12] and doc["output"]["activation"] == "none"
 
 
 def test_an_unknown_task_is_a_config_error_listing_the_registered_ones(regression_task, tmp_path: Path) -> None:

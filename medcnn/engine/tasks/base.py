@@ -123,7 +123,15 @@ class TrainingTask(ABC):
 
     @classmethod
     def export_window(cls, ck: dict[str, Any], spatial_dims: int) -> list[int] | None:
-        """The spatial input size to export a checkpoint at (None: the sliding window, else 64 per axis)."""
+        """The spatial input size to export a checkpoint at (None: the sliding window, else 64 per axis); a network
+        with one output per input (not :attr:`dense_output`) takes its fixed ``preprocess.size``/``square_size``."""
+        pre = ck.get("preprocess") or {}
+        if cls.dense_output:
+            return None
+        if pre.get("size"):
+            return [int(s) for s in pre["size"]][:spatial_dims]
+        if pre.get("square_size"):
+            return [int(pre["square_size"])] * spatial_dims
         return None
 
     @classmethod

@@ -142,16 +142,6 @@ class ClassificationTask(TrainingTask):
     # -- export ----------------------------------------------------------------------------------
 
     @classmethod
-    def export_window(cls, ck: dict[str, Any], spatial_dims: int) -> list[int] | None:
-        """The fixed input size the classifier's pooling was trained at (``preprocess.size``/``square_size``)."""
-        pre = ck.get("preprocess") or {}
-        if pre.get("size"):
-            return [int(s) for s in pre["size"]][:spatial_dims]
-        if pre.get("square_size"):
-            return [int(pre["square_size"])] * spatial_dims
-        return None
-
-    @classmethod
     def export_activation(cls, ck: dict[str, Any]) -> dict[str, Any]:
         labels = ck.get("labels") or {}
         if labels.get("multilabel"):
