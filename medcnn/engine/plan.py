@@ -129,13 +129,13 @@ def make_plan(fp: dict[str, Any], *, source: str, device: str = "cpu", memory_gb
 
     Patch: the median image size at the target spacing, shrunk along its longest axis (in mm) until one sample
     fits the memory budget (default 8 GB on cuda, 2 GB on cpu); batch: as many samples as fit, 2 to 16. On cpu
-    the network is narrower (8-128 filters) and a volume larger than :data:`CPU_MAX_PATCH_VOXELS` at the target
+    the network is narrower (16-128 filters) and a volume larger than :data:`CPU_MAX_PATCH_VOXELS` at the target
     spacing gets a coarser spacing, so that training fits hours, not days.
     """
     dims = fp["spatial_dims"]
     spacing = target_spacing(fp)
     budget = (memory_gb if memory_gb else (8.0 if device == "cuda" else 2.0)) * 1024 ** 3
-    filters = [32, 64, 128, 256, 320, 320] if device == "cuda" else [8, 16, 32, 64, 128, 128]
+    filters = [32, 64, 128, 256, 320, 320] if device == "cuda" else [16, 32, 64, 128, 128, 128]
     size = [int(round(n * s / t)) for n, s, t in zip(fp["median_shape"], fp["median_spacing"], spacing)]
     if device == "cpu" and dims == 3 and math.prod(size) > CPU_MAX_PATCH_VOXELS:
         # a low-resolution plan (nnU-Net's 3d_lowres idea): coarser spacing so that one patch still sees the
