@@ -154,5 +154,5 @@ def fit_temperature_checkpoint(pipeline_name: str, data: Sequence[str | Path], d
     ck = load_checkpoint(model.path)
     ck[CALIBRATION_KEY] = section(t, n_fit=len(ids), report=report, data=paths)
     save_checkpoint(ck, dest)
-    logger.info("temperature %.4f fitted on %d case(s) -> %s", t, len(ids), dest)
+    logger.debug("temperature %.4f fitted on %d case(s) -> %s", t, len(ids), dest)
     return {"temperature": t, "n": len(ids), **report, "dest": str(dest)}
