@@ -43,7 +43,8 @@ def fingerprint(folder: Path, max_cases: int | None = None, seed: int = 0) -> di
         dict with ``spacings`` / ``shapes`` (per case, first three axes), ``median_spacing``, ``median_shape``,
         ``anisotropy`` (coarse / fine median spacing), ``modality`` (``ct`` or ``mr``), ``channels`` (names),
         ``intensity`` (per channel: mean, std, p00_5, p99_5 of sampled foreground voxels), ``labels`` (names),
-        ``class_volume_ml`` (per label: mean and std over the cases), ``spatial_dims`` (2 or 3), ``n_cases``.
+        ``class_volume_ml`` (per label: mean and std over the cases), ``spatial_dims`` (2 or 3), ``n_cases``,
+        ``nonzero_fraction`` (median over cases of the first channel's non-zero voxel fraction).
 
     Raises:
         ConfigError: no ``dataset.json`` or no readable case.
@@ -62,7 +63,7 @@ def fingerprint(folder: Path, max_cases: int | None = None, seed: int = 0) -> di
     channels = [str(names[k]) for k in sorted(names, key=int)]
     labels = {int(v): str(k) for k, v in meta.get("labels", {}).items() if int(v) > 0}
     rng = np.random.default_rng(seed)
-    spacings, shapes, samples, volumes = [], [], [[] for _ in channels], {k: [] for k in labels}
+    spacings, shapes, samples, volumes, nonzero = [], [], [[] for _ in channels], {k: [] for k in labels}, []
     dims = 3
     for rec in records:
         lab, sp = _read(rec["label"])
@@ -77,6 +78,8 @@ def fingerprint(folder: Path, max_cases: int | None = None, seed: int = 0) -> di
         imgs = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
         for c, p in enumerate(imgs[: len(channels)]):
             arr, _ = _read(p)
+            if c == 0:
+                nonzero.append(float((arr != 0).mean()))
             vals = arr[fg] if fg.any() else arr.ravel()
             if vals.size > _SAMPLES_PER_CASE:
                 vals = rng.choice(vals, _SAMPLES_PER_CASE, replace=False)
@@ -96,6 +99,7 @@ def fingerprint(folder: Path, max_cases: int | None = None, seed: int = 0) -> di
         "spacings": [s[:dims] for s in spacings], "shapes": [s[:dims] for s in shapes],
         "median_spacing": med_sp, "median_shape": med_shape,
         "anisotropy": float(max(med_sp) / min(med_sp)), "intensity": intensity, "labels": labels,
+        "nonzero_fraction": float(np.median(nonzero)) if nonzero else 1.0,
         "class_volume_ml": {labels[k]: {"mean": float(np.mean(v)), "std": float(np.std(v))}
                             for k, v in volumes.items()},
     }
@@ -159,6 +163,10 @@ def make_plan(fp: dict[str, Any], *, source: str, device: str = "cpu", memory_gb
         st = fp["intensity"][0]
         norm = {"normalize": "ct", "ct_window": [round(st["p00_5"], 1), round(st["p99_5"], 1)],
                 "ct_zscore": [round(st["mean"], 1), round(st["std"], 1)]}
+    elif fp.get("nonzero_fraction", 1.0) < 0.75:
+        # zero background (e.g. skull-stripped): z-score inside the non-zero voxels, background stays 0 (nnU-Net's
+        # use_mask_for_norm rule: cropping to the non-zero box would drop over a quarter of the voxels)
+        norm = {"normalize": "brain_mri"}
     else:
         norm = {"normalize": "zscore"}
     n_classes = max(fp["labels"]) if fp["labels"] else 1

@@ -144,3 +144,19 @@ def test_ct_zscore_normalisation_clips_then_standardises() -> None:
     torch.testing.assert_close(plain, torch.tensor([[0.0, 0.0, 0.52, 0.57, 1.0]]))
     z = normalize(x, {"normalize": "ct", "ct_window": [-1000.0, 1000.0], "ct_zscore": [40.0, 100.0]})
     torch.testing.assert_close(z, torch.tensor([[-10.4, -10.4, 0.0, 1.0, 9.6]]))
+
+
+def test_mr_with_zero_background_gets_a_masked_zscore(tmp_path: Path) -> None:
+    """Skull-stripped-like MR (most voxels exactly 0): z-score inside the non-zero voxels, as nnU-Net's mask rule."""
+    root = _dataset(tmp_path / "mr", 2, (24, 24, 24), (1.0, 1.0, 1.0), "T1")
+    for f in (root / "imagesTr").iterdir():  # zero outside a central ball
+        img = nib.load(f)
+        arr = np.asarray(img.dataobj)
+        g = np.stack(np.meshgrid(*[np.arange(24)] * 3, indexing="ij"))
+        arr[((g - 12) ** 2).sum(0) > 8 ** 2] = 0
+        nib.save(nib.Nifti1Image(arr, img.affine), f)
+    fp = fingerprint(root)
+    assert fp["nonzero_fraction"] < 0.3
+    assert make_plan(fp, source="x")["preprocess"]["normalize"] == "brain_mri"
+    full = fingerprint(_dataset(tmp_path / "full", 2, (24, 24, 24), (1.0, 1.0, 1.0), "T1"))
+    assert full["nonzero_fraction"] == 1.0 and make_plan(full, source="x")["preprocess"]["normalize"] == "zscore"
