@@ -24,10 +24,24 @@ logger = logging.getLogger(__name__)
 HEADLINE = ("n", "n_positive", "n_negative", "auroc", "balanced_accuracy", "sensitivity", "specificity", "accuracy", "ece")
 
 
-def _subject_of(case: str) -> str:
+def subject_of(case: str) -> str:
     """``sub-XX`` of a case id ``sub-XX[_ses-YY]`` (other ids are their own subject)."""
     m = re.match(r"^(sub-[A-Za-z0-9]+)", case)
     return m.group(1) if m else case
+
+
+def read_diagnoses(participants: str | Path, label_column: str = "diagnosis") -> dict[str, str]:
+    """``{participant_id: diagnosis}`` of a BIDS ``participants.tsv``.
+
+    Raises:
+        InputError: the file lacks ``participant_id`` or ``label_column``.
+    """
+    with open(participants, newline="", encoding="utf-8") as fh:
+        people = list(csv.DictReader(fh, delimiter="\t"))
+    if not people or "participant_id" not in people[0] or label_column not in people[0]:
+        have = ", ".join(people[0]) if people else "no rows"
+        raise InputError(participants, f"needs the columns participant_id and {label_column} (has: {have})")
+    return {r["participant_id"]: (r[label_column] or "").strip() for r in people}
 
 
 def evaluate_summary(summary: str | Path, participants: str | Path, out_dir: str | Path | None = None, *,
@@ -58,12 +72,7 @@ def evaluate_summary(summary: str | Path, participants: str | Path, out_dir: str
     from medcnn.metrics import binary_report
 
     summary, participants = Path(summary), Path(participants)
-    with open(participants, newline="", encoding="utf-8") as fh:
-        people = list(csv.DictReader(fh, delimiter="\t"))
-    if not people or "participant_id" not in people[0] or label_column not in people[0]:
-        have = ", ".join(people[0]) if people else "no rows"
-        raise InputError(participants, f"needs the columns participant_id and {label_column} (has: {have})")
-    truth = {r["participant_id"]: r[label_column].strip() for r in people}
+    truth = read_diagnoses(participants, label_column)
     with open(summary, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or not {"case", "status", "p_ad"} <= set(rows[0]):
@@ -74,7 +83,7 @@ def evaluate_summary(summary: str | Path, participants: str | Path, out_dir: str
         if r["status"] != "ok":
             failed += 1
             continue
-        dx = truth.get(_subject_of(r["case"]))
+        dx = truth.get(subject_of(r["case"]))
         if dx not in (POSITIVE, NEGATIVE):
             unmatched += 1
             continue

@@ -12,9 +12,7 @@ uncalibrated logits and the labels fit ``T``, and a copy of the checkpoint gets 
 
 from __future__ import annotations
 
-import csv
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from medcnn.errors import ConfigError, InputError, MedcnnError
+from medcnn.evaluation.alzheimer import subject_of, read_diagnoses
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +39,6 @@ def _participants_of(image: Path, roots: Sequence[Path]) -> Path | None:
     return None
 
 
-def _diagnoses(path: Path, column: str = "diagnosis") -> dict[str, str]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    if not rows or "participant_id" not in rows[0] or column not in rows[0]:
-        raise InputError(path, f"needs the columns participant_id and {column}")
-    return {r["participant_id"]: (r[column] or "").strip() for r in rows}
-
-
 def alzheimer_labels(cases: Sequence[Any], data: Sequence[Path], classes: Sequence[str]) -> dict[str, int]:
     """Class index (in the checkpoint's ``classes``) of every case whose BIDS ``participants.tsv`` diagnosis is one of them.
 
@@ -63,9 +54,8 @@ def alzheimer_labels(cases: Sequence[Any], data: Sequence[Path], classes: Sequen
         if tsv is None:
             continue
         if tsv not in tables:
-            tables[tsv] = _diagnoses(tsv)
-        m = re.match(r"^(sub-[A-Za-z0-9]+)", case.id)
-        dx = tables[tsv].get(m.group(1) if m else case.id)
+            tables[tsv] = read_diagnoses(tsv)
+        dx = tables[tsv].get(subject_of(case.id))
         if dx in classes:
             out[case.id] = list(classes).index(dx)
     if not out:

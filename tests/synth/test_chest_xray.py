@@ -213,11 +213,11 @@ def test_png16_keeps_more_than_8_bits(tmp_path: Path) -> None:
     arr = np.asarray(Image.open(tmp_path / rows[0]["image"]))
     assert arr.dtype == np.uint16 or arr.max() > 255
     assert len(np.unique(arr)) > 256
-    case = make_case(np.random.default_rng([11, 0]), size=256, subject=_subject_of(11, 0))
+    case = make_case(np.random.default_rng([11, 0]), size=256, subject=subject_of(11, 0))
     np.testing.assert_allclose(arr / 65535.0, case["image"], atol=1.0 / 65535)
 
 
-def _subject_of(seed: int, index: int) -> dict:
+def subject_of(seed: int, index: int) -> dict:
     """The subject traits :func:`generate` uses for case ``index`` (unpaired case)."""
     from medcnn.synth.chest_xray import sample_subject
 
